@@ -1,0 +1,643 @@
+//! Typed configuration (TOML) and its validation.
+//!
+//! Every error names the key that is wrong (`providers[2].models[0].tier: …`), so `freeway -t`
+//! can tell an operator exactly what to fix. Secrets are written as `env:NAME` and resolved
+//! here, once; a provider whose key (or URL) does not resolve is kept in the catalog but marked
+//! unconfigured, so it is listed and never routed to.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration error: the dotted key path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "config error: {}", self.message)
+        } else {
+            write!(f, "config error at `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: toml::Table,
+    pub cache: toml::Table,
+    pub storage: StorageConfig,
+    pub metrics: MetricsConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub routes: Vec<toml::Table>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            limits: toml::Table::new(),
+            cache: toml::Table::new(),
+            storage: StorageConfig::default(),
+            metrics: MetricsConfig::default(),
+            providers: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: Vec<String>,
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub max_body_bytes: usize,
+    pub upstream_timeout_ms: u64,
+    pub stream_idle_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub max_attempts: usize,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec!["127.0.0.1:8080".into()],
+            threads: 2,
+            grace_period_seconds: 10,
+            graceful_shutdown_timeout_seconds: 5,
+            max_body_bytes: 32 * 1024 * 1024,
+            upstream_timeout_ms: 120_000,
+            stream_idle_timeout_ms: 60_000,
+            connect_timeout_ms: 5_000,
+            max_attempts: 4,
+            pid_file: "/tmp/freeway.pid".into(),
+            upgrade_sock: "/tmp/freeway_upgrade.sock".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub keys: Vec<String>,
+    pub key_hashes: Vec<String>,
+    pub public_paths: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            keys: Vec::new(),
+            key_hashes: Vec::new(),
+            public_paths: vec![
+                "/health".into(),
+                "/v1/routing/status".into(),
+                "/v1/models".into(),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub path: String,
+    pub redis_url: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: "data/freeway.db".into(),
+            redis_url: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9091".into(),
+        }
+    }
+}
+
+/// Wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    Openai,
+    Gemini,
+    Anthropic,
+    WorkersAi,
+    Voyage,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::WorkersAi => "workers-ai",
+            ProviderKind::Voyage => "voyage",
+        }
+    }
+
+    /// Whether this build can translate the kind. Native translators arrive with the
+    /// translation issue; until then such providers are listed but never routed to.
+    pub fn supported(self) -> bool {
+        matches!(self, ProviderKind::Openai)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub rpm: u32,
+    /// Simulated providers are labelled as such in `/v1/models` and logs.
+    #[serde(default)]
+    pub simulated: bool,
+    /// Accept a self-signed or otherwise unverifiable certificate. Off by default; only for
+    /// local servers an operator controls.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelType {
+    Chat,
+    Embedding,
+    Transcription,
+    Speech,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Low,
+    Medium,
+    High,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cost {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub id: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default = "default_model_type", rename = "type")]
+    pub model_type: ModelType,
+    #[serde(default = "default_context")]
+    pub context_window: u32,
+    #[serde(default)]
+    pub max_output_tokens: u32,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub daily_limit: u32,
+    #[serde(default)]
+    pub rpm: u32,
+    #[serde(default = "default_tier")]
+    pub tier: Tier,
+    #[serde(default = "default_true")]
+    pub auto: bool,
+    #[serde(default)]
+    pub cost: Cost,
+}
+
+fn default_model_type() -> ModelType {
+    ModelType::Chat
+}
+fn default_context() -> u32 {
+    8192
+}
+fn default_tier() -> Tier {
+    Tier::Medium
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Capability names accepted in `capabilities = [...]`.
+pub const CAPABILITIES: &[&str] = &["tools", "json", "vision", "stream", "reasoning"];
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            // toml's message carries line/column context; keep its first line only.
+            let message = inner.message().lines().next().unwrap_or("").to_string();
+            err(if key == "." { String::new() } else { key }, message)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Default config path: `$FREEWAY_CONFIG`, else `conf/freeway.toml`.
+    pub fn default_path() -> PathBuf {
+        std::env::var_os("FREEWAY_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("conf/freeway.toml"))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.listen.is_empty() {
+            return Err(err("server.listen", "needs at least one address"));
+        }
+        for (i, addr) in s.listen.iter().enumerate() {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    format!("server.listen[{i}]"),
+                    format!("`{addr}` is not an IP:port address"),
+                )
+            })?;
+        }
+        if s.threads == 0 {
+            return Err(err("server.threads", "must be at least 1"));
+        }
+        if s.max_body_bytes == 0 {
+            return Err(err("server.max_body_bytes", "must be greater than 0"));
+        }
+        if s.max_attempts == 0 {
+            return Err(err("server.max_attempts", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("server.upstream_timeout_ms", s.upstream_timeout_ms),
+            ("server.stream_idle_timeout_ms", s.stream_idle_timeout_ms),
+            ("server.connect_timeout_ms", s.connect_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be greater than 0"));
+            }
+        }
+        for (i, h) in self.auth.key_hashes.iter().enumerate() {
+            parse_key_hash(h).map_err(|m| err(format!("auth.key_hashes[{i}]"), m))?;
+        }
+        for (i, p) in self.auth.public_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                return Err(err(
+                    format!("auth.public_paths[{i}]"),
+                    "must start with `/`",
+                ));
+            }
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(err(
+                "metrics.listen",
+                format!("`{}` is not an IP:port address", self.metrics.listen),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (pi, p) in self.providers.iter().enumerate() {
+            let key = format!("providers[{pi}]");
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(err(
+                    format!("{key}.name"),
+                    format!(
+                        "`{}` must be non-empty and use only letters, digits, `-` and `_`",
+                        p.name
+                    ),
+                ));
+            }
+            if p.name == "dynamic" || p.name == "auto" {
+                return Err(err(
+                    format!("{key}.name"),
+                    format!("`{}` is reserved", p.name),
+                ));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(err(
+                    format!("{key}.name"),
+                    format!("duplicate provider name `{}`", p.name),
+                ));
+            }
+            // A base URL behind env: is checked when it resolves; a literal one now.
+            // A base URL that needs an unset variable leaves the provider unconfigured (not
+            // an error); one that resolves must be a valid URL.
+            if let Some(url) = expand_env_placeholders(&p.base_url) {
+                UpstreamUrl::parse(&url).map_err(|m| err(format!("{key}.base_url"), m))?;
+            }
+            for hname in p.headers.keys() {
+                http::HeaderName::from_bytes(hname.as_bytes()).map_err(|_| {
+                    err(
+                        format!("{key}.headers"),
+                        format!("`{hname}` is not a valid header name"),
+                    )
+                })?;
+            }
+            let mut ids = HashSet::new();
+            for (mi, m) in p.models.iter().enumerate() {
+                let mkey = format!("{key}.models[{mi}]");
+                if m.id.is_empty() {
+                    return Err(err(format!("{mkey}.id"), "must not be empty"));
+                }
+                if !ids.insert(m.id.as_str()) {
+                    return Err(err(
+                        format!("{mkey}.id"),
+                        format!("duplicate model id `{}` in provider `{}`", m.id, p.name),
+                    ));
+                }
+                if m.context_window == 0 {
+                    return Err(err(
+                        format!("{mkey}.context_window"),
+                        "must be greater than 0",
+                    ));
+                }
+                for (ci, c) in m.capabilities.iter().enumerate() {
+                    if !CAPABILITIES.contains(&c.as_str()) {
+                        return Err(err(
+                            format!("{mkey}.capabilities[{ci}]"),
+                            format!(
+                                "unknown capability `{c}` (expected one of {})",
+                                CAPABILITIES.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                for (ai, a) in m.aliases.iter().enumerate() {
+                    if a.is_empty() || a == "auto" {
+                        return Err(err(
+                            format!("{mkey}.aliases[{ai}]"),
+                            format!("`{a}` cannot be an alias"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `label:sha256hex` into the label and the 32-byte digest.
+pub fn parse_key_hash(s: &str) -> Result<(String, [u8; 32]), String> {
+    let (label, hexpart) = s
+        .rsplit_once(':')
+        .ok_or_else(|| "expected `label:sha256hex`".to_string())?;
+    let bytes = hex::decode(hexpart).map_err(|_| "the hash is not hexadecimal".to_string())?;
+    let digest: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| "the hash must be 64 hex characters (sha256)".to_string())?;
+    Ok((label.to_string(), digest))
+}
+
+/// Resolves a secret written as a literal or `env:NAME`. `None` when the variable is unset
+/// or empty.
+pub fn resolve_secret(value: &str) -> Option<String> {
+    match value.strip_prefix("env:") {
+        Some(name) => std::env::var(name).ok().filter(|v| !v.is_empty()),
+        None => Some(value.to_string()).filter(|v| !v.is_empty()),
+    }
+}
+
+/// Expands `{env:NAME}` placeholders inside a string (used for URLs that embed an account
+/// id, such as Workers AI). `None` when a named variable is missing.
+pub fn expand_env_placeholders(value: &str) -> Option<String> {
+    if let Some(whole) = value.strip_prefix("env:") {
+        return std::env::var(whole).ok().filter(|v| !v.is_empty());
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("{env:") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 5..];
+        let end = after.find('}')?;
+        let var = std::env::var(&after[..end])
+            .ok()
+            .filter(|v| !v.is_empty())?;
+        out.push_str(&var);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// A parsed `http(s)://host[:port][/path]` upstream base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash (`/openai/v1`), possibly empty.
+    pub path: String,
+}
+
+impl UpstreamUrl {
+    pub fn parse(url: &str) -> Result<UpstreamUrl, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!("`{url}` must start with http:// or https://"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("`{url}` has no usable host"));
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let end = v6
+                .find(']')
+                .ok_or_else(|| format!("`{url}` has a bad IPv6 host"))?;
+            let port = match &v6[end + 1..] {
+                "" => default_port,
+                p => p
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| format!("`{url}` has a bad port"))?,
+            };
+            (v6[..end].to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().map_err(|_| format!("`{url}` has a bad port"))?,
+                ),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        if path.contains('?') || path.contains('#') {
+            return Err(format!("`{url}` must not have a query or fragment"));
+        }
+        Ok(UpstreamUrl {
+            tls,
+            host,
+            port,
+            path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The `Host` header value.
+    pub fn host_header(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_valid_with_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.server.max_attempts, 4);
+        assert_eq!(c.server.listen, vec!["127.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn type_error_names_the_key() {
+        let e = Config::parse("[server]\nthreads = \"two\"\n").unwrap_err();
+        assert_eq!(e.key, "server.threads");
+    }
+
+    #[test]
+    fn unknown_field_names_the_section() {
+        let e = Config::parse("[server]\nlisten_on = []\n").unwrap_err();
+        assert!(e.message.contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn bad_nested_model_key_is_named() {
+        let text = r#"
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "http://127.0.0.1:1"
+  [[providers.models]]
+  id = "m"
+  capabilities = ["telepathy"]
+"#;
+        let e = Config::parse(text).unwrap_err();
+        assert_eq!(e.key, "providers[0].models[0].capabilities[0]");
+    }
+
+    #[test]
+    fn bad_kind_is_named() {
+        let text = "[[providers]]\nname = \"p\"\nkind = \"soap\"\nbase_url = \"http://x\"\n";
+        let e = Config::parse(text).unwrap_err();
+        assert_eq!(e.key, "providers[0].kind", "{e}");
+    }
+
+    #[test]
+    fn listen_must_be_socket_addr() {
+        let e = Config::parse("[server]\nlisten = [\"localhost\"]\n").unwrap_err();
+        assert_eq!(e.key, "server.listen[0]");
+    }
+
+    #[test]
+    fn upstream_url_parsing() {
+        let u = UpstreamUrl::parse("https://api.groq.com/openai/v1/").unwrap();
+        assert_eq!(
+            u,
+            UpstreamUrl {
+                tls: true,
+                host: "api.groq.com".into(),
+                port: 443,
+                path: "/openai/v1".into()
+            }
+        );
+        assert_eq!(u.host_header(), "api.groq.com");
+        let u = UpstreamUrl::parse("http://127.0.0.1:11434/v1").unwrap();
+        assert_eq!(u.port, 11434);
+        assert_eq!(u.host_header(), "127.0.0.1:11434");
+        assert!(UpstreamUrl::parse("ftp://x").is_err());
+        assert!(UpstreamUrl::parse("http://x:notaport").is_err());
+    }
+
+    #[test]
+    fn key_hash_format() {
+        let h = format!("ops:{}", "ab".repeat(32));
+        assert_eq!(parse_key_hash(&h).unwrap().0, "ops");
+        assert!(parse_key_hash("nolabel").is_err());
+        assert!(parse_key_hash("x:abcd").is_err());
+    }
+
+    #[test]
+    fn env_placeholders_expand() {
+        std::env::set_var("FREEWAY_TEST_ACCT", "acct42");
+        assert_eq!(
+            expand_env_placeholders("https://h/accounts/{env:FREEWAY_TEST_ACCT}/ai/v1").unwrap(),
+            "https://h/accounts/acct42/ai/v1"
+        );
+        assert!(expand_env_placeholders("https://h/{env:FREEWAY_TEST_MISSING_VAR}").is_none());
+        assert_eq!(resolve_secret("literal").as_deref(), Some("literal"));
+        assert_eq!(resolve_secret("env:FREEWAY_TEST_MISSING_VAR"), None);
+    }
+}

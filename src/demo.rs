@@ -1,0 +1,112 @@
+//! `freeway demo`: the gateway in front of simulated providers, so it runs with no keys.
+
+use crate::config::{Config, ConfigError};
+
+/// The demo config: a few simulated providers that show routing and invisible failover.
+pub fn config(listen: &str, sim: &str) -> Result<Config, ConfigError> {
+    let text = DEMO_TOML.replace("{listen}", listen).replace("{sim}", sim);
+    Config::parse(&text)
+}
+
+const DEMO_TOML: &str = r#"
+[server]
+listen = ["{listen}"]
+threads = 2
+grace_period_seconds = 1
+graceful_shutdown_timeout_seconds = 1
+upstream_timeout_ms = 10000
+stream_idle_timeout_ms = 5000
+max_attempts = 3
+pid_file = "/tmp/freeway-demo.pid"
+upgrade_sock = "/tmp/freeway-demo-upgrade.sock"
+
+# No [auth] keys: the demo is open on loopback (the gateway warns about it at start).
+
+# Two healthy providers serving the same model under the alias "echo".
+[[providers]]
+name = "sim-alpha"
+kind = "openai"
+base_url = "http://{sim}/alpha/v1"
+api_key = "sim-key-alpha"
+simulated = true
+  [[providers.models]]
+  id = "echo-large"
+  aliases = ["echo"]
+  context_window = 131072
+  max_output_tokens = 8192
+  capabilities = ["tools", "json", "vision", "stream"]
+  tier = "high"
+  [[providers.models]]
+  id = "echo-small"
+  context_window = 32768
+  capabilities = ["json", "stream"]
+  tier = "low"
+
+[[providers]]
+name = "sim-beta"
+kind = "openai"
+base_url = "http://{sim}/beta/v1"
+api_key = "sim-key-beta"
+simulated = true
+  [[providers.models]]
+  id = "echo-large"
+  aliases = ["echo"]
+  context_window = 131072
+  capabilities = ["tools", "json", "vision", "stream"]
+  tier = "high"
+
+# Fails half of its requests with 500: `auto` fails over to another provider invisibly.
+[[providers]]
+name = "sim-flaky"
+kind = "openai"
+base_url = "http://{sim}/flaky/v1"
+api_key = "sim-key-flaky"
+simulated = true
+headers = { "x-sim-behavior" = "flaky" }
+  [[providers.models]]
+  id = "flaky-medium"
+  context_window = 65536
+  capabilities = ["tools", "json", "stream"]
+
+# Always throttled (429, retry-after: 30): visible only in x-gateway-attempts.
+[[providers]]
+name = "sim-throttled"
+kind = "openai"
+base_url = "http://{sim}/throttled/v1"
+api_key = "sim-key-throttled"
+simulated = true
+headers = { "x-sim-behavior" = "fail-429" }
+  [[providers.models]]
+  id = "busy-large"
+  context_window = 131072
+  capabilities = ["tools", "json", "stream"]
+
+# Behaviours to try by pinning them: "sim-lab/slow", "sim-lab/drop", "sim-lab/fail-500".
+[[providers]]
+name = "sim-lab"
+kind = "openai"
+base_url = "http://{sim}/lab/v1"
+api_key = "sim-key-lab"
+simulated = true
+  [[providers.models]]
+  id = "slow"
+  capabilities = ["stream"]
+  auto = false
+  [[providers.models]]
+  id = "drop"
+  capabilities = ["stream"]
+  auto = false
+  [[providers.models]]
+  id = "fail-500"
+  capabilities = ["stream"]
+  auto = false
+"#;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn demo_config_is_valid() {
+        let c = super::config("127.0.0.1:8080", "127.0.0.1:18080").unwrap();
+        assert!(c.providers.iter().all(|p| p.simulated));
+    }
+}

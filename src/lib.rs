@@ -1,0 +1,19 @@
+//! freeway: an OpenAI-compatible AI gateway on Pingora.
+//!
+//! A request flows one way: `proxy` (the Pingora phases) → `request` (parse once) →
+//! `routing` (choose candidates) → `providers` (build the upstream request) →
+//! `proxy::relay` (attempt loop, stream back). `config` and `state` hold what the config
+//! builds; `sim` is the simulated provider used by `freeway demo` and the tests.
+
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod errors;
+pub mod providers;
+pub mod proxy;
+pub mod request;
+pub mod routing;
+pub mod server;
+pub mod sim;
+pub mod sse;
+pub mod state;

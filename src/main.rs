@@ -1,0 +1,105 @@
+//! The `freeway` command line: parse, load config, build the server, run.
+
+use clap::{Parser, Subcommand};
+use freeway::config::Config;
+use freeway::server::{self, ProcessFlags};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "freeway",
+    version,
+    about = "An OpenAI-compatible AI gateway on Pingora"
+)]
+struct Cli {
+    /// Config file (default: $FREEWAY_CONFIG, else conf/freeway.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Check the config and exit 0 (valid) or 1 (invalid, with the bad key named).
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Run in the background.
+    #[arg(short, long)]
+    daemon: bool,
+    /// Take over the listening sockets of a running freeway (zero-downtime upgrade).
+    #[arg(short, long)]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in front of built-in simulated providers (no keys needed).
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        sim_listen: String,
+    },
+    /// Print the `label:sha256` line for [auth].key_hashes.
+    HashKey {
+        key: String,
+        #[arg(long, default_value = "key")]
+        label: String,
+    },
+    /// Run only the simulated providers (used by the tests and the load bench).
+    #[command(hide = true)]
+    Sim {
+        #[arg(long, required = true)]
+        listen: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("freeway: {msg}");
+    std::process::exit(1)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let flags = ProcessFlags {
+        daemon: cli.daemon,
+        upgrade: cli.upgrade,
+    };
+    match cli.command {
+        Some(Command::HashKey { key, label }) => {
+            println!("{}", freeway::auth::hash_key_line(&label, &key));
+        }
+        Some(Command::Sim { listen, threads }) => {
+            init_logging();
+            server::build_sim(&listen, threads.max(1)).run_forever();
+        }
+        Some(Command::Demo { listen, sim_listen }) => {
+            init_logging();
+            let config = freeway::demo::config(&listen, &sim_listen).unwrap_or_else(|e| fail(e));
+            println!(
+                "freeway demo: gateway on http://{listen}, SIMULATED providers on http://{sim_listen}\n\
+                 try:  curl -s http://{listen}/v1/chat/completions -H 'content-type: application/json' \
+                 -d '{{\"model\":\"auto\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'"
+            );
+            server::build(config, flags, &[sim_listen]).run_forever();
+        }
+        None => {
+            let path = cli.config.unwrap_or_else(Config::default_path);
+            let config = Config::load(&path).unwrap_or_else(|e| fail(e));
+            if cli.test {
+                println!("freeway: config {} is valid", path.display());
+                return;
+            }
+            init_logging();
+            server::build(config, flags, &[]).run_forever();
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The per-request context that travels through every phase.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What the gateway knows about one request, filled in as it goes.
+pub struct RequestCtx {
+    /// `x-gateway-request-id`.
+    pub id: String,
+    pub start: Instant,
+    /// Time spent waiting on providers (connect, first byte, body reads). The gateway's own
+    /// overhead is the elapsed time minus this.
+    pub upstream_wait: Duration,
+    /// Label of the gateway key used, once authenticated.
+    pub key_label: Option<String>,
+    /// The provider and model that served (or last tried) the request.
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// Upstream attempts made (`x-gateway-attempts`).
+    pub attempts: u32,
+    /// One line per failed attempt: `provider/model: why`.
+    pub failures: Vec<String>,
+    /// Status answered to the client.
+    pub status: u16,
+    pub streamed: bool,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn boot_id() -> u32 {
+    use std::sync::OnceLock;
+    static BOOT: OnceLock<u32> = OnceLock::new();
+    *BOOT.get_or_init(|| {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        (t.as_nanos() as u32) ^ std::process::id().rotate_left(16)
+    })
+}
+
+impl RequestCtx {
+    pub fn new() -> RequestCtx {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        RequestCtx {
+            id: format!("fw-{:08x}{:08x}", boot_id(), n),
+            start: Instant::now(),
+            upstream_wait: Duration::ZERO,
+            key_label: None,
+            provider: None,
+            model: None,
+            attempts: 0,
+            failures: Vec::new(),
+            status: 0,
+            streamed: false,
+        }
+    }
+
+    /// Gateway time so far, excluding upstream waits.
+    pub fn overhead(&self) -> Duration {
+        self.start.elapsed().saturating_sub(self.upstream_wait)
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx::new()
+    }
+}

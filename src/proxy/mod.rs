@@ -1,0 +1,164 @@
+//! The Pingora `ProxyHttp` implementation. Read it as a table of contents: every phase
+//! delegates to a plain function in a sibling module.
+//!
+//! LLM endpoints are served entirely inside `request_filter` (see `relay` for why), local
+//! endpoints too; the stock upstream phases are unused for now.
+
+pub mod chat;
+pub mod ctx;
+pub mod local;
+pub mod relay;
+pub mod respond;
+
+use crate::errors::ApiError;
+use crate::state::State;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use ctx::RequestCtx;
+use pingora::connectors::http::Connector;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+
+/// The gateway service.
+pub struct Gateway {
+    pub state: ArcSwap<State>,
+    /// Pooled upstream connections, shared by every request.
+    pub connector: Connector,
+}
+
+impl Gateway {
+    pub fn new(state: State) -> Gateway {
+        Gateway {
+            state: ArcSwap::from_pointee(state),
+            connector: Connector::new(None),
+        }
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+}
+
+/// What a request asks for, by method and path.
+enum Endpoint {
+    Chat,
+    Models,
+    RoutingStatus,
+    Health,
+    NotFound,
+    WrongMethod,
+}
+
+fn endpoint(method: &http::Method, path: &str) -> Endpoint {
+    let (want_post, ep) = match path {
+        "/v1/chat/completions" | "/chat/completions" => (true, Endpoint::Chat),
+        "/v1/models" | "/models" => (false, Endpoint::Models),
+        "/v1/routing/status" => (false, Endpoint::RoutingStatus),
+        "/health" | "/healthz" => (false, Endpoint::Health),
+        _ => return Endpoint::NotFound,
+    };
+    let ok = if want_post {
+        method == http::Method::POST
+    } else {
+        method == http::Method::GET || method == http::Method::HEAD
+    };
+    if ok {
+        ep
+    } else {
+        Endpoint::WrongMethod
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let state = self.state();
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+
+        if !state.auth.is_public(&path) {
+            let h = &session.req_header().headers;
+            let label = state.auth.check(
+                h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
+                h.get("x-api-key").map(|v| v.as_bytes()),
+            );
+            match label {
+                Some(l) => ctx.key_label = Some(l.to_string()),
+                None => {
+                    session.set_keepalive(None);
+                    respond::send_error(session, ctx, &ApiError::unauthorized()).await;
+                    return Ok(true);
+                }
+            }
+        }
+
+        match endpoint(&method, &path) {
+            Endpoint::Chat => chat::handle(self, &state, session, ctx).await,
+            Endpoint::Models => respond::send_json(session, ctx, 200, local::models(&state)).await,
+            Endpoint::RoutingStatus => {
+                respond::send_json(session, ctx, 200, local::routing_status(&state)).await
+            }
+            Endpoint::Health => {
+                let (status, body) = local::health(&state);
+                respond::send_json(session, ctx, status, body).await
+            }
+            Endpoint::NotFound => {
+                respond::send_error(session, ctx, &ApiError::not_found(&path)).await
+            }
+            Endpoint::WrongMethod => {
+                let e = ApiError::method_not_allowed(method.as_str(), &path);
+                respond::send_error(session, ctx, &e).await
+            }
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        // Every request is answered in `request_filter`.
+        Error::e_explain(ErrorType::InternalError, "no upstream phase in freeway")
+    }
+
+    /// Errors Pingora raises itself (bad HTTP, internal failures) get the OpenAI envelope.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
+            _ if e.esource() == &pingora::ErrorSource::Downstream => 400,
+            _ if e.esource() == &pingora::ErrorSource::Upstream => 502,
+            _ => 500,
+        };
+        if code > 0 && session.response_written().is_none() {
+            let err = match code {
+                400..=499 => ApiError::invalid(format!("The request could not be processed: {e}")),
+                502 => ApiError::upstream(502, format!("Upstream failure: {e}")),
+                _ => ApiError::internal(format!("Internal gateway error: {e}")),
+            };
+            let err = ApiError {
+                status: code,
+                ..err
+            };
+            respond::send_error(session, ctx, &err).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The attempt loop: send the request to each candidate in turn, fail over while nothing has
+//! reached the client, then relay the answer.
+//!
+//! The gateway drives the upstream exchange itself with Pingora's pooled connector rather
+//! than the stock proxy phases: that works for bodies of any size (the stock path can replay
+//! only 64 KiB on retry) and lets a stream be held until its first complete event, so a
+//! provider that opens a 200 stream and dies at once is still failed over invisibly.
+
+use super::ctx::RequestCtx;
+use super::respond::{gateway_headers, send, send_error};
+use crate::errors::{upstream_envelope, ApiError};
+use crate::providers::{openai, Upstream};
+use crate::routing::ModelEntry;
+use crate::sse;
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// The most of a non-streamed upstream answer the gateway holds in memory.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// The most of an upstream error body kept for the client's error message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Time limits for one exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Until the response head arrives.
+    pub first_byte: Duration,
+    /// Between two reads of the body (SSE silence).
+    pub idle: Duration,
+}
+
+/// Why one attempt failed in a way worth trying the next candidate.
+#[derive(Debug)]
+pub enum Failure {
+    /// Could not connect, TLS failed, or the connection broke before an answer.
+    Connect(String),
+    /// No answer (or no further body) within the time limit.
+    Timeout(String),
+    /// A retryable status: 429, 5xx, 408, or 401/403 (a bad provider key is the gateway's
+    /// problem, not the client's).
+    Status {
+        status: u16,
+        body: Bytes,
+        retry_after: Option<u64>,
+    },
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "{e}"),
+            Failure::Timeout(e) => write!(f, "timeout: {e}"),
+            Failure::Status { status, body, .. } => {
+                let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+                write!(f, "HTTP {status} {}", text.trim())
+            }
+        }
+    }
+}
+
+/// How one attempt ended.
+pub enum Outcome {
+    /// A response (success, or a final client error) was written to the client.
+    Answered,
+    Retry(Failure),
+}
+
+fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 401 | 403 | 408 | 429) || status >= 500
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
+    )
+}
+
+fn describe(e: &Error) -> String {
+    // Pingora's Display carries the type, source and context; that is what operators need.
+    e.to_string()
+}
+
+/// One request, one candidate.
+pub struct Exchange<'a> {
+    pub connector: &'a Connector,
+    pub upstream: &'a Upstream,
+    pub model: &'a ModelEntry,
+    pub api_path: &'a str,
+    pub body: Bytes,
+    pub stream: bool,
+    pub timeouts: Timeouts,
+}
+
+impl Exchange<'_> {
+    /// Runs the attempt; writes to the client only when the answer is final.
+    pub async fn run(self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
+        let peer = match self.upstream.peer().await {
+            Ok(p) => p,
+            Err(e) => return Outcome::Retry(Failure::Connect(e)),
+        };
+        let header = match openai::request_header(
+            self.upstream,
+            self.api_path,
+            self.body.len(),
+            self.stream,
+        ) {
+            Ok(h) => h,
+            Err(e) => return Outcome::Retry(Failure::Connect(describe(&e))),
+        };
+        let started = Instant::now();
+        let sent = self.send(&peer, header).await;
+        ctx.upstream_wait += started.elapsed();
+        let mut http = match sent {
+            Ok(h) => h,
+            Err(f) => return Outcome::Retry(f),
+        };
+        let Some(head) = http.response_header() else {
+            return Outcome::Retry(Failure::Connect("no response header".into()));
+        };
+        let status = head.status.as_u16();
+        let is_sse = head
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let retry_after = head
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        http.set_read_timeout(Some(self.timeouts.idle));
+
+        if is_retryable_status(status) {
+            let body = read_capped(&mut http, MAX_ERROR_BODY, ctx)
+                .await
+                .unwrap_or_default();
+            return Outcome::Retry(Failure::Status {
+                status,
+                body,
+                retry_after,
+            });
+        }
+        if !(200..300).contains(&status) {
+            // The client's own mistake (400, 404, 422…): final, never retried elsewhere.
+            let body = read_capped(&mut http, MAX_ERROR_BODY, ctx)
+                .await
+                .unwrap_or_default();
+            let envelope = upstream_envelope(status, &self.upstream.name, &body);
+            send(session, ctx, status, "application/json", envelope, &[]).await;
+            return Outcome::Answered;
+        }
+        if is_sse {
+            self.relay_stream(http, &peer, session, ctx).await
+        } else {
+            self.relay_whole(http, &peer, session, ctx).await
+        }
+    }
+
+    /// Connects (retrying once on a stale pooled connection), sends the request and reads
+    /// the response head.
+    async fn send(&self, peer: &HttpPeer, header: RequestHeader) -> Result<HttpSession, Failure> {
+        let mut stale_retries = 0;
+        loop {
+            let (mut http, reused) = self
+                .connector
+                .get_http_session(peer)
+                .await
+                .map_err(|e| Failure::Connect(describe(&e)))?;
+            http.set_read_timeout(Some(self.timeouts.first_byte));
+            match write_and_read_head(&mut http, header.clone(), self.body.clone()).await {
+                Ok(()) => return Ok(http),
+                // A pooled connection the provider already closed: try a fresh one.
+                Err(e) if reused && !is_timeout(&e) && stale_retries < 2 => stale_retries += 1,
+                Err(e) if is_timeout(&e) => {
+                    return Err(Failure::Timeout(format!(
+                        "no response within {} ms",
+                        self.timeouts.first_byte.as_millis()
+                    )))
+                }
+                Err(e) => return Err(Failure::Connect(describe(&e))),
+            }
+        }
+    }
+
+    /// A non-streamed answer: read it whole (a failure here can still fail over), then send.
+    async fn relay_whole(
+        &self,
+        mut http: HttpSession,
+        peer: &HttpPeer,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Outcome {
+        let body = match read_capped(&mut http, MAX_RESPONSE_BYTES, ctx).await {
+            Ok(b) => b,
+            Err(f) => return Outcome::Retry(f),
+        };
+        let content_type = http
+            .response_header()
+            .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        let status = http.response_header().map_or(200, |h| h.status.as_u16());
+        self.release(http, peer).await;
+        send(session, ctx, status, &content_type, body, &[]).await;
+        Outcome::Answered
+    }
+
+    /// A streamed answer: hold the client's headers until the first complete event, then
+    /// forward complete events as they arrive.
+    async fn relay_stream(
+        &self,
+        mut http: HttpSession,
+        peer: &HttpPeer,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Outcome {
+        let mut pending = BytesMut::new();
+        while sse::complete_events_len(&pending) == 0 {
+            match read_chunk(&mut http, ctx).await {
+                Ok(Some(chunk)) => pending.extend_from_slice(&chunk),
+                Ok(None) => {
+                    return Outcome::Retry(Failure::Connect(
+                        "stream ended before its first event".into(),
+                    ))
+                }
+                Err(e) if is_timeout(&e) => {
+                    return Outcome::Retry(Failure::Timeout(format!(
+                        "stream silent for {} ms before its first event",
+                        self.timeouts.idle.as_millis()
+                    )))
+                }
+                Err(e) => return Outcome::Retry(Failure::Connect(describe(&e))),
+            }
+        }
+
+        ctx.streamed = true;
+        ctx.status = 200;
+        let mut resp = match ResponseHeader::build(200, Some(8)) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Retry(Failure::Connect(describe(&e))),
+        };
+        let _ = resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream");
+        let _ = resp.insert_header(http::header::CACHE_CONTROL, "no-cache");
+        let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        gateway_headers(&mut resp, ctx);
+        if session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .is_err()
+        {
+            return Outcome::Answered; // the client left; dropping `http` closes upstream
+        }
+
+        loop {
+            let n = sse::complete_events_len(&pending);
+            if n > 0 {
+                let events = pending.split_to(n).freeze();
+                if session
+                    .write_response_body(Some(events), false)
+                    .await
+                    .is_err()
+                {
+                    log::info!("{}: client disconnected mid-stream", ctx.id);
+                    return Outcome::Answered;
+                }
+            }
+            match read_chunk(&mut http, ctx).await {
+                Ok(Some(chunk)) => pending.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    let why = if is_timeout(&e) {
+                        format!(
+                            "the stream from `{}` stalled for {} ms",
+                            self.model.qualified,
+                            self.timeouts.idle.as_millis()
+                        )
+                    } else {
+                        format!(
+                            "the stream from `{}` broke: {}",
+                            self.model.qualified,
+                            describe(&e)
+                        )
+                    };
+                    log::warn!("{}: {why}", ctx.id);
+                    ctx.failures
+                        .push(format!("{}: {why}", self.model.qualified));
+                    let event = sse::error_event(&ApiError::upstream(502, why).body());
+                    let _ = session
+                        .write_response_body(Some(Bytes::from(event)), true)
+                        .await;
+                    return Outcome::Answered;
+                }
+            }
+        }
+        // The upstream ended cleanly; forward anything it sent after its last blank line.
+        let rest = pending.freeze();
+        let _ = session.write_response_body(Some(rest), true).await;
+        self.release(http, peer).await;
+        Outcome::Answered
+    }
+
+    async fn release(&self, mut http: HttpSession, peer: &HttpPeer) {
+        if http.response_done() {
+            self.connector
+                .release_http_session(http, peer, peer.options.idle_timeout)
+                .await;
+        } else {
+            http.shutdown().await;
+        }
+    }
+}
+
+async fn write_and_read_head(
+    http: &mut HttpSession,
+    header: RequestHeader,
+    body: Bytes,
+) -> pingora::Result<()> {
+    http.write_request_header(Box::new(header)).await?;
+    http.write_request_body(body, true).await?;
+    http.finish_request_body().await?;
+    http.read_response_header().await
+}
+
+async fn read_chunk(
+    http: &mut HttpSession,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<Option<Bytes>> {
+    let t = Instant::now();
+    let r = http.read_response_body().await;
+    ctx.upstream_wait += t.elapsed();
+    r
+}
+
+/// Reads a whole response body, failing if it exceeds `cap`.
+async fn read_capped(
+    http: &mut HttpSession,
+    cap: usize,
+    ctx: &mut RequestCtx,
+) -> Result<Bytes, Failure> {
+    let mut body = BytesMut::new();
+    loop {
+        match read_chunk(http, ctx).await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > cap {
+                    return Err(Failure::Connect(format!(
+                        "response larger than {cap} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) if is_timeout(&e) => return Err(Failure::Timeout(describe(&e))),
+            Err(e) => return Err(Failure::Connect(describe(&e))),
+        }
+    }
+}
+
+/// The answer when every attempt failed: a single upstream error passes through; otherwise
+/// one error that lists what each attempt ran into.
+pub async fn answer_exhausted(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    failures: Vec<(String, Failure)>,
+) {
+    if let [(
+        provider,
+        Failure::Status {
+            status,
+            body,
+            retry_after,
+        },
+    )] = failures.as_slice()
+    {
+        let extra: Vec<(&'static str, String)> = retry_after
+            .map(|s| vec![("retry-after", s.to_string())])
+            .unwrap_or_default();
+        let envelope = upstream_envelope(*status, provider, body);
+        let status = if *status == 401 || *status == 403 {
+            502
+        } else {
+            *status
+        };
+        send(session, ctx, status, "application/json", envelope, &extra).await;
+        return;
+    }
+    let summary = ctx.failures.join("; ");
+    let n = failures.len();
+    let all = |pred: fn(&Failure) -> bool| failures.iter().all(|(_, f)| pred(f));
+    let mut err = if all(|f| matches!(f, Failure::Status { status: 429, .. })) {
+        let mut e = ApiError::upstream(
+            429,
+            format!("Every candidate model is rate-limited ({n} tried): {summary}"),
+        );
+        e.kind = "rate_limit_error";
+        e.code = Some("rate_limited");
+        e
+    } else if all(|f| matches!(f, Failure::Timeout(_))) {
+        ApiError::timeout(format!(
+            "No provider answered in time ({n} tried): {summary}"
+        ))
+    } else {
+        ApiError::upstream(
+            502,
+            format!("Every upstream attempt failed ({n} tried): {summary}"),
+        )
+    };
+    err.retry_after = failures
+        .iter()
+        .filter_map(|(_, f)| match f {
+            Failure::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        })
+        .min();
+    send_error(session, ctx, &err).await;
+}

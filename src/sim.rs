@@ -1,0 +1,413 @@
+//! Simulated providers: an OpenAI-compatible server whose behaviour is chosen by the model
+//! name or an `x-sim-behavior` header. It serves `freeway demo` (so a newcomer needs no keys)
+//! and the integration tests (which also read what it received from `/_sim/*`).
+//!
+//! Behaviours: `echo` (default) answers with the last user message; `slow` waits between
+//! stream chunks; `fail-429` (with `retry-after: 30`), `fail-500`, `fail-401` fail;
+//! `flaky` fails half of the time with 500; `drop` breaks the connection mid-stream;
+//! `drop-early` opens a 200 stream and closes it before any event; `hang` never answers.
+//! The wire format is OpenAI's: `chat.completion` objects and `chat.completion.chunk` SSE
+//! events ending with `data: [DONE]`.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use pingora::http::ResponseHeader;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const RECENT: usize = 256;
+
+#[derive(Default)]
+struct Log {
+    total: u64,
+    recent: VecDeque<Value>,
+    last_body: Bytes,
+}
+
+/// The simulated provider service.
+#[derive(Default)]
+pub struct SimProvider {
+    log: Mutex<Log>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behavior {
+    Echo,
+    Slow,
+    Fail(u16),
+    Flaky,
+    Drop,
+    DropEarly,
+    Hang,
+}
+
+fn behavior_of(name: &str) -> Behavior {
+    let n = name.to_ascii_lowercase();
+    if n.contains("fail-429") {
+        Behavior::Fail(429)
+    } else if n.contains("fail-500") {
+        Behavior::Fail(500)
+    } else if n.contains("fail-401") {
+        Behavior::Fail(401)
+    } else if n.contains("flaky") {
+        Behavior::Flaky
+    } else if n.contains("drop-early") {
+        Behavior::DropEarly
+    } else if n.contains("drop") {
+        Behavior::Drop
+    } else if n.contains("hang") {
+        Behavior::Hang
+    } else if n.contains("slow") {
+        Behavior::Slow
+    } else {
+        Behavior::Echo
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The text of the last user message (string content or text parts).
+fn last_user_text(req: &Value) -> String {
+    let Some(msgs) = req["messages"].as_array() else {
+        return String::new();
+    };
+    let Some(m) = msgs.iter().rev().find(|m| m["role"] == "user") else {
+        return String::new();
+    };
+    match &m["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+fn reply_text(req: &Value, body_len: usize) -> String {
+    let text = last_user_text(req);
+    let mut shown: String = text.chars().take(200).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    format!("echo: {shown} ({body_len} bytes received)")
+}
+
+async fn write(
+    session: &mut Session,
+    status: u16,
+    ctype: &str,
+    body: Bytes,
+    extra: &[(&str, &str)],
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", ctype)?;
+    resp.insert_header("content-length", body.len())?;
+    for (k, v) in extra {
+        resp.insert_header(k.to_string(), *v)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+fn chunk(id: &str, model: &str, created: u64, delta: Value, finish: Value) -> Bytes {
+    let v = json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    });
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+impl SimProvider {
+    fn record(&self, session: &Session, body: &Bytes, model: &str) {
+        let h = &session.req_header().headers;
+        let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let entry = json!({
+            "method": session.req_header().method.as_str(),
+            "path": session.req_header().uri.path(),
+            "model": model,
+            "bytes": body.len(),
+            "sha256": hex::encode(Sha256::digest(body)),
+            "authorization": header("authorization"),
+            "x_api_key": header("x-api-key"),
+            "content_type": header("content-type"),
+            "content_length": header("content-length"),
+            "transfer_encoding": header("transfer-encoding"),
+            "x_gateway_headers": h.keys().filter(|k| k.as_str().starts_with("x-gateway")).map(|k| k.as_str()).collect::<Vec<_>>(),
+        });
+        let mut log = self.log.lock();
+        log.total += 1;
+        if log.recent.len() == RECENT {
+            log.recent.pop_front();
+        }
+        log.recent.push_back(entry);
+        log.last_body = body.clone();
+    }
+
+    async fn chat(&self, session: &mut Session) -> Result<()> {
+        let mut body = Vec::new();
+        while let Some(c) = session.read_request_body().await? {
+            body.extend_from_slice(&c);
+        }
+        let body = Bytes::from(body);
+        let req: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                let err = crate::errors::envelope(
+                    "invalid_request_error",
+                    None,
+                    None,
+                    &format!("sim: bad JSON: {e}"),
+                );
+                return write(session, 400, "application/json", err, &[]).await;
+            }
+        };
+        let model = req["model"].as_str().unwrap_or("").to_string();
+        self.record(session, &body, &model);
+        let header_behavior = session
+            .req_header()
+            .headers
+            .get("x-sim-behavior")
+            .and_then(|v| v.to_str().ok())
+            .map(behavior_of);
+        let mut behavior = header_behavior.unwrap_or_else(|| behavior_of(&model));
+        if behavior == Behavior::Flaky {
+            behavior = if fastrand::bool() {
+                Behavior::Fail(500)
+            } else {
+                Behavior::Echo
+            };
+        }
+        let delay = session
+            .req_header()
+            .headers
+            .get("x-sim-delay-ms")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(200);
+
+        match behavior {
+            Behavior::Fail(status) => {
+                let (kind, msg) = match status {
+                    429 => ("rate_limit_error", "sim: rate limit reached, retry later"),
+                    401 => ("authentication_error", "sim: invalid provider key"),
+                    _ => ("server_error", "sim: internal error"),
+                };
+                let err = crate::errors::envelope(kind, None, None, msg);
+                let extra: &[(&str, &str)] = if status == 429 {
+                    &[("retry-after", "30")]
+                } else {
+                    &[]
+                };
+                return write(session, status, "application/json", err, extra).await;
+            }
+            Behavior::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return Ok(());
+            }
+            _ => {}
+        }
+
+        let stream = req["stream"].as_bool().unwrap_or(false);
+        let text = reply_text(&req, body.len());
+        let created = now();
+        let id = format!("chatcmpl-sim{:x}", fastrand::u64(..));
+        let prompt_tokens = (body.len() / 4) as u64;
+        let completion_tokens = text.split_whitespace().count() as u64;
+        let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+
+        if !stream {
+            if behavior == Behavior::Drop || behavior == Behavior::DropEarly {
+                return Error::e_explain(
+                    ErrorType::ConnectionClosed,
+                    "sim: dropping the connection",
+                );
+            }
+            if behavior == Behavior::Slow {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let v = json!({
+                "id": id, "object": "chat.completion", "created": created, "model": model,
+                "system_fingerprint": "fp_freeway_sim",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
+                             "logprobs": null, "finish_reason": "stop"}],
+                "usage": usage,
+            });
+            return write(
+                session,
+                200,
+                "application/json",
+                Bytes::from(v.to_string()),
+                &[],
+            )
+            .await;
+        }
+
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header("content-type", "text/event-stream")?;
+        resp.insert_header("cache-control", "no-cache")?;
+        resp.insert_header("transfer-encoding", "chunked")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        if behavior == Behavior::DropEarly {
+            return Error::e_explain(
+                ErrorType::ConnectionClosed,
+                "sim: dropping before any event",
+            );
+        }
+        let pause = |b: Behavior| async move {
+            if b == Behavior::Slow {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+        };
+        session
+            .write_response_body(
+                Some(chunk(
+                    &id,
+                    &model,
+                    created,
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                )),
+                false,
+            )
+            .await?;
+        for (i, word) in text.split_inclusive(' ').enumerate() {
+            pause(behavior).await;
+            if behavior == Behavior::Drop && i == 2 {
+                // Half an event, then the connection dies.
+                session
+                    .write_response_body(Some(Bytes::from_static(b"data: {\"id\":\"trunc")), false)
+                    .await?;
+                return Error::e_explain(ErrorType::ConnectionClosed, "sim: dropping mid-stream");
+            }
+            session
+                .write_response_body(
+                    Some(chunk(
+                        &id,
+                        &model,
+                        created,
+                        json!({"content": word}),
+                        Value::Null,
+                    )),
+                    false,
+                )
+                .await?;
+        }
+        session
+            .write_response_body(
+                Some(chunk(&id, &model, created, json!({}), json!("stop"))),
+                false,
+            )
+            .await?;
+        if req["stream_options"]["include_usage"].as_bool() == Some(true) {
+            let v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage});
+            session
+                .write_response_body(Some(Bytes::from(format!("data: {v}\n\n"))), false)
+                .await?;
+        }
+        session
+            .write_response_body(Some(Bytes::from_static(b"data: [DONE]\n\n")), true)
+            .await
+    }
+
+    fn models(&self) -> Bytes {
+        let data: Vec<Value> = [
+            "echo", "slow", "flaky", "fail-429", "fail-500", "drop", "hang",
+        ]
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "freeway-sim"}))
+        .collect();
+        Bytes::from(json!({"object": "list", "data": data}).to_string())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for SimProvider {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        let path = session.req_header().uri.path().to_string();
+        let method = session.req_header().method.clone();
+        if path.ends_with("/chat/completions") && method == http::Method::POST {
+            self.chat(session).await?;
+        } else if path == "/_sim/requests" {
+            let body = {
+                let log = self.log.lock();
+                json!({"total": log.total, "recent": log.recent}).to_string()
+            };
+            write(session, 200, "application/json", Bytes::from(body), &[]).await?;
+        } else if path == "/_sim/last-body" {
+            let body = self.log.lock().last_body.clone();
+            write(session, 200, "application/octet-stream", body, &[]).await?;
+        } else if path == "/_sim/reset" {
+            *self.log.lock() = Log::default();
+            write(
+                session,
+                200,
+                "application/json",
+                Bytes::from_static(b"{}"),
+                &[],
+            )
+            .await?;
+        } else if path.ends_with("/models") {
+            write(session, 200, "application/json", self.models(), &[]).await?;
+        } else {
+            let err =
+                crate::errors::envelope("invalid_request_error", None, None, "sim: unknown path");
+            write(session, 404, "application/json", err, &[]).await?;
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
+        Error::e_explain(
+            ErrorType::InternalError,
+            "the simulated provider has no upstream",
+        )
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        _session: &mut Session,
+        e: &Error,
+        _ctx: &mut (),
+    ) -> pingora::proxy::FailToProxy {
+        // Deliberate drops end here: close the connection without another byte.
+        log::debug!("sim: {e}");
+        pingora::proxy::FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behaviour_from_name() {
+        assert_eq!(behavior_of("sim-fail-429"), Behavior::Fail(429));
+        assert_eq!(behavior_of("drop-early"), Behavior::DropEarly);
+        assert_eq!(behavior_of("drop"), Behavior::Drop);
+        assert_eq!(behavior_of("gpt-echo"), Behavior::Echo);
+    }
+
+    #[test]
+    fn echo_quotes_the_last_user_message() {
+        let req = json!({"messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"},
+                                      {"role": "user", "content": [{"type": "text", "text": "second"}]}]});
+        assert_eq!(reply_text(&req, 10), "echo: second (10 bytes received)");
+    }
+}
