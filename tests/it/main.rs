@@ -1,1 +1,6 @@
+//! The one integration-test crate: real freeway processes on loopback.
 
+mod core;
+mod errors;
+mod harness;
+mod sdk;

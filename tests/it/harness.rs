@@ -1,0 +1,266 @@
+//! Test harness: real freeway processes on ephemeral loopback ports, stopped on drop.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_freeway");
+
+/// A free loopback port (bound then released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+fn scratch_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("freeway-it-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn wait_listening(addr: &str, child: &mut Child, log: &PathBuf) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("freeway exited early ({status}):\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{addr} did not start listening in 20 s");
+}
+
+/// A running process killed when dropped.
+pub struct Proc {
+    child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process now (e.g. to make a provider refuse connections).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(args: &[&str], addr: String, dir: &PathBuf, name: &str) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("spawn freeway");
+    wait_listening(&addr, &mut child, &log);
+    Proc { child, addr, log }
+}
+
+/// Simulated providers (`freeway sim`).
+pub fn start_sim() -> Proc {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let dir = scratch_dir();
+    spawn(&["sim", "--listen", &addr], addr.clone(), &dir, "sim")
+}
+
+/// The gateway with `[server]` filled in and `body` (providers, auth…) appended.
+/// `{sim}` in `body` is replaced by `sim_addr`.
+pub fn start_gateway(body: &str, sim_addr: &str) -> Proc {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let dir = scratch_dir();
+    let config = format!(
+        r#"
+[server]
+listen = ["{addr}"]
+threads = 2
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+upstream_timeout_ms = 5000
+stream_idle_timeout_ms = 3000
+connect_timeout_ms = 1000
+max_body_bytes = 8388608
+pid_file = "{dir}/freeway.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+{body}
+"#,
+        dir = dir.display(),
+        body = body.replace("{sim}", sim_addr)
+    );
+    let path = dir.join("freeway.toml");
+    std::fs::write(&path, config).unwrap();
+    spawn(
+        &["--config", path.to_str().unwrap()],
+        addr.clone(),
+        &dir,
+        "gateway",
+    )
+}
+
+/// A simulated OpenAI-kind provider block.
+pub fn sim_provider(name: &str, behavior: &str, models: &[&str]) -> String {
+    let mut s = format!(
+        "[[providers]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"http://{{sim}}/{name}/v1\"\n\
+         api_key = \"sk-upstream-{name}\"\nsimulated = true\n"
+    );
+    if !behavior.is_empty() {
+        s.push_str(&format!(
+            "headers = {{ \"x-sim-behavior\" = \"{behavior}\" }}\n"
+        ));
+    }
+    for m in models {
+        s.push_str(&format!(
+            "  [[providers.models]]\n  id = \"{m}\"\n  aliases = [\"shared\"]\n  context_window = 2097152\n  \
+             capabilities = [\"tools\", \"json\", \"vision\", \"stream\"]\n"
+        ));
+    }
+    s
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// `(status, headers, body)` of a JSON POST.
+pub fn post(
+    url: &str,
+    key: Option<&str>,
+    body: impl Into<reqwest::blocking::Body>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    post_with(url, key, body, &[])
+}
+
+pub fn post_with(
+    url: &str,
+    key: Option<&str>,
+    body: impl Into<reqwest::blocking::Body>,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.send().expect("request failed");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut out = Vec::new();
+    let _ = resp.read_to_end(&mut out);
+    (status, headers, out)
+}
+
+pub fn json(b: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(b)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
+}
+
+/// Asserts an OpenAI error envelope with this status and `type`.
+pub fn assert_error(
+    status: u16,
+    body: &[u8],
+    want_status: u16,
+    want_type: &str,
+) -> serde_json::Value {
+    let v = json(body);
+    assert_eq!(status, want_status, "{v}");
+    assert_eq!(v["error"]["type"], want_type, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    assert!(
+        v["error"].get("param").is_some() && v["error"].get("code").is_some(),
+        "{v}"
+    );
+    v
+}
+
+/// What the simulated providers recorded, newest last.
+pub fn sim_requests(sim: &Proc) -> Vec<serde_json::Value> {
+    let body = client()
+        .get(sim.url("/_sim/requests"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    json(&body)["recent"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub fn sim_last_body(sim: &Proc) -> Vec<u8> {
+    client()
+        .get(sim.url("/_sim/last-body"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap()
+        .to_vec()
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// A chat request body.
+pub fn chat_body(model: &str, text: &str, stream: bool) -> String {
+    serde_json::json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]})
+        .to_string()
+}
+
+/// The `data:` payloads of an SSE body.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Asserts the gateway still answers.
+pub fn assert_alive(gw: &Proc) {
+    let r = client()
+        .get(gw.url("/health"))
+        .send()
+        .expect("gateway stopped answering");
+    assert!(r.status().as_u16() == 200 || r.status().as_u16() == 503);
+}
