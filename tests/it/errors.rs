@@ -90,7 +90,6 @@ fn missing_or_wrong_key_is_401() {
 fn oversize_body_is_413_declared_or_chunked() {
     let sim = start_sim();
     let gw = gateway(&sim, &sim_provider("alpha", "", &["m1"]));
-    let url = gw.url("/v1/chat/completions");
     // Declared too large: answered before a byte of the body is sent.
     let mut s = TcpStream::connect(&gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -22,7 +22,7 @@ fn scratch_dir() -> PathBuf {
     d
 }
 
-fn wait_listening(addr: &str, child: &mut Child, log: &PathBuf) {
+fn wait_listening(addr: &str, child: &mut Child, log: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if TcpStream::connect(addr).is_ok() {
@@ -66,7 +66,7 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(args: &[&str], addr: String, dir: &PathBuf, name: &str) -> Proc {
+fn spawn(args: &[&str], addr: String, dir: &std::path::Path, name: &str) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(BIN)
