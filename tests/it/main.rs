@@ -3,4 +3,5 @@
 mod core;
 mod errors;
 mod harness;
+mod ops;
 mod sdk;

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Load bench: latency at concurrency 1 and throughput at concurrency 32, for a chat request
+# sent directly to the simulated provider, through nginx (a plain proxy hop, the yardstick
+# for this VM's wake-up cost), and through freeway. The mock and wrk share CPU 0; the proxy
+# under test (nginx or freeway, one worker thread) runs alone on CPU 1. Rounds are
+# interleaved (direct, nginx, freeway, direct, …) and medians reported, as BENCH.md asks.
+#
+#   bash benches/load.sh [seconds-per-run] [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+ROUNDS=${2:-3}
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then as_root apt-get update -qq; as_root apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release -q
+BIN=target/release/freeway
+TMP=$(mktemp -d)
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SIM=$(port); GW=$(port); NGX=$(port)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+taskset -c 0 "$BIN" sim --listen "127.0.0.1:$SIM" --threads 1 >"$TMP/sim.log" 2>&1 & pids+=($!)
+
+cat >"$TMP/freeway.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$GW"]
+threads = 1
+pid_file = "$TMP/freeway.pid"
+upgrade_sock = "$TMP/upgrade.sock"
+[auth]
+keys = ["sk-bench"]
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://127.0.0.1:$SIM/v1"
+api_key = "sk-upstream"
+simulated = true
+  [[providers.models]]
+  id = "echo"
+  context_window = 131072
+  capabilities = ["tools", "json", "stream"]
+TOML
+RUST_LOG=warn taskset -c 1 "$BIN" --config "$TMP/freeway.toml" >"$TMP/freeway.log" 2>&1 & pids+=($!)
+FW_PID=$!
+
+cat >"$TMP/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $TMP; proxy_temp_path $TMP;
+  upstream mock { server 127.0.0.1:$SIM; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGX;
+    client_max_body_size 32m;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+taskset -c 1 "$NGINX" -c "$TMP/nginx.conf" -p "$TMP" >/dev/null 2>&1 & pids+=($!)
+sleep 1
+NGX_PID=$(cat "$TMP/nginx.pid")
+NGX_WORKER=$(pgrep -P "$NGX_PID" | head -1)
+
+cat >"$TMP/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench"
+local parts = {}
+for i = 1, 8 do
+  parts[#parts+1] = string.format('{"role":"%s","content":"Message %d: tell me something about the number %d and why it matters to us."}', (i % 2 == 1) and "user" or "assistant", i, i)
+end
+wrk.body = '{"model":"auto","temperature":0.7,"max_tokens":256,"messages":[' .. table.concat(parts, ",") .. ']}'
+LUA
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+
+run() { # name url pid
+  local name=$1 url=$2 pid=$3
+  local lat thr t0 t1 reqs
+  lat=$(taskset -c 0 wrk -t1 -c1 -d"${DUR}s" --latency -s "$TMP/post.lua" "$url" | awk '/^ +50%/{print $2}')
+  t0=$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  out=$(taskset -c 0 wrk -t1 -c32 -d"${DUR}s" -s "$TMP/post.lua" "$url")
+  t1=$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  thr=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+  reqs=$(echo "$out" | awk '/requests in/{print $1}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/{print $NF}')
+  echo "$name $lat $thr $((t1 - t0)) $reqs ${non2xx:-0}" >>"$TMP/results"
+}
+
+for r in $(seq "$ROUNDS"); do
+  echo "round $r/$ROUNDS" >&2
+  run direct "http://127.0.0.1:$SIM/v1/chat/completions" ""
+  run nginx "http://127.0.0.1:$NGX/v1/chat/completions" "$NGX_WORKER"
+  run freeway "http://127.0.0.1:$GW/v1/chat/completions" "$FW_PID"
+done
+
+python3 - "$TMP/results" "$(getconf CLK_TCK)" <<'PY'
+import statistics, sys
+tck = int(sys.argv[2])
+def us(s):
+    for unit, f in (("us", 1), ("ms", 1000), ("s", 1e6)):
+        if s.endswith(unit) and (unit != "s" or not s.endswith(("us", "ms"))):
+            return float(s[: -len(unit)]) * f
+    return float(s)
+rows = {}
+for line in open(sys.argv[1]):
+    name, lat, thr, ticks, reqs, non2xx = line.split()
+    rows.setdefault(name, []).append((us(lat), float(thr), int(ticks), int(reqs), int(non2xx)))
+med = lambda xs: statistics.median(xs)
+d_lat = med([r[0] for r in rows["direct"]]); d_thr = med([r[1] for r in rows["direct"]])
+print(f"{'target':8} {'c=1 p50':>9} {'added p50':>10} {'c=32 req/s':>11} {'vs direct':>9} {'CPU/req':>9} {'non-2xx':>8}")
+for name in ("direct", "nginx", "freeway"):
+    rs = rows[name]
+    lat = med([r[0] for r in rs]); thr = med([r[1] for r in rs])
+    cpu = med([r[2] / tck * 1e6 / r[3] for r in rs]) if name != "direct" else None
+    bad = sum(r[4] for r in rs)
+    print(f"{name:8} {lat:7.0f}us {lat - d_lat:8.0f}us {thr:11.0f} {thr / d_thr:8.0%} "
+          f"{(f'{cpu:.1f}us' if cpu is not None else '-'):>9} {bad:>8}")
+PY

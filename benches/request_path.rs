@@ -1,0 +1,74 @@
+//! The gateway's own work per chat request: parse the body once, plan the route, rewrite the
+//! model into the upstream body. Run: `cargo bench --bench request_path`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use freeway::config::Config;
+use freeway::request::parse_chat;
+use freeway::routing::{Catalog, Router};
+use std::hint::black_box;
+
+fn body_of(size: usize) -> String {
+    let mut msgs =
+        vec![serde_json::json!({"role": "system", "content": "You are a helpful assistant."})];
+    let mut total = 0;
+    let mut i = 0;
+    while total < size {
+        let text =
+            format!("Message {i}: tell me something about the number {i} and why it matters. ");
+        total += text.len() + 40;
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        msgs.push(serde_json::json!({"role": role, "content": text}));
+        i += 1;
+    }
+    serde_json::json!({"model": "auto", "messages": msgs, "temperature": 0.7, "max_tokens": 512,
+                       "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]})
+    .to_string()
+}
+
+fn catalog(models: usize) -> Catalog {
+    let mut text = String::new();
+    for p in 0..(models / 10).max(1) {
+        text.push_str(&format!(
+            "[[providers]]\nname = \"p{p}\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{}\"\n",
+            1000 + p
+        ));
+        for m in 0..10.min(models) {
+            text.push_str(&format!(
+                "  [[providers.models]]\n  id = \"model-{m}\"\n  context_window = 131072\n  capabilities = [\"tools\", \"json\", \"stream\"]\n"
+            ));
+        }
+    }
+    let config = Config::parse(&text).unwrap();
+    let unavailable = vec![None; config.providers.len()];
+    Catalog::build(&config, &unavailable)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse_rewrite");
+    for size in [1024, 16 * 1024, 256 * 1024] {
+        let body = body_of(size);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| {
+                let req = parse_chat(black_box(body.as_bytes())).unwrap();
+                black_box(req.rewrite_model(body.as_bytes(), "llama-3.3-70b-versatile"))
+            })
+        });
+    }
+    g.finish();
+
+    let cat = catalog(100);
+    let router = Router::default();
+    let req_body = body_of(1024);
+    let needs = parse_chat(req_body.as_bytes()).unwrap().needs;
+    c.bench_function("route_plan_auto_100_models", |b| {
+        b.iter(|| {
+            router
+                .plan(black_box(&cat), Some("auto"), black_box(&needs), false, 4)
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what freeway needs to build and test on Debian/Ubuntu, then builds it.
+#   bash scripts/setup.sh          # system packages + release build
+#   bash scripts/setup.sh --test   # also the Python test tools (OpenAI SDK) in .venv
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# System packages: cmake builds pingora's zlib-ng; the rest are compilers, TLS roots and
+# the Python used by the SDK conformance test.
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v cc >/dev/null || need+=(build-essential)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Rust: the distribution's cargo is too old for pingora; use rustup's stable toolchain.
+if ! command -v cargo >/dev/null; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup: installing Rust (rustup, stable)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+
+if [ "${1:-}" = "--test" ]; then
+  # Python tools for the conformance tests, isolated in .venv (PEP 668 safe).
+  if [ ! -x .venv/bin/python3 ]; then
+    python3 -m venv .venv
+  fi
+  .venv/bin/python3 -c 'import openai, jsonschema' 2>/dev/null ||
+    .venv/bin/pip install -q --disable-pip-version-check openai jsonschema
+else
+  cargo build --release
+  echo "setup: built target/release/freeway"
+fi
