@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
             b.iter(|| {
                 let req = parse_chat(black_box(body.as_bytes())).unwrap();
-                black_box(req.rewrite_model(body.as_bytes(), "llama-3.3-70b-versatile"))
+                black_box(req.rewrite_for_upstream(body.as_bytes(), "llama-3.3-70b-versatile"))
             })
         });
     }

@@ -19,7 +19,17 @@ pub struct ChatRequest<'a> {
     /// Byte range of the `model` value (quotes included) in the body.
     model_span: Option<Range<usize>>,
     pub stream: bool,
+    /// `stream_options.include_usage`: the client wants the usage chunk.
+    pub include_usage: bool,
+    /// Whether the body has a `stream_options` field at all.
+    pub has_stream_options: bool,
     pub needs: Needs,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +52,8 @@ struct Fields<'a> {
     max_completion_tokens: Option<&'a RawValue>,
     #[serde(borrow)]
     reasoning_effort: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream_options: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +136,15 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest<'_>, ApiError> {
         Some(r) => {
             serde_json::from_str::<bool>(r.get()).map_err(|_| bad_type("stream", "a boolean"))?
         }
+    };
+
+    let stream_options = fields.stream_options.filter(|r| !is_null(r));
+    let include_usage = match stream_options {
+        None => false,
+        Some(r) => serde_json::from_str::<StreamOptions>(r.get())
+            .map_err(|_| bad_type("stream_options", "an object"))?
+            .include_usage
+            .unwrap_or(false),
     };
 
     let messages_raw = fields
@@ -224,6 +245,8 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest<'_>, ApiError> {
         model,
         model_span,
         stream,
+        include_usage,
+        has_stream_options: stream_options.is_some(),
         needs,
     })
 }
@@ -235,30 +258,34 @@ fn span_of(body: &[u8], raw: &RawValue) -> Range<usize> {
 }
 
 impl ChatRequest<'_> {
-    /// The body to send upstream: the client's bytes with `model` set to `model`.
-    pub fn rewrite_model(&self, body: &[u8], model: &str) -> Vec<u8> {
+    /// The body to send upstream: the client's bytes with `model` set to `model`, and, for a
+    /// stream whose client did not ask for usage, `stream_options.include_usage` added so
+    /// the gateway can still account tokens (the translator hides that chunk again).
+    pub fn rewrite_for_upstream(&self, body: &[u8], model: &str) -> Vec<u8> {
         let quoted = serde_json::to_string(model).unwrap_or_default();
+        let inject_usage = self.stream && !self.has_stream_options;
+        let mut out = Vec::with_capacity(body.len() + quoted.len() + 48);
+        // Insertions go right after the opening brace; `messages` is required, so the object
+        // is never empty and a comma may always follow.
+        let open = body.iter().position(|&b| b == b'{').unwrap_or(0);
+        out.extend_from_slice(&body[..=open]);
+        if inject_usage {
+            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+        }
         match &self.model_span {
             Some(span) => {
-                let mut out = Vec::with_capacity(body.len() - span.len() + quoted.len());
-                out.extend_from_slice(&body[..span.start]);
+                out.extend_from_slice(&body[open + 1..span.start]);
                 out.extend_from_slice(quoted.as_bytes());
                 out.extend_from_slice(&body[span.end..]);
-                out
             }
             None => {
-                // No model field: insert one right after the opening brace. `messages` is
-                // required, so the object is never empty and a comma always follows.
-                let open = body.iter().position(|&b| b == b'{').unwrap_or(0);
-                let mut out = Vec::with_capacity(body.len() + quoted.len() + 10);
-                out.extend_from_slice(&body[..=open]);
                 out.extend_from_slice(b"\"model\":");
                 out.extend_from_slice(quoted.as_bytes());
                 out.push(b',');
                 out.extend_from_slice(&body[open + 1..]);
-                out
             }
         }
+        out
     }
 }
 
@@ -284,7 +311,7 @@ mod tests {
     fn rewrite_keeps_every_other_byte() {
         let body = br#"{ "messages": [{"role":"user","content":"x"}],  "model" : "groq/llama" , "temperature": 0.5 }"#;
         let r = parse_chat(body).unwrap();
-        let out = r.rewrite_model(body, "llama-3.3-70b-versatile");
+        let out = r.rewrite_for_upstream(body, "llama-3.3-70b-versatile");
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             r#"{ "messages": [{"role":"user","content":"x"}],  "model" : "llama-3.3-70b-versatile" , "temperature": 0.5 }"#
@@ -295,10 +322,28 @@ mod tests {
     fn rewrite_inserts_missing_model() {
         let body = br#" {"messages":[{"role":"user","content":"x"}]}"#;
         let r = parse_chat(body).unwrap();
-        let out = r.rewrite_model(body, "m\"1");
+        let out = r.rewrite_for_upstream(body, "m\"1");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "m\"1");
         assert_eq!(v["messages"][0]["content"], "x");
+    }
+
+    #[test]
+    fn streams_without_stream_options_ask_for_usage() {
+        let body = br#"{"model":"a","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+        let r = parse_chat(body).unwrap();
+        assert!(!r.include_usage);
+        let out = r.rewrite_for_upstream(body, "b");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"stream_options":{"include_usage":true},"model":"b","stream":true,"messages":[{"role":"user","content":"x"}]}"#
+        );
+        let body = br#"{"model":"a","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#;
+        let r = parse_chat(body).unwrap();
+        assert!(r.include_usage);
+        let out = r.rewrite_for_upstream(body, "b");
+        let want = String::from_utf8_lossy(body).replacen(r#""model":"a""#, r#""model":"b""#, 1);
+        assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 
     #[test]

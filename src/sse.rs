@@ -1,22 +1,128 @@
-//! Server-sent events helpers shared by every stream path.
+//! Incremental server-sent-events reader and writer, shared by every stream translator.
+//!
+//! The reader is correct for events split across any chunk boundary: bytes are buffered
+//! until a blank line ends the event. Lines end with `\n` or `\r\n`; `:` comment lines and
+//! unknown fields are ignored; several `data:` lines join with `\n` (the SSE standard).
 
-use memchr::memmem;
+use bytes::{Buf, BytesMut};
+use memchr::memchr;
 
-/// Length of the longest prefix of `buf` made of complete SSE events (each ended by a blank
-/// line). The gateway forwards only complete events, so that if the upstream dies mid-event
-/// the client never sees half an event before the gateway's error event.
-pub fn complete_events_len(buf: &[u8]) -> usize {
-    let lf = memmem::rfind(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::rfind(buf, b"\n\r\n").map(|i| i + 3);
-    lf.max(crlf).unwrap_or(0)
+/// One event: its `event:` name (if any) and its joined `data:` lines.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// Buffers upstream bytes and yields complete events.
+#[derive(Debug, Default)]
+pub struct SseReader {
+    buf: BytesMut,
+    /// Bytes of `buf` already split into lines of the current event.
+    scanned: usize,
+    current: SseEvent,
+    has_data: bool,
+}
+
+impl SseReader {
+    pub fn new() -> SseReader {
+        SseReader::default()
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// Bytes received but not yet part of a complete event.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete event, if the buffer holds one.
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let nl = memchr(b'\n', &self.buf[self.scanned..])?;
+            let end = self.scanned + nl;
+            let line_end = if end > self.scanned && self.buf[end - 1] == b'\r' {
+                end - 1
+            } else {
+                end
+            };
+            let start = self.scanned;
+            self.scanned = end + 1;
+            if line_end == start {
+                // Blank line: the event is complete.
+                self.buf.advance(self.scanned);
+                self.scanned = 0;
+                if std::mem::take(&mut self.has_data) {
+                    return Some(std::mem::take(&mut self.current));
+                }
+                self.current = SseEvent::default();
+                continue;
+            }
+            let line = &self.buf[start..line_end];
+            if line[0] == b':' {
+                continue;
+            }
+            let (field, value) = match memchr(b':', line) {
+                Some(i) => {
+                    let v = &line[i + 1..];
+                    (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+                }
+                None => (line, &b""[..]),
+            };
+            match field {
+                b"data" => {
+                    if self.has_data {
+                        self.current.data.push(b'\n');
+                    }
+                    self.current.data.extend_from_slice(value);
+                    self.has_data = true;
+                }
+                b"event" => {
+                    self.current.event = Some(String::from_utf8_lossy(value).into_owned());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// At end of stream: an event the upstream did not close with a blank line.
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        if !self.buf.is_empty() {
+            self.buf.extend_from_slice(b"\n\n");
+            if let Some(ev) = self.next_event() {
+                return Some(ev);
+            }
+        }
+        self.has_data.then(|| {
+            self.has_data = false;
+            std::mem::take(&mut self.current)
+        })
+    }
+}
+
+/// Appends `data: <payload>\n\n`.
+pub fn write_data(out: &mut Vec<u8>, payload: &[u8]) {
+    out.reserve(payload.len() + 8);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Appends `event: <name>\ndata: <payload>\n\n`.
+pub fn write_event(out: &mut Vec<u8>, name: &str, payload: &[u8]) {
+    out.reserve(payload.len() + name.len() + 16);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    write_data(out, payload);
 }
 
 /// An SSE event carrying an OpenAI error envelope, ending a failed stream (never `[DONE]`).
 pub fn error_event(envelope: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(envelope.len() + 8);
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(envelope);
-    out.extend_from_slice(b"\n\n");
+    let mut out = Vec::new();
+    write_data(&mut out, envelope);
     out
 }
 
@@ -24,11 +130,54 @@ pub fn error_event(envelope: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn all(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut r = SseReader::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            r.push(c);
+            while let Some(e) = r.next_event() {
+                out.push(e);
+            }
+        }
+        out.extend(r.finish());
+        out
+    }
+
     #[test]
-    fn complete_prefix_stops_at_last_blank_line() {
-        assert_eq!(complete_events_len(b"data: a\n\ndata: b"), 9);
-        assert_eq!(complete_events_len(b"data: a\r\n\r\ndata: b\r\n\r\n"), 22);
-        assert_eq!(complete_events_len(b"data: partial"), 0);
-        assert_eq!(complete_events_len(b""), 0);
+    fn reads_events_split_anywhere() {
+        let stream = b"event: a\ndata: {\"x\":1}\n\n: comment\n\ndata: line1\r\ndata: line2\r\n\r\ndata: [DONE]\n\n";
+        let whole = all(&[stream]);
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[0].event.as_deref(), Some("a"));
+        assert_eq!(whole[1].data, b"line1\nline2");
+        assert_eq!(whole[2].data, b"[DONE]");
+        for cut in 0..stream.len() {
+            assert_eq!(
+                all(&[&stream[..cut], &stream[cut..]]),
+                whole,
+                "cut at {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(all(&bytes), whole);
+    }
+
+    #[test]
+    fn unterminated_last_event_is_kept_at_finish() {
+        let ev = all(&[b"data: a\n\ndata: tail"]);
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[1].data, b"tail");
+    }
+
+    #[test]
+    fn data_without_space_and_empty_events() {
+        let ev = all(&[b"data:x\n\n\n\nevent: ping\n\n"]);
+        assert_eq!(
+            ev,
+            vec![SseEvent {
+                event: None,
+                data: b"x".to_vec()
+            }]
+        );
     }
 }

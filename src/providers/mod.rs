@@ -10,12 +10,101 @@ pub mod openai;
 use crate::config::{
     expand_env_placeholders, resolve_secret, ProviderConfig, ProviderKind, UpstreamUrl,
 };
+use crate::errors::ApiError;
+use crate::request::ChatRequest;
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Tokens a provider reported (or the gateway estimated) for one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// The upstream request a translator built: path under the provider's base URL (with any
+/// query), body, and headers specific to the format.
+pub struct UpstreamRequest {
+    pub path: String,
+    pub body: Bytes,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A native answer made into OpenAI's `chat.completion` JSON.
+pub struct Translated {
+    pub body: Bytes,
+    pub usage: Option<Usage>,
+}
+
+/// Why a stream could not be translated further.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamError {
+    /// The provider sent an error event (its message).
+    Upstream(String),
+    /// The provider sent something that is not its documented format.
+    Malformed(String),
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::Upstream(m) => write!(f, "the provider reported an error: {m}"),
+            StreamError::Malformed(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// One wire format: OpenAI requests in, native requests out, native answers back to OpenAI.
+pub trait Translator: Send + Sync {
+    /// The native request for a chat completion, from the client's OpenAI body.
+    fn chat_request(
+        &self,
+        req: &ChatRequest,
+        body: &[u8],
+        model_id: &str,
+    ) -> Result<UpstreamRequest, ApiError>;
+
+    /// A native non-streamed answer → OpenAI `chat.completion`.
+    fn chat_response(&self, body: Bytes, model_id: &str) -> Result<Translated, String>;
+
+    /// A fresh per-request state machine for a streamed answer.
+    fn chat_stream(&self, model_id: &str, include_usage: bool) -> Box<dyn StreamTranslator>;
+
+    /// A native error body → OpenAI error envelope.
+    fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes;
+}
+
+/// Translates one streamed answer, chunk by chunk, into OpenAI `chat.completion.chunk`
+/// events. Output depends only on the bytes fed, never on how they were split.
+pub trait StreamTranslator: Send {
+    /// Feeds upstream bytes (any chunking); appends complete OpenAI SSE events to `out`.
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError>;
+    /// The upstream ended: appends the closing events (finish, usage, `[DONE]`).
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError>;
+    /// Whether a content delta, tool call or finish reason has been emitted. Until then a
+    /// failure can still fail over to another candidate.
+    fn started(&self) -> bool;
+    /// Usage seen so far.
+    fn usage(&self) -> Option<Usage>;
+}
+
+/// The translator for a provider kind.
+pub fn translator(kind: ProviderKind) -> &'static dyn Translator {
+    match kind {
+        ProviderKind::Openai => &openai::OpenAi,
+        // Native formats arrive with their translators; until then such providers are
+        // marked unavailable in the catalog and never reach this point.
+        ProviderKind::Gemini
+        | ProviderKind::Anthropic
+        | ProviderKind::WorkersAi
+        | ProviderKind::Voyage => &openai::OpenAi,
+    }
+}
 
 /// Timeouts applied to every upstream connection.
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +121,9 @@ pub struct Upstream {
     pub simulated: bool,
     /// `None` when the base URL did not resolve (missing `env:` variable).
     pub url: Option<UpstreamUrl>,
-    /// `Authorization: Bearer …` for the provider's key, when it has one.
-    pub auth: Option<HeaderValue>,
+    /// The header carrying the provider's key in its format, when it has one
+    /// (`authorization: Bearer …`, `x-goog-api-key`, `x-api-key`).
+    pub auth: Option<(HeaderName, HeaderValue)>,
     pub host_header: HeaderValue,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Why this provider is not routable, if it is not.
@@ -65,11 +155,7 @@ impl Upstream {
         let auth = match &cfg.api_key {
             None => None,
             Some(spec) => match resolve_secret(spec) {
-                Some(key) => HeaderValue::from_str(&format!("Bearer {key}"))
-                    .map(|mut v| {
-                        v.set_sensitive(true);
-                        v
-                    })
+                Some(key) => auth_header(cfg.kind, &key)
                     .map_err(|_| {
                         unavailable.get_or_insert("api_key contains invalid characters".into());
                     })
@@ -187,6 +273,56 @@ impl Upstream {
         let prefix = self.url.as_ref().map_or("", |u| u.path.as_str());
         format!("{prefix}{api_path}")
     }
+
+    /// The request head for `POST {base}{req.path}`.
+    pub fn request_header(
+        &self,
+        req: &UpstreamRequest,
+        stream: bool,
+    ) -> pingora::Result<pingora::http::RequestHeader> {
+        use http::header;
+        let path = self.path(&req.path);
+        let mut h = pingora::http::RequestHeader::build(
+            "POST",
+            path.as_bytes(),
+            Some(8 + self.extra_headers.len() + req.headers.len()),
+        )?;
+        h.insert_header(header::HOST, self.host_header.clone())?;
+        if let Some((name, value)) = &self.auth {
+            h.insert_header(name.clone(), value.clone())?;
+        }
+        h.insert_header(header::CONTENT_TYPE, "application/json")?;
+        h.insert_header(header::CONTENT_LENGTH, req.body.len())?;
+        let accept = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        h.insert_header(header::ACCEPT, accept)?;
+        h.insert_header(
+            header::USER_AGENT,
+            concat!("freeway/", env!("CARGO_PKG_VERSION")),
+        )?;
+        for (k, v) in self.extra_headers.iter().chain(&req.headers) {
+            h.insert_header(k.clone(), v.clone())?;
+        }
+        Ok(h)
+    }
+}
+
+/// The header a provider kind expects its key in.
+fn auth_header(
+    kind: ProviderKind,
+    key: &str,
+) -> Result<(HeaderName, HeaderValue), http::header::InvalidHeaderValue> {
+    let (name, value) = match kind {
+        ProviderKind::Gemini => (HeaderName::from_static("x-goog-api-key"), key.to_string()),
+        ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key.to_string()),
+        _ => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+    };
+    let mut value = HeaderValue::from_str(&value)?;
+    value.set_sensitive(true);
+    Ok((name, value))
 }
 
 /// Re-resolves provider hostnames periodically, off the request path.

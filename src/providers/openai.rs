@@ -1,40 +1,237 @@
-//! The OpenAI-compatible wire format (OpenAI, Groq, Cerebras, SambaNova, NVIDIA NIM,
-//! OpenRouter, Mistral, DeepSeek, xAI, local servers): the body passes through with only the
-//! model rewritten, so this module only builds the request head.
+//! The OpenAI wire format (OpenAI, Groq, Cerebras, SambaNova, NVIDIA NIM, OpenRouter,
+//! Mistral, DeepSeek, xAI, local servers). Requests pass through with the model spliced in;
+//! streams pass through event by event, inspected only for usage, errors and the first
+//! content delta.
 
-use super::Upstream;
-use http::header;
-use pingora::http::RequestHeader;
+use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
+use crate::errors::{upstream_envelope, ApiError};
+use crate::request::ChatRequest;
+use crate::sse::{write_data, SseReader};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-/// The request head for `POST {base}{api_path}` with a body of `body_len` bytes.
-pub fn request_header(
-    up: &Upstream,
-    api_path: &str,
-    body_len: usize,
-    stream: bool,
-) -> pingora::Result<RequestHeader> {
-    let path = up.path(api_path);
-    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(8 + up.extra_headers.len()))?;
-    req.insert_header(header::HOST, up.host_header.clone())?;
-    if let Some(auth) = &up.auth {
-        req.insert_header(header::AUTHORIZATION, auth.clone())?;
+pub struct OpenAi;
+
+/// What the gateway reads from an OpenAI response or chunk.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<PeekChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<PeekUsage>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PeekChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<std::collections::HashMap<&'a str, &'a RawValue>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PeekUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+impl From<PeekUsage> for Usage {
+    fn from(u: PeekUsage) -> Usage {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        }
     }
-    req.insert_header(header::CONTENT_TYPE, "application/json")?;
-    req.insert_header(header::CONTENT_LENGTH, body_len)?;
-    req.insert_header(
-        header::ACCEPT,
-        if stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        },
-    )?;
-    req.insert_header(
-        header::USER_AGENT,
-        concat!("freeway/", env!("CARGO_PKG_VERSION")),
-    )?;
-    for (k, v) in &up.extra_headers {
-        req.insert_header(k.clone(), v.clone())?;
+}
+
+impl Translator for OpenAi {
+    fn chat_request(
+        &self,
+        req: &ChatRequest,
+        body: &[u8],
+        model_id: &str,
+    ) -> Result<UpstreamRequest, ApiError> {
+        Ok(UpstreamRequest {
+            path: "/chat/completions".into(),
+            body: Bytes::from(req.rewrite_for_upstream(body, model_id)),
+            headers: Vec::new(),
+        })
     }
-    Ok(req)
+
+    fn chat_response(&self, body: Bytes, _model_id: &str) -> Result<Translated, String> {
+        let peek: Peek = serde_json::from_slice(&body)
+            .map_err(|e| format!("the provider's answer is not a chat completion: {e}"))?;
+        Ok(Translated {
+            usage: peek.usage.map(Usage::from),
+            body,
+        })
+    }
+
+    fn chat_stream(&self, _model_id: &str, include_usage: bool) -> Box<dyn StreamTranslator> {
+        Box::new(OpenAiStream {
+            reader: SseReader::new(),
+            include_usage,
+            started: false,
+            done: false,
+            usage: None,
+        })
+    }
+
+    fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
+        upstream_envelope(status, provider, body)
+    }
+}
+
+struct OpenAiStream {
+    reader: SseReader,
+    /// Whether the client asked for the usage chunk (otherwise the gateway asked for it
+    /// and drops it after reading it).
+    include_usage: bool,
+    started: bool,
+    done: bool,
+    usage: Option<Usage>,
+}
+
+impl OpenAiStream {
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        if data == b"[DONE]" {
+            self.done = true;
+            write_data(out, data);
+            return Ok(());
+        }
+        let peek: Peek = serde_json::from_slice(data)
+            .map_err(|e| StreamError::Malformed(format!("bad stream chunk: {e}")))?;
+        if let Some(err) = peek.error {
+            return Err(StreamError::Upstream(err.get().to_string()));
+        }
+        let usage_only = peek.choices.as_ref().is_none_or(|c| c.is_empty());
+        if let Some(u) = peek.usage {
+            self.usage = Some(u.into());
+        }
+        if usage_only && !self.include_usage {
+            return Ok(());
+        }
+        for c in peek.choices.iter().flatten() {
+            let has_content = c.delta.as_ref().is_some_and(|d| {
+                d.iter()
+                    .any(|(k, v)| *k != "role" && !matches!(v.get(), "null" | "\"\"" | "[]"))
+            });
+            let finished = c.finish_reason.is_some_and(|f| f.get() != "null");
+            self.started |= has_content || finished;
+        }
+        write_data(out, data);
+        Ok(())
+    }
+}
+
+impl StreamTranslator for OpenAiStream {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        self.reader.push(chunk);
+        while let Some(ev) = self.reader.next_event() {
+            self.event(&ev.data, out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        if let Some(ev) = self.reader.finish() {
+            self.event(&ev.data, out)?;
+        }
+        if !self.done {
+            return Err(StreamError::Malformed(
+                "the provider ended the stream without [DONE]".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn started(&self) -> bool {
+        self.started
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(
+        stream: &[u8],
+        include_usage: bool,
+    ) -> (Vec<u8>, Result<(), StreamError>, bool, Option<Usage>) {
+        let mut t = OpenAi.chat_stream("m", include_usage);
+        let mut out = Vec::new();
+        let r = t.feed(stream, &mut out).and_then(|_| t.finish(&mut out));
+        (out, r, t.started(), t.usage())
+    }
+
+    const STREAM: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n\
+data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n\
+data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n\
+data: [DONE]\n\n";
+
+    #[test]
+    fn passes_events_through_and_reads_usage() {
+        let (out, r, started, usage) = run(STREAM, true);
+        r.unwrap();
+        assert!(started);
+        assert_eq!(out, STREAM);
+        assert_eq!(
+            usage,
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1
+            })
+        );
+    }
+
+    #[test]
+    fn hides_the_usage_chunk_the_client_did_not_ask_for() {
+        let (out, r, _, usage) = run(STREAM, false);
+        r.unwrap();
+        assert!(!String::from_utf8_lossy(&out).contains("usage"));
+        assert_eq!(usage.unwrap().completion_tokens, 1);
+    }
+
+    #[test]
+    fn role_chunk_alone_is_not_a_start() {
+        let mut t = OpenAi.chat_stream("m", false);
+        let mut out = Vec::new();
+        t.feed(
+            &STREAM[..STREAM.iter().position(|&b| b == b'\n').unwrap() + 2],
+            &mut out,
+        )
+        .unwrap();
+        assert!(!t.started());
+    }
+
+    #[test]
+    fn error_events_and_missing_done_are_errors() {
+        let (_, r, _, _) = run(b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n", false);
+        assert!(matches!(r, Err(StreamError::Upstream(m)) if m.contains("overloaded")));
+        let (_, r, _, _) = run(&STREAM[..STREAM.len() - 14], true);
+        assert!(matches!(r, Err(StreamError::Malformed(_))));
+    }
+
+    #[test]
+    fn any_chunking_gives_identical_output() {
+        let (whole, _, _, _) = run(STREAM, true);
+        for cut in 0..STREAM.len() {
+            let mut t = OpenAi.chat_stream("m", true);
+            let mut out = Vec::new();
+            t.feed(&STREAM[..cut], &mut out).unwrap();
+            t.feed(&STREAM[cut..], &mut out).unwrap();
+            t.finish(&mut out).unwrap();
+            assert_eq!(out, whole, "cut {cut}");
+        }
+    }
 }

@@ -5,6 +5,7 @@ use super::relay::{answer_exhausted, Exchange, Outcome, Timeouts};
 use super::respond::send_error;
 use super::Gateway;
 use crate::errors::ApiError;
+use crate::providers;
 use crate::request::parse_chat;
 use crate::state::State;
 use bytes::{Bytes, BytesMut};
@@ -54,17 +55,23 @@ pub async fn handle(gw: &Gateway, state: &State, session: &mut Session, ctx: &mu
         ctx.attempts += 1;
         ctx.provider = Some(model.provider_name.clone());
         ctx.model = Some(model.id.clone());
+        let translator = providers::translator(model.provider_kind);
+        let request = match translator.chat_request(&req, &raw, &model.id) {
+            Ok(r) => r,
+            Err(e) => return send_error(session, ctx, &e).await,
+        };
         let exchange = Exchange {
             connector: &gw.connector,
             upstream,
             model,
-            api_path: "/chat/completions",
-            body: Bytes::from(req.rewrite_model(&raw, &model.id)),
+            translator,
+            request,
             stream: req.stream,
+            include_usage: req.include_usage,
             timeouts,
         };
         match exchange.run(session, ctx).await {
-            Outcome::Answered => return,
+            Outcome::Answered(_) => return,
             Outcome::Retry(failure) => {
                 log::warn!("{}: {} failed: {failure}", ctx.id, model.qualified);
                 ctx.failures.push(format!("{}: {failure}", model.qualified));

@@ -9,7 +9,7 @@
 use super::ctx::RequestCtx;
 use super::respond::{gateway_headers, send, send_error};
 use crate::errors::{upstream_envelope, ApiError};
-use crate::providers::{openai, Upstream};
+use crate::providers::{Translator, Upstream, UpstreamRequest, Usage};
 use crate::routing::ModelEntry;
 use crate::sse;
 use bytes::{Bytes, BytesMut};
@@ -50,6 +50,8 @@ pub enum Failure {
         body: Bytes,
         retry_after: Option<u64>,
     },
+    /// The provider answered 200 with something that is not its format.
+    Malformed(String),
 }
 
 impl fmt::Display for Failure {
@@ -57,19 +59,13 @@ impl fmt::Display for Failure {
         match self {
             Failure::Connect(e) => write!(f, "{e}"),
             Failure::Timeout(e) => write!(f, "timeout: {e}"),
+            Failure::Malformed(e) => write!(f, "bad answer: {e}"),
             Failure::Status { status, body, .. } => {
                 let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
                 write!(f, "HTTP {status} {}", text.trim())
             }
         }
     }
-}
-
-/// How one attempt ended.
-pub enum Outcome {
-    /// A response (success, or a final client error) was written to the client.
-    Answered,
-    Retry(Failure),
 }
 
 fn is_retryable_status(status: u16) -> bool {
@@ -93,10 +89,30 @@ pub struct Exchange<'a> {
     pub connector: &'a Connector,
     pub upstream: &'a Upstream,
     pub model: &'a ModelEntry,
-    pub api_path: &'a str,
-    pub body: Bytes,
+    pub translator: &'static dyn Translator,
+    pub request: UpstreamRequest,
     pub stream: bool,
+    /// The client asked for the usage chunk.
+    pub include_usage: bool,
     pub timeouts: Timeouts,
+}
+
+/// What an answered attempt produced, for health tracking and the request log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Answer {
+    pub status: u16,
+    /// Time from sending the request to the first content (stream) or the whole answer.
+    pub first_content: Duration,
+    pub usage: Option<Usage>,
+    /// The answer broke off after it started (a stream that failed mid-way).
+    pub broken: bool,
+}
+
+/// How one attempt ended.
+pub enum Outcome {
+    /// A response (success, or a final client error) was written to the client.
+    Answered(Answer),
+    Retry(Failure),
 }
 
 impl Exchange<'_> {
@@ -106,12 +122,7 @@ impl Exchange<'_> {
             Ok(p) => p,
             Err(e) => return Outcome::Retry(Failure::Connect(e)),
         };
-        let header = match openai::request_header(
-            self.upstream,
-            self.api_path,
-            self.body.len(),
-            self.stream,
-        ) {
+        let header = match self.upstream.request_header(&self.request, self.stream) {
             Ok(h) => h,
             Err(e) => return Outcome::Retry(Failure::Connect(describe(&e))),
         };
@@ -152,20 +163,25 @@ impl Exchange<'_> {
             let body = read_capped(&mut http, MAX_ERROR_BODY, ctx)
                 .await
                 .unwrap_or_default();
-            let envelope = upstream_envelope(status, &self.upstream.name, &body);
+            let envelope = self.translator.error(status, &body, &self.upstream.name);
             send(session, ctx, status, "application/json", envelope, &[]).await;
-            return Outcome::Answered;
+            return Outcome::Answered(Answer {
+                status,
+                first_content: started.elapsed(),
+                ..Answer::default()
+            });
         }
         if is_sse {
-            self.relay_stream(http, &peer, session, ctx).await
+            self.relay_stream(http, &peer, session, ctx, started).await
         } else {
-            self.relay_whole(http, &peer, session, ctx).await
+            self.relay_whole(http, &peer, session, ctx, started).await
         }
     }
 
     /// Connects (retrying once on a stale pooled connection), sends the request and reads
     /// the response head.
     async fn send(&self, peer: &HttpPeer, header: RequestHeader) -> Result<HttpSession, Failure> {
+        let body = self.request.body.clone();
         let mut stale_retries = 0;
         loop {
             let (mut http, reused) = self
@@ -174,7 +190,7 @@ impl Exchange<'_> {
                 .await
                 .map_err(|e| Failure::Connect(describe(&e)))?;
             http.set_read_timeout(Some(self.timeouts.first_byte));
-            match write_and_read_head(&mut http, header.clone(), self.body.clone()).await {
+            match write_and_read_head(&mut http, header.clone(), body.clone()).await {
                 Ok(()) => return Ok(http),
                 // A pooled connection the provider already closed: try a fresh one.
                 Err(e) if reused && !is_timeout(&e) && stale_retries < 2 => stale_retries += 1,
@@ -189,57 +205,88 @@ impl Exchange<'_> {
         }
     }
 
-    /// A non-streamed answer: read it whole (a failure here can still fail over), then send.
+    /// A non-streamed answer: read it whole (a failure here can still fail over), translate,
+    /// then send.
     async fn relay_whole(
         &self,
         mut http: HttpSession,
         peer: &HttpPeer,
         session: &mut Session,
         ctx: &mut RequestCtx,
+        started: Instant,
     ) -> Outcome {
         let body = match read_capped(&mut http, MAX_RESPONSE_BYTES, ctx).await {
             Ok(b) => b,
             Err(f) => return Outcome::Retry(f),
         };
-        let content_type = http
-            .response_header()
-            .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_string();
+        let translated = match self.translator.chat_response(body, &self.model.id) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Retry(Failure::Malformed(e)),
+        };
+        let first_content = started.elapsed();
         let status = http.response_header().map_or(200, |h| h.status.as_u16());
         self.release(http, peer).await;
-        send(session, ctx, status, &content_type, body, &[]).await;
-        Outcome::Answered
+        send(
+            session,
+            ctx,
+            status,
+            "application/json",
+            translated.body,
+            &[],
+        )
+        .await;
+        Outcome::Answered(Answer {
+            status,
+            first_content,
+            usage: translated.usage,
+            broken: false,
+        })
     }
 
-    /// A streamed answer: hold the client's headers until the first complete event, then
-    /// forward complete events as they arrive.
+    /// A streamed answer: hold the client's headers until the first content delta, then
+    /// forward translated events as they arrive.
     async fn relay_stream(
         &self,
         mut http: HttpSession,
         peer: &HttpPeer,
         session: &mut Session,
         ctx: &mut RequestCtx,
+        started: Instant,
     ) -> Outcome {
-        let mut pending = BytesMut::new();
-        while sse::complete_events_len(&pending) == 0 {
+        let mut tr = self
+            .translator
+            .chat_stream(&self.model.id, self.include_usage);
+        let mut out = Vec::new();
+        let mut ended = false;
+        // The failover gate: nothing reaches the client before the first content.
+        while !tr.started() {
             match read_chunk(&mut http, ctx).await {
-                Ok(Some(chunk)) => pending.extend_from_slice(&chunk),
+                Ok(Some(chunk)) => {
+                    if let Err(e) = tr.feed(&chunk, &mut out) {
+                        return Outcome::Retry(Failure::Malformed(e.to_string()));
+                    }
+                }
                 Ok(None) => {
-                    return Outcome::Retry(Failure::Connect(
-                        "stream ended before its first event".into(),
-                    ))
+                    if let Err(e) = tr.finish(&mut out) {
+                        return Outcome::Retry(Failure::Malformed(e.to_string()));
+                    }
+                    if !tr.started() {
+                        return Outcome::Retry(Failure::Malformed(
+                            "the stream ended without any content".into(),
+                        ));
+                    }
+                    ended = true;
                 }
                 Err(e) if is_timeout(&e) => {
                     return Outcome::Retry(Failure::Timeout(format!(
-                        "stream silent for {} ms before its first event",
+                        "stream silent for {} ms before its first content",
                         self.timeouts.idle.as_millis()
                     )))
                 }
                 Err(e) => return Outcome::Retry(Failure::Connect(describe(&e))),
             }
         }
+        let first_content = started.elapsed();
 
         ctx.streamed = true;
         ctx.status = 200;
@@ -251,60 +298,71 @@ impl Exchange<'_> {
         let _ = resp.insert_header(http::header::CACHE_CONTROL, "no-cache");
         let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
         gateway_headers(&mut resp, ctx);
+        let mut answer = Answer {
+            status: 200,
+            first_content,
+            ..Answer::default()
+        };
         if session
             .write_response_header(Box::new(resp), false)
             .await
             .is_err()
         {
-            return Outcome::Answered; // the client left; dropping `http` closes upstream
+            return Outcome::Answered(answer); // the client left; dropping `http` closes upstream
         }
 
         loop {
-            let n = sse::complete_events_len(&pending);
-            if n > 0 {
-                let events = pending.split_to(n).freeze();
+            if !out.is_empty() {
+                let events = Bytes::from(std::mem::take(&mut out));
                 if session
                     .write_response_body(Some(events), false)
                     .await
                     .is_err()
                 {
                     log::info!("{}: client disconnected mid-stream", ctx.id);
-                    return Outcome::Answered;
+                    answer.usage = tr.usage();
+                    return Outcome::Answered(answer);
                 }
             }
-            match read_chunk(&mut http, ctx).await {
-                Ok(Some(chunk)) => pending.extend_from_slice(&chunk),
-                Ok(None) => break,
-                Err(e) => {
-                    let why = if is_timeout(&e) {
-                        format!(
-                            "the stream from `{}` stalled for {} ms",
-                            self.model.qualified,
-                            self.timeouts.idle.as_millis()
-                        )
-                    } else {
-                        format!(
-                            "the stream from `{}` broke: {}",
-                            self.model.qualified,
-                            describe(&e)
-                        )
-                    };
-                    log::warn!("{}: {why}", ctx.id);
-                    ctx.failures
-                        .push(format!("{}: {why}", self.model.qualified));
-                    let event = sse::error_event(&ApiError::upstream(502, why).body());
-                    let _ = session
-                        .write_response_body(Some(Bytes::from(event)), true)
-                        .await;
-                    return Outcome::Answered;
-                }
+            if ended {
+                break;
             }
+            let failure = match read_chunk(&mut http, ctx).await {
+                Ok(Some(chunk)) => match tr.feed(&chunk, &mut out) {
+                    Ok(()) => continue,
+                    Err(e) => e.to_string(),
+                },
+                Ok(None) => match tr.finish(&mut out) {
+                    Ok(()) => {
+                        ended = true;
+                        continue;
+                    }
+                    Err(e) => e.to_string(),
+                },
+                Err(e) if is_timeout(&e) => {
+                    format!("stalled for {} ms", self.timeouts.idle.as_millis())
+                }
+                Err(e) => format!("broke: {}", describe(&e)),
+            };
+            // Complete events translated before the failure still go out, then the error.
+            let why = format!(
+                "the stream from `{}` failed: {failure}",
+                self.model.qualified
+            );
+            log::warn!("{}: {why}", ctx.id);
+            ctx.failures.push(why.clone());
+            out.extend_from_slice(&sse::error_event(&ApiError::upstream(502, why).body()));
+            let _ = session
+                .write_response_body(Some(Bytes::from(out)), true)
+                .await;
+            answer.usage = tr.usage();
+            answer.broken = true;
+            return Outcome::Answered(answer);
         }
-        // The upstream ended cleanly; forward anything it sent after its last blank line.
-        let rest = pending.freeze();
-        let _ = session.write_response_body(Some(rest), true).await;
+        let _ = session.write_response_body(None, true).await;
         self.release(http, peer).await;
-        Outcome::Answered
+        answer.usage = tr.usage();
+        Outcome::Answered(answer)
     }
 
     async fn release(&self, mut http: HttpSession, peer: &HttpPeer) {
