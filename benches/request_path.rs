@@ -4,8 +4,10 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use freeway::config::Config;
 use freeway::request::parse_chat;
-use freeway::routing::{Catalog, Router};
+use freeway::routing::board::{Board, LiveBoard, ProviderState};
+use freeway::routing::{Ask, Catalog, Router};
 use std::hint::black_box;
+use std::time::Instant;
 
 fn body_of(size: usize) -> String {
     let mut msgs =
@@ -61,10 +63,29 @@ fn bench(c: &mut Criterion) {
     let router = Router::default();
     let req_body = body_of(1024);
     let needs = parse_chat(req_body.as_bytes()).unwrap().needs;
+    // Live health of every model, as the gateway reads it (a lock per candidate).
+    let board = Board::in_memory();
+    let states: Vec<_> = cat
+        .models
+        .iter()
+        .map(|m| board.model(&m.qualified))
+        .collect();
+    let providers: Vec<ProviderState> = (0..10).map(|_| ProviderState::default()).collect();
+    let live = LiveBoard {
+        models: &states,
+        providers: &providers,
+    };
+    let ask = Ask {
+        model: Some("auto"),
+        needs: &needs,
+        fallback_auto: false,
+        metadata: None,
+        max_attempts: 4,
+    };
     c.bench_function("route_plan_auto_100_models", |b| {
         b.iter(|| {
             router
-                .plan(black_box(&cat), Some("auto"), black_box(&needs), false, 4)
+                .plan(black_box(&cat), &live, black_box(&ask), Instant::now())
                 .unwrap()
         })
     });

@@ -47,7 +47,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub metrics: MetricsConfig,
     pub providers: Vec<ProviderConfig>,
-    pub routes: Vec<toml::Table>,
+    pub routes: Vec<RouteConfig>,
 }
 
 impl Default for Config {
@@ -266,6 +266,42 @@ fn default_true() -> bool {
     true
 }
 
+/// A named route (`model: "dynamic/<name>"`); see `routing::routes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(flatten)]
+    pub targets: RouteTargets,
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+}
+
+/// A fallback chain and/or a weighted split.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RouteTargets {
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub split: Vec<SplitTarget>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
+    pub model: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// `x-gateway-metadata` keys and the values they must equal.
+    pub when: BTreeMap<String, toml::Value>,
+    #[serde(flatten)]
+    pub targets: RouteTargets,
+}
+
 /// Capability names accepted in `capabilities = [...]`.
 pub const CAPABILITIES: &[&str] = &["tools", "json", "vision", "stream", "reasoning"];
 
@@ -426,6 +462,57 @@ impl Config {
                         ));
                     }
                 }
+            }
+        }
+        self.validate_routes()
+    }
+
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        let mut known: HashSet<String> = HashSet::from(["auto".to_string()]);
+        for p in &self.providers {
+            for m in &p.models {
+                known.insert(format!("{}/{}", p.name, m.id));
+                known.insert(m.id.clone());
+                known.extend(m.aliases.iter().cloned());
+            }
+        }
+        let mut names = HashSet::new();
+        for (ri, r) in self.routes.iter().enumerate() {
+            let key = format!("routes[{ri}]");
+            if r.name.is_empty() || !names.insert(r.name.as_str()) {
+                return Err(err(
+                    format!("{key}.name"),
+                    format!("`{}` is empty or used twice", r.name),
+                ));
+            }
+            let check = |t: &RouteTargets, key: &str, need: bool| {
+                if need && t.models.is_empty() && t.split.is_empty() {
+                    return Err(err(key, "needs `models` (a fallback chain) or `split`"));
+                }
+                for (i, m) in t.models.iter().enumerate() {
+                    if !known.contains(m) {
+                        return Err(err(
+                            format!("{key}.models[{i}]"),
+                            format!("`{m}` is not a configured model, alias or `auto`"),
+                        ));
+                    }
+                }
+                for (i, s) in t.split.iter().enumerate() {
+                    if !known.contains(&s.model) {
+                        return Err(err(
+                            format!("{key}.split[{i}].model"),
+                            format!("`{}` is not a configured model, alias or `auto`", s.model),
+                        ));
+                    }
+                    if s.weight == 0 {
+                        return Err(err(format!("{key}.split[{i}].weight"), "must be above 0"));
+                    }
+                }
+                Ok(())
+            };
+            check(&r.targets, &key, true)?;
+            for (i, rule) in r.rules.iter().enumerate() {
+                check(&rule.targets, &format!("{key}.rules[{i}]"), true)?;
             }
         }
         Ok(())
@@ -599,6 +686,16 @@ base_url = "http://127.0.0.1:1"
     fn listen_must_be_socket_addr() {
         let e = Config::parse("[server]\nlisten = [\"localhost\"]\n").unwrap_err();
         assert_eq!(e.key, "server.listen[0]");
+    }
+
+    #[test]
+    fn route_targets_must_exist() {
+        let text = "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://x\"\n  [[providers.models]]\n  id = \"m\"\n[[routes]]\nname = \"r\"\nmodels = [\"p/m\", \"p/nope\"]\n";
+        let e = Config::parse(text).unwrap_err();
+        assert_eq!(e.key, "routes[0].models[1]", "{e}");
+        let e = Config::parse(&text.replace(", \"p/nope\"]", "]\n[[routes]]\nname = \"empty\""))
+            .unwrap_err();
+        assert_eq!(e.key, "routes[1]", "{e}");
     }
 
     #[test]

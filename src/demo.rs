@@ -4,7 +4,11 @@ use crate::config::{Config, ConfigError};
 
 /// The demo config: a few simulated providers that show routing and invisible failover.
 pub fn config(listen: &str, sim: &str) -> Result<Config, ConfigError> {
-    let text = DEMO_TOML.replace("{listen}", listen).replace("{sim}", sim);
+    let storage = std::env::temp_dir().join(format!("freeway-demo-{}.db", std::process::id()));
+    let text = DEMO_TOML
+        .replace("{listen}", listen)
+        .replace("{sim}", sim)
+        .replace("{storage}", &storage.to_string_lossy());
     Config::parse(&text)
 }
 
@@ -19,6 +23,9 @@ stream_idle_timeout_ms = 5000
 max_attempts = 3
 pid_file = "/tmp/freeway-demo.pid"
 upgrade_sock = "/tmp/freeway-demo-upgrade.sock"
+
+[storage]
+path = "{storage}"
 
 # No [auth] keys: the demo is open on loopback (the gateway warns about it at start).
 

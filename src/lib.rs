@@ -17,3 +17,5 @@ pub mod server;
 pub mod sim;
 pub mod sse;
 pub mod state;
+pub mod store;
+pub mod time;

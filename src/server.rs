@@ -4,11 +4,14 @@
 use crate::config::Config;
 use crate::providers::DnsRefresher;
 use crate::proxy::Gateway;
+use crate::routing::board::{Board, BoardFlusher};
 use crate::sim::SimProvider;
 use crate::state::State;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Process-level switches from the command line.
@@ -45,19 +48,27 @@ fn pingora_server(config: &Config, flags: ProcessFlags) -> Server {
 pub fn build(config: Config, flags: ProcessFlags, sim_listen: &[String]) -> Server {
     let mut server = pingora_server(&config, flags);
     let listen = config.server.listen.clone();
-    let state = State::new(config);
+    let board = match Board::open(Path::new(&config.storage.path)) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!("freeway: config error at `storage.path`: {e}");
+            std::process::exit(1);
+        }
+    };
+    let state = State::new(config, &board);
     log_startup(&state);
     let upstreams = state.upstreams.clone();
 
     let mut gateway = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(state),
+        Gateway::new(state, board.clone()),
         "freeway",
     );
     for addr in &listen {
         gateway.add_tcp(addr);
     }
     server.add_service(gateway);
+    server.add_service(background_service("daily counters", BoardFlusher { board }));
     server.add_service(background_service(
         "dns refresh",
         DnsRefresher {

@@ -5,7 +5,10 @@
 //! Behaviours: `echo` (default) answers with the last user message; `slow` waits between
 //! stream chunks; `fail-429` (with `retry-after: 30`), `fail-500`, `fail-401` fail;
 //! `flaky` fails half of the time with 500; `drop` breaks the connection mid-stream;
-//! `drop-early` opens a 200 stream and closes it before any event; `hang` never answers.
+//! `drop-early` opens a 200 stream and closes it before any event; `drop-after-role` sends
+//! the role chunk, then closes; `hang` never answers. `x-sim-retry-after` sets the 429's
+//! `retry-after` (default 30). Tests can switch a path prefix to another behaviour at run
+//! time: `POST /_sim/override?prefix=/busy/&behavior=echo`.
 //! The wire format is OpenAI's: `chat.completion` objects and `chat.completion.chunk` SSE
 //! events ending with `data: [DONE]`.
 
@@ -26,6 +29,8 @@ const RECENT: usize = 256;
 #[derive(Default)]
 struct Log {
     total: u64,
+    /// Requests per first path segment (`/groq/v1/…` → `groq`).
+    by_prefix: std::collections::BTreeMap<String, u64>,
     recent: VecDeque<Value>,
     last_body: Bytes,
 }
@@ -34,6 +39,8 @@ struct Log {
 #[derive(Default)]
 pub struct SimProvider {
     log: Mutex<Log>,
+    /// Path prefix → behaviour name, overriding headers and model names.
+    overrides: Mutex<Vec<(String, String)>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +51,7 @@ enum Behavior {
     Flaky,
     Drop,
     DropEarly,
+    DropAfterRole,
     Hang,
 }
 
@@ -59,6 +67,8 @@ fn behavior_of(name: &str) -> Behavior {
         Behavior::Flaky
     } else if n.contains("drop-early") {
         Behavior::DropEarly
+    } else if n.contains("drop-after-role") {
+        Behavior::DropAfterRole
     } else if n.contains("drop") {
         Behavior::Drop
     } else if n.contains("hang") {
@@ -146,8 +156,17 @@ impl SimProvider {
             "transfer_encoding": header("transfer-encoding"),
             "x_gateway_headers": h.keys().filter(|k| k.as_str().starts_with("x-gateway")).map(|k| k.as_str()).collect::<Vec<_>>(),
         });
+        let prefix = session
+            .req_header()
+            .uri
+            .path()
+            .split('/')
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
         let mut log = self.log.lock();
         log.total += 1;
+        *log.by_prefix.entry(prefix).or_default() += 1;
         if log.recent.len() == RECENT {
             log.recent.pop_front();
         }
@@ -175,13 +194,29 @@ impl SimProvider {
         };
         let model = req["model"].as_str().unwrap_or("").to_string();
         self.record(session, &body, &model);
+        let path = session.req_header().uri.path().to_string();
+        let overridden = self
+            .overrides
+            .lock()
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, b)| behavior_of(b));
         let header_behavior = session
             .req_header()
             .headers
             .get("x-sim-behavior")
             .and_then(|v| v.to_str().ok())
             .map(behavior_of);
-        let mut behavior = header_behavior.unwrap_or_else(|| behavior_of(&model));
+        let mut behavior = overridden
+            .or(header_behavior)
+            .unwrap_or_else(|| behavior_of(&model));
+        let retry_after = session
+            .req_header()
+            .headers
+            .get("x-sim-retry-after")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("30")
+            .to_string();
         if behavior == Behavior::Flaky {
             behavior = if fastrand::bool() {
                 Behavior::Fail(500)
@@ -204,11 +239,8 @@ impl SimProvider {
                     _ => ("server_error", "sim: internal error"),
                 };
                 let err = crate::errors::envelope(kind, None, None, msg);
-                let extra: &[(&str, &str)] = if status == 429 {
-                    &[("retry-after", "30")]
-                } else {
-                    &[]
-                };
+                let hint = [("retry-after", retry_after.as_str())];
+                let extra: &[(&str, &str)] = if status == 429 { &hint } else { &[] };
                 return write(session, status, "application/json", err, extra).await;
             }
             Behavior::Hang => {
@@ -227,7 +259,10 @@ impl SimProvider {
         let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
 
         if !stream {
-            if behavior == Behavior::Drop || behavior == Behavior::DropEarly {
+            if matches!(
+                behavior,
+                Behavior::Drop | Behavior::DropEarly | Behavior::DropAfterRole
+            ) {
                 return Error::e_explain(
                     ErrorType::ConnectionClosed,
                     "sim: dropping the connection",
@@ -281,6 +316,12 @@ impl SimProvider {
                 false,
             )
             .await?;
+        if behavior == Behavior::DropAfterRole {
+            return Error::e_explain(
+                ErrorType::ConnectionClosed,
+                "sim: dropping after the role chunk",
+            );
+        }
         for (i, word) in text.split_inclusive(' ').enumerate() {
             pause(behavior).await;
             if behavior == Behavior::Drop && i == 2 {
@@ -344,12 +385,34 @@ impl ProxyHttp for SimProvider {
         } else if path == "/_sim/requests" {
             let body = {
                 let log = self.log.lock();
-                json!({"total": log.total, "recent": log.recent}).to_string()
+                json!({"total": log.total, "by_prefix": log.by_prefix, "recent": log.recent})
+                    .to_string()
             };
             write(session, 200, "application/json", Bytes::from(body), &[]).await?;
         } else if path == "/_sim/last-body" {
             let body = self.log.lock().last_body.clone();
             write(session, 200, "application/octet-stream", body, &[]).await?;
+        } else if path == "/_sim/override" {
+            let query = session.req_header().uri.query().unwrap_or("").to_string();
+            let param = |k: &str| {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                    .map(str::to_string)
+            };
+            if let (Some(prefix), Some(behavior)) = (param("prefix"), param("behavior")) {
+                let mut o = self.overrides.lock();
+                o.retain(|(p, _)| *p != prefix);
+                o.push((prefix, behavior));
+            }
+            write(
+                session,
+                200,
+                "application/json",
+                Bytes::from_static(b"{}"),
+                &[],
+            )
+            .await?;
         } else if path == "/_sim/reset" {
             *self.log.lock() = Log::default();
             write(

@@ -4,6 +4,8 @@
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::providers::{PeerTimeouts, Upstream};
+use crate::routing::board::{Board, LiveBoard, ModelState, ProviderState};
+use crate::routing::routes::Routes;
 use crate::routing::{Catalog, Router};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +15,18 @@ pub struct State {
     pub catalog: Catalog,
     /// Indexed like `config.providers`.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Live per-provider state (a rejected key), indexed like `config.providers`; reset by
+    /// a config change.
+    pub providers: Vec<ProviderState>,
+    /// Live per-model state (health, daily count), indexed like `catalog.models`; shared
+    /// with the board, so it outlives this config generation.
+    pub models: Vec<Arc<ModelState>>,
     pub auth: Auth,
     pub router: Router,
 }
 
 impl State {
-    pub fn new(config: Config) -> State {
+    pub fn new(config: Config, board: &Board) -> State {
         let timeouts = PeerTimeouts {
             connect: Duration::from_millis(config.server.connect_timeout_ms),
             idle: Duration::from_secs(60),
@@ -32,12 +40,29 @@ impl State {
             upstreams.iter().map(|u| u.unavailable.clone()).collect();
         let catalog = Catalog::build(&config, &unavailable);
         let auth = Auth::new(&config.auth);
+        let models = catalog
+            .models
+            .iter()
+            .map(|m| board.model(&m.qualified))
+            .collect();
+        let providers = upstreams.iter().map(|_| ProviderState::default()).collect();
+        let router = Router::new(Routes::new(&config.routes));
         State {
             config,
             catalog,
             upstreams,
+            providers,
+            models,
             auth,
-            router: Router::default(),
+            router,
+        }
+    }
+
+    /// The live view the router reads.
+    pub fn live(&self) -> LiveBoard<'_> {
+        LiveBoard {
+            models: &self.models,
+            providers: &self.providers,
         }
     }
 }

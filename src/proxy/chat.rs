@@ -1,16 +1,18 @@
 //! `POST /v1/chat/completions`: read the body once, route, and run the attempt loop.
 
 use super::ctx::RequestCtx;
-use super::relay::{answer_exhausted, Exchange, Outcome, Timeouts};
+use super::relay::{answer_exhausted, Exchange, Failure, Outcome, Timeouts};
 use super::respond::send_error;
 use super::Gateway;
 use crate::errors::ApiError;
 use crate::providers;
 use crate::request::parse_chat;
+use crate::routing::health::Report;
+use crate::routing::Ask;
 use crate::state::State;
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub async fn handle(gw: &Gateway, state: &State, session: &mut Session, ctx: &mut RequestCtx) {
     let raw = match read_body(session, state.config.server.max_body_bytes).await {
@@ -25,14 +27,21 @@ pub async fn handle(gw: &Gateway, state: &State, session: &mut Session, ctx: &mu
         Ok(r) => r,
         Err(e) => return send_error(session, ctx, &e).await,
     };
-    let fallback_auto = header_str(session, "x-gateway-fallback").is_some_and(|v| v == "auto");
-    let plan = match state.router.plan(
-        &state.catalog,
-        req.model.as_deref(),
-        &req.needs,
-        fallback_auto,
-        state.config.server.max_attempts,
-    ) {
+    let metadata = match metadata(session) {
+        Ok(m) => m,
+        Err(e) => return send_error(session, ctx, &e).await,
+    };
+    let ask = Ask {
+        model: req.model.as_deref(),
+        needs: &req.needs,
+        fallback_auto: header_str(session, "x-gateway-fallback").is_some_and(|v| v == "auto"),
+        metadata: metadata.as_ref(),
+        max_attempts: state.config.server.max_attempts,
+    };
+    let plan = match state
+        .router
+        .plan(&state.catalog, &state.live(), &ask, Instant::now())
+    {
         Ok(p) => p,
         Err(e) => return send_error(session, ctx, &e).await,
     };
@@ -51,6 +60,13 @@ pub async fn handle(gw: &Gateway, state: &State, session: &mut Session, ctx: &mu
     let mut failures = Vec::new();
     for &idx in &plan {
         let model = &state.catalog.models[idx];
+        let live = &state.models[idx];
+        // Another request may have taken the half-open probe since planning.
+        if live.acquire().is_none() {
+            ctx.failures
+                .push(format!("{}: skipped (recovering)", model.qualified));
+            continue;
+        }
         let upstream = &state.upstreams[model.provider];
         ctx.attempts += 1;
         ctx.provider = Some(model.provider_name.clone());
@@ -71,15 +87,95 @@ pub async fn handle(gw: &Gateway, state: &State, session: &mut Session, ctx: &mu
             timeouts,
         };
         match exchange.run(session, ctx).await {
-            Outcome::Answered(_) => return,
+            Outcome::Answered(answer) => {
+                live.count_request();
+                live.report(&if answer.broken {
+                    Report::Failed {
+                        reason: "stream broke mid-way".into(),
+                    }
+                } else if answer.status >= 400 {
+                    Report::ClientError
+                } else {
+                    Report::Success {
+                        latency: answer.first_content,
+                    }
+                });
+                return;
+            }
             Outcome::Retry(failure) => {
                 log::warn!("{}: {} failed: {failure}", ctx.id, model.qualified);
+                record_failure(state, idx, &failure);
                 ctx.failures.push(format!("{}: {failure}", model.qualified));
                 failures.push((model.provider_name.clone(), failure));
             }
         }
     }
+    if failures.is_empty() {
+        // Every candidate was claimed by other requests' probes meanwhile.
+        let e = ApiError::no_capacity(format!(
+            "No capable model can serve this request now: {}.",
+            ctx.failures.join("; ")
+        ));
+        return send_error(session, ctx, &e).await;
+    }
     answer_exhausted(session, ctx, failures).await
+}
+
+/// Updates health, daily counts and provider state after a failed attempt.
+fn record_failure(state: &State, idx: usize, failure: &Failure) {
+    let model = &state.catalog.models[idx];
+    let live = &state.models[idx];
+    let report = match failure {
+        Failure::Status {
+            status: 429,
+            retry_after,
+            ..
+        } => Report::RateLimited {
+            retry_after: *retry_after,
+        },
+        Failure::Status {
+            status: status @ (401 | 403),
+            ..
+        } => {
+            // The provider refused our key: no request can succeed there until the config
+            // changes. Say so loudly and stop routing to it.
+            let why = format!(
+                "the provider rejected its API key (HTTP {status}): fix the key and reload"
+            );
+            log::error!("provider `{}`: {why}", model.provider_name);
+            *state.providers[model.provider].blocked.lock() = Some(why);
+            live.count_request();
+            return;
+        }
+        Failure::Status { status, .. } => Report::Failed {
+            reason: format!("HTTP {status}"),
+        },
+        Failure::Timeout(_) => Report::TimedOut,
+        Failure::Connect(e) => Report::Failed { reason: e.clone() },
+        Failure::Malformed(e) => Report::Failed { reason: e.clone() },
+    };
+    // The provider counted the request unless it refused it (429) or never saw it.
+    if matches!(failure, Failure::Malformed(_))
+        || matches!(failure, Failure::Status { status, .. } if *status != 429)
+    {
+        live.count_request();
+    }
+    live.report(&report);
+}
+
+/// `x-gateway-metadata` (or `cf-aig-metadata`): a JSON object.
+fn metadata(session: &Session) -> Result<Option<serde_json::Value>, ApiError> {
+    let Some(raw) = header_str(session, "x-gateway-metadata")
+        .or_else(|| header_str(session, "cf-aig-metadata"))
+    else {
+        return Ok(None);
+    };
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(Some(v)),
+        _ => Err(ApiError::invalid(
+            "x-gateway-metadata must be a JSON object, e.g. {\"team\":\"support\"}.",
+        )),
+    }
 }
 
 fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {

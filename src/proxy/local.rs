@@ -1,10 +1,12 @@
 //! Endpoints the gateway answers itself: `/health`, `/v1/models`, `/v1/routing/status`.
 
 use crate::config::ModelType;
+use crate::routing::health::Gate;
 use crate::state::State;
+use crate::time::rfc3339;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -76,88 +78,101 @@ pub fn models(state: &State) -> Bytes {
     to_bytes(&json!({"object": "list", "data": data}))
 }
 
-/// `GET /v1/routing/status`, in the SPEC shape. Health tracking is not in this build, so
-/// every routable model reports as available with no history.
+/// `GET /v1/routing/status`, in the SPEC shape: one lock per model, bounded work.
 pub fn routing_status(state: &State) -> Bytes {
+    let now = Instant::now();
     let mut providers = serde_json::Map::new();
-    let mut models = Vec::new();
-    let (mut available, mut unconfigured) = (0, 0);
-    for up in &state.upstreams {
+    for (up, live) in state.upstreams.iter().zip(&state.providers) {
+        let blocked = live.blocked.lock().clone();
         providers.insert(
             up.name.clone(),
-            json!({"configured": up.unavailable.is_none(), "available_models": 0, "cooldown_models": 0, "simulated": up.simulated}),
+            json!({
+                "configured": up.unavailable.is_none() && blocked.is_none(),
+                "available_models": 0, "cooldown_models": 0,
+                "kind": up.kind.as_str(), "simulated": up.simulated,
+                "reason": up.unavailable.clone().or(blocked),
+            }),
         );
     }
-    for m in &state.catalog.models {
-        let ok = m.unavailable.is_none();
-        if ok {
-            available += 1;
-            if let Some(p) = providers.get_mut(&m.provider_name) {
-                p["available_models"] = json!(p["available_models"].as_u64().unwrap_or(0) + 1);
-            }
+    let mut counts = [0u64; 6]; // configured, available, degraded, cooldown, exhausted, unconfigured
+    let mut models = Vec::with_capacity(state.catalog.models.len());
+    for (m, live) in state.catalog.models.iter().zip(&state.models) {
+        let blocked = state.providers[m.provider].blocked.lock().clone();
+        let used = live.daily_used();
+        let h = live.health.lock();
+        let gate = h.gate(now);
+        let success_rate = h.success_rate();
+        let degraded = h.samples() >= 5 && success_rate < 0.8;
+        let exhausted = m.daily_limit > 0 && used >= u64::from(m.daily_limit);
+        let (status, reason) = if let Some(why) = m.unavailable.clone().or(blocked) {
+            ("unconfigured", why)
+        } else if exhausted {
+            (
+                "exhausted",
+                format!("daily limit reached ({used}/{})", m.daily_limit),
+            )
+        } else if let Gate::Cooling(_) | Gate::ProbeBusy = gate {
+            let after = h.last_error.clone().unwrap_or_else(|| "failures".into());
+            ("cooldown", format!("cooling down after: {after}"))
+        } else if degraded {
+            (
+                "degraded",
+                format!(
+                    "success rate {:.0}% over the last {} attempts",
+                    success_rate * 100.0,
+                    h.samples()
+                ),
+            )
         } else {
-            unconfigured += 1;
+            ("available", "healthy".to_string())
+        };
+        let slot = match status {
+            "available" => 1,
+            "degraded" => 2,
+            "cooldown" => 3,
+            "exhausted" => 4,
+            _ => 5,
+        };
+        counts[slot] += 1;
+        if slot != 5 {
+            counts[0] += 1;
         }
+        if let Some(p) = providers.get_mut(&m.provider_name) {
+            let key = match status {
+                "available" | "degraded" => Some("available_models"),
+                "cooldown" => Some("cooldown_models"),
+                _ => None,
+            };
+            if let Some(key) = key {
+                p[key] = json!(p[key].as_u64().unwrap_or(0) + 1);
+            }
+        }
+        let headroom = match (m.daily_limit, exhausted) {
+            (0, _) => 1.0,
+            (_, true) => 0.0,
+            (limit, false) => 1.0 - used as f64 / f64::from(limit),
+        };
+        let (p50, p90, p99) = h.percentiles();
         models.push(json!({
             "id": m.qualified, "provider": m.provider_name, "model": m.id,
-            "status": if ok { "available" } else { "unconfigured" },
-            "degraded": false, "success_rate": 1.0,
-            "latency_ms": {"avg": 0, "p50": 0, "p90": 0, "p99": 0},
-            "headroom": if ok { 1.0 } else { 0.0 },
-            "daily_used": 0, "daily_limit": m.daily_limit,
-            "cooldown_until": null,
-            "reasons": [m.unavailable.clone().unwrap_or_else(|| "healthy".into())],
+            "status": status, "degraded": degraded,
+            "success_rate": success_rate,
+            "latency_ms": {"avg": h.ewma_latency_ms.round(), "p50": p50.round(), "p90": p90.round(), "p99": p99.round()},
+            "headroom": headroom,
+            "daily_used": used, "daily_limit": m.daily_limit,
+            "cooldown_until": if status == "cooldown" { h.cooldown_until_wall().map(rfc3339) } else { None },
+            "reasons": [reason],
         }));
     }
-    let generated_at = humantime_now();
     to_bytes(&json!({
-        "ok": available > 0,
-        "generated_at": generated_at,
+        "ok": counts[1] + counts[2] > 0,
+        "generated_at": rfc3339(SystemTime::now()),
         "summary": {
-            "configured_models": available, "available_models": available,
-            "degraded_models": 0, "cooldown_models": 0, "exhausted_models": 0,
-            "unconfigured_models": unconfigured,
+            "configured_models": counts[0], "available_models": counts[1],
+            "degraded_models": counts[2], "cooldown_models": counts[3],
+            "exhausted_models": counts[4], "unconfigured_models": counts[5],
         },
         "providers": providers,
         "models": models,
     }))
-}
-
-/// RFC 3339 UTC timestamp, second precision.
-fn humantime_now() -> String {
-    let secs = now_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    }
 }

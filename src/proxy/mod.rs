@@ -11,6 +11,7 @@ pub mod relay;
 pub mod respond;
 
 use crate::errors::ApiError;
+use crate::routing::board::Board;
 use crate::state::State;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -24,14 +25,17 @@ use std::sync::Arc;
 /// The gateway service.
 pub struct Gateway {
     pub state: ArcSwap<State>,
+    /// Live model state (health, daily counts) across config generations.
+    pub board: Arc<Board>,
     /// Pooled upstream connections, shared by every request.
     pub connector: Connector,
 }
 
 impl Gateway {
-    pub fn new(state: State) -> Gateway {
+    pub fn new(state: State, board: Arc<Board>) -> Gateway {
         Gateway {
             state: ArcSwap::from_pointee(state),
+            board,
             connector: Connector::new(None),
         }
     }

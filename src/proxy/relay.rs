@@ -10,6 +10,7 @@ use super::ctx::RequestCtx;
 use super::respond::{gateway_headers, send, send_error};
 use crate::errors::{upstream_envelope, ApiError};
 use crate::providers::{Translator, Upstream, UpstreamRequest, Usage};
+use crate::routing::health::parse_reset;
 use crate::routing::ModelEntry;
 use crate::sse;
 use bytes::{Bytes, BytesMut};
@@ -48,7 +49,9 @@ pub enum Failure {
     Status {
         status: u16,
         body: Bytes,
-        retry_after: Option<u64>,
+        /// When the provider said to come back (`retry-after`, or the later of its
+        /// `x-ratelimit-reset-*` hints).
+        retry_after: Option<Duration>,
     },
     /// The provider answered 200 with something that is not its format.
     Malformed(String),
@@ -66,6 +69,26 @@ impl fmt::Display for Failure {
             }
         }
     }
+}
+
+/// `retry-after`, else the later of the `x-ratelimit-reset-*` hints.
+fn retry_hint(headers: &http::HeaderMap) -> Option<Duration> {
+    let parse = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_reset)
+    };
+    parse("retry-after").or_else(|| {
+        [
+            "x-ratelimit-reset-requests",
+            "x-ratelimit-reset-tokens",
+            "x-ratelimit-reset",
+        ]
+        .into_iter()
+        .filter_map(parse)
+        .max()
+    })
 }
 
 fn is_retryable_status(status: u16) -> bool {
@@ -141,11 +164,7 @@ impl Exchange<'_> {
             .headers
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let retry_after = head
-            .headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let retry_after = retry_hint(&head.headers);
         http.set_read_timeout(Some(self.timeouts.idle));
 
         if is_retryable_status(status) {
@@ -463,7 +482,7 @@ pub async fn answer_exhausted(
     )] = failures.as_slice()
     {
         let extra: Vec<(&'static str, String)> = retry_after
-            .map(|s| vec![("retry-after", s.to_string())])
+            .map(|d| vec![("retry-after", d.as_secs().max(1).to_string())])
             .unwrap_or_default();
         let envelope = upstream_envelope(*status, provider, body);
         let status = if *status == 401 || *status == 403 {
@@ -501,6 +520,7 @@ pub async fn answer_exhausted(
             Failure::Status { retry_after, .. } => *retry_after,
             _ => None,
         })
-        .min();
+        .min()
+        .map(|d| d.as_secs().max(1));
     send_error(session, ctx, &err).await;
 }

@@ -1,16 +1,21 @@
 //! Which models may serve a request, and in which order to try them. Pure logic, no I/O.
 //!
 //! `plan` turns the `model` field plus what the body needs into an ordered candidate list:
-//! resolve the selector (auto, `provider/model`, bare id or alias), keep models that have
-//! every needed capability, drop the ones that cannot be used now (unconfigured provider),
-//! then order them. Ordering is the seam for the health-aware router: today it is a
-//! round-robin rotation for `auto` and multi-provider names.
+//! resolve the selector (auto, `provider/model`, bare id or alias, `dynamic/<route>`), keep
+//! models that have every needed capability, drop the ones that cannot be used now
+//! (unconfigured, key rejected, cooling down, probe busy, daily limit reached), then order
+//! the rest by a weighted random draw (see [`weight`]).
+
+pub mod board;
+pub mod health;
+pub mod routes;
 
 use crate::config::{Config, Cost, ModelType, ProviderKind, Tier};
 use crate::errors::ApiError;
+use health::Gate;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 /// What a request needs from a model, inferred from its body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -189,77 +194,234 @@ impl Catalog {
 
 /// How the client chose the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Selection {
+pub enum Selection {
     Auto,
     /// `provider/model`: one model; fails over only with `x-gateway-fallback: auto`.
     Pinned,
     /// A bare id or alias: every provider serving it.
     Named,
+    /// `dynamic/<route>`: the route's groups, in order.
+    Route,
 }
 
-/// Orders candidates. Round-robin today; the health-aware scorer replaces `order`.
+/// The models a selector stands for: groups tried in order, each group ordered by weight.
+pub struct Selected {
+    pub kind: Selection,
+    pub groups: Vec<Vec<usize>>,
+}
+
+/// What the router knows about one model right now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub gate: Gate,
+    /// Smoothed recent success rate, 0..1.
+    pub success: f64,
+    /// EWMA latency in ms (0 with no history).
+    pub latency_ms: f64,
+    pub daily_used: u64,
+    /// Why the model's provider is blocked (a rejected key), if it is.
+    pub blocked: Option<String>,
+    /// The failure behind a cooldown.
+    pub last_error: Option<String>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            gate: Gate::Open,
+            success: 1.0,
+            latency_ms: 0.0,
+            daily_used: 0,
+            blocked: None,
+            last_error: None,
+        }
+    }
+}
+
+/// The live state the router reads (health, counters), one snapshot per model.
+pub trait Live {
+    fn snapshot(&self, model: usize, provider: usize, now: Instant) -> Snapshot;
+}
+
+/// A live view where every model is healthy and unused (tests, benches).
+pub struct AllHealthy;
+
+impl Live for AllHealthy {
+    fn snapshot(&self, _model: usize, _provider: usize, _now: Instant) -> Snapshot {
+        Snapshot::default()
+    }
+}
+
+/// Why a model cannot be tried now, if so (beyond capability, which is checked first).
+fn unavailable_now(m: &ModelEntry, s: &Snapshot, now: Instant) -> Option<String> {
+    if let Some(why) = &m.unavailable {
+        return Some(why.clone());
+    }
+    if let Some(why) = &s.blocked {
+        return Some(why.clone());
+    }
+    if m.daily_limit > 0 && s.daily_used >= m.daily_limit as u64 {
+        return Some(format!(
+            "daily limit reached ({}/{} requests today, UTC)",
+            s.daily_used, m.daily_limit
+        ));
+    }
+    let after = s.last_error.as_deref().unwrap_or("failures");
+    match s.gate {
+        Gate::Cooling(until) => Some(format!(
+            "cooling down for {:.1} s after: {after}",
+            until.saturating_duration_since(now).as_secs_f64()
+        )),
+        Gate::ProbeBusy => Some(format!(
+            "recovering (a probe request is in flight) after: {after}"
+        )),
+        Gate::Open | Gate::ProbeFree => None,
+    }
+}
+
+/// The weight of a candidate for `auto` and multi-provider names. A model is drawn first
+/// with probability proportional to its weight (the rest of the order is drawn the same
+/// way from what remains), which spreads load over good models instead of driving the best
+/// one into its rate limit:
+///
+/// `weight = success⁴ × speed × headroom × tier_fit`
+/// - `success`: Laplace-smoothed success rate over the last 100 attempts. The fourth power
+///   makes a model failing half its requests ~16× less likely than a healthy one.
+/// - `speed = 1 / (1 + ewma_latency_seconds)`: 1.0 for instant answers, 0.5 at 1 s.
+/// - `headroom = 1 − used/daily_limit` (1.0 when unlimited), floored at 0.01.
+/// - `tier_fit`: with `reasoning_effort`, 1.0 for the matching tier, 0.5 one tier away,
+///   0.25 two away; 1.0 without it.
+///
+/// A half-open model (cooldown over, probe free) goes first (infinite weight): the next
+/// request probes it, and every other request skips it until the probe reports. That one
+/// request pays a failover if the model is still down; in exchange a recovered model is
+/// back within one request instead of waiting for a lucky draw.
+pub fn weight(m: &ModelEntry, s: &Snapshot, needs: &Needs) -> f64 {
+    let success = s.success.powi(4);
+    let speed = 1.0 / (1.0 + s.latency_ms / 1000.0);
+    let headroom = if m.daily_limit == 0 {
+        1.0
+    } else {
+        (1.0 - s.daily_used as f64 / m.daily_limit as f64).max(0.01)
+    };
+    let tier_fit = match needs.reasoning_effort {
+        None => 1.0,
+        Some(want) => match (want as i32 - m.tier as i32).abs() {
+            0 => 1.0,
+            1 => 0.5,
+            _ => 0.25,
+        },
+    };
+    if s.gate == Gate::ProbeFree {
+        return f64::INFINITY;
+    }
+    (success * speed * headroom * tier_fit).max(1e-9)
+}
+
+/// Plans the candidates of chat requests.
 #[derive(Debug, Default)]
 pub struct Router {
-    next: AtomicUsize,
+    pub routes: routes::Routes,
+}
+
+/// One request's routing inputs.
+pub struct Ask<'a> {
+    pub model: Option<&'a str>,
+    pub needs: &'a Needs,
+    /// `x-gateway-fallback: auto`.
+    pub fallback_auto: bool,
+    /// `x-gateway-metadata`, for route conditions.
+    pub metadata: Option<&'a serde_json::Value>,
+    pub max_attempts: usize,
 }
 
 impl Router {
+    pub fn new(routes: routes::Routes) -> Router {
+        Router { routes }
+    }
+
     /// The ordered models to try for a chat request, at most `max_attempts` of them.
     pub fn plan(
         &self,
         catalog: &Catalog,
-        model: Option<&str>,
-        needs: &Needs,
-        fallback_auto: bool,
-        max_attempts: usize,
+        live: &dyn Live,
+        ask: &Ask,
+        now: Instant,
     ) -> Result<Vec<usize>, ApiError> {
-        let (selection, pool) = select(catalog, model)?;
+        let needs = ask.needs;
+        let selection = select(catalog, &self.routes, ask.model, ask.metadata)?;
         let mut unfit = Vec::new();
         let mut unavailable = Vec::new();
-        let mut ready = Vec::with_capacity(pool.len());
-        for &i in &pool {
-            let m = &catalog.models[i];
-            if let Some(why) = m.unfit(needs) {
-                unfit.push(why);
-            } else if let Some(why) = &m.unavailable {
-                unavailable.push(format!("`{}`: {why}", m.qualified));
-            } else {
-                ready.push(i);
+        let mut groups: Vec<Vec<(usize, f64)>> = Vec::with_capacity(selection.groups.len());
+        for group in &selection.groups {
+            let mut ready = Vec::with_capacity(group.len());
+            for &i in group {
+                let m = &catalog.models[i];
+                if let Some(why) = m.unfit(needs) {
+                    unfit.push(why);
+                    continue;
+                }
+                let s = live.snapshot(i, m.provider, now);
+                match unavailable_now(m, &s, now) {
+                    Some(why) => unavailable.push(format!("`{}`: {why}", m.qualified)),
+                    None => ready.push((i, weight(m, &s, needs))),
+                }
+            }
+            groups.push(ready);
+        }
+        if groups.iter().all(Vec::is_empty) && unavailable.is_empty() {
+            return Err(no_model_could(selection.kind, ask.model, needs, &unfit));
+        }
+        let mut plan: Vec<usize> = Vec::new();
+        for mut group in groups {
+            draw_order(&mut group);
+            for (i, _) in group {
+                if !plan.contains(&i) {
+                    plan.push(i);
+                }
             }
         }
-        if ready.is_empty() && unavailable.is_empty() {
-            return Err(no_model_could(selection, model, needs, &unfit));
-        }
-        self.order(&mut ready);
-        if selection == Selection::Pinned && fallback_auto {
-            let mut extra: Vec<usize> = auto_pool(catalog)
+        if selection.kind == Selection::Pinned && ask.fallback_auto {
+            let mut extra: Vec<(usize, f64)> = auto_pool(catalog)
                 .into_iter()
-                .filter(|i| !ready.contains(i))
-                .filter(|&i| {
+                .filter(|i| !plan.contains(i))
+                .filter_map(|i| {
                     let m = &catalog.models[i];
-                    m.unfit(needs).is_none() && m.unavailable.is_none()
+                    if m.unfit(needs).is_some() {
+                        return None;
+                    }
+                    let s = live.snapshot(i, m.provider, now);
+                    unavailable_now(m, &s, now)
+                        .is_none()
+                        .then(|| (i, weight(m, &s, needs)))
                 })
                 .collect();
-            self.order(&mut extra);
-            ready.extend(extra);
+            draw_order(&mut extra);
+            plan.extend(extra.into_iter().map(|(i, _)| i));
         }
-        if ready.is_empty() {
+        if plan.is_empty() {
             let mut msg = String::from("No capable model can serve this request now: ");
             msg.push_str(&unavailable.join("; "));
             msg.push('.');
             return Err(ApiError::no_capacity(msg));
         }
-        ready.truncate(max_attempts);
-        Ok(ready)
+        plan.truncate(ask.max_attempts);
+        Ok(plan)
     }
+}
 
-    /// Spreads load: rotates the candidate list by a shared counter.
-    fn order(&self, candidates: &mut [usize]) {
-        if candidates.len() > 1 {
-            let n = self.next.fetch_add(1, Ordering::Relaxed);
-            candidates.rotate_left(n % candidates.len());
-        }
+/// Orders candidates by a weighted random draw without replacement (Efraimidis–Spirakis:
+/// sort by `u^(1/w)`, largest first), so each position is drawn in proportion to weight.
+fn draw_order(candidates: &mut [(usize, f64)]) {
+    if candidates.len() < 2 {
+        return;
     }
+    for c in candidates.iter_mut() {
+        let u = fastrand::f64().max(f64::MIN_POSITIVE);
+        // Keyed by ln(u)/w (monotonic with u^(1/w)); the weight slot is reused for the key.
+        c.1 = u.ln() / c.1;
+    }
+    candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
 }
 
 fn auto_pool(catalog: &Catalog) -> Vec<usize> {
@@ -268,25 +430,64 @@ fn auto_pool(catalog: &Catalog) -> Vec<usize> {
         .collect()
 }
 
-fn select(catalog: &Catalog, model: Option<&str>) -> Result<(Selection, Vec<usize>), ApiError> {
+fn select(
+    catalog: &Catalog,
+    routes: &routes::Routes,
+    model: Option<&str>,
+    metadata: Option<&serde_json::Value>,
+) -> Result<Selected, ApiError> {
     let name = match model {
-        None | Some("auto") | Some("") => return Ok((Selection::Auto, auto_pool(catalog))),
+        None | Some("auto") | Some("") => {
+            return Ok(Selected {
+                kind: Selection::Auto,
+                groups: vec![auto_pool(catalog)],
+            })
+        }
         Some(name) => name,
     };
     if let Some(&i) = catalog.by_qualified.get(name) {
-        return Ok((Selection::Pinned, vec![i]));
+        return Ok(Selected {
+            kind: Selection::Pinned,
+            groups: vec![vec![i]],
+        });
     }
     if let Some(list) = catalog.by_name.get(name) {
-        return Ok((Selection::Named, list.clone()));
+        return Ok(Selected {
+            kind: Selection::Named,
+            groups: vec![list.clone()],
+        });
     }
     if let Some(route) = name.strip_prefix("dynamic/") {
-        return Err(ApiError::unknown_model(format!(
-            "No route named `{route}` is configured ([[routes]] in the config)."
-        )));
+        let targets = routes.resolve(route, metadata).ok_or_else(|| {
+            ApiError::unknown_model(format!(
+                "No route named `{route}` is configured ([[routes]] in the config)."
+            ))
+        })?;
+        let groups = targets.iter().map(|t| resolve_target(catalog, t)).collect();
+        return Ok(Selected {
+            kind: Selection::Route,
+            groups,
+        });
     }
     Err(ApiError::unknown_model(format!(
         "The model `{name}` does not exist on this gateway. Use \"auto\", or an id from GET /v1/models."
     )))
+}
+
+/// A route target (`auto`, `provider/model`, or a bare id/alias) → models.
+pub fn resolve_target(catalog: &Catalog, target: &str) -> Vec<usize> {
+    if target == "auto" {
+        return auto_pool(catalog);
+    }
+    if let Some(&i) = catalog.by_qualified.get(target) {
+        return vec![i];
+    }
+    catalog.by_name.get(target).cloned().unwrap_or_default()
+}
+
+/// Whether a route target names something in the catalog.
+pub fn target_exists(catalog: &Catalog, target: &str) -> bool {
+    target == "auto" || !resolve_target(catalog, target).is_empty()
 }
 
 fn no_model_could(
@@ -362,6 +563,24 @@ base_url = "http://127.0.0.1:2"
         Catalog::build(&c, &[None, None])
     }
 
+    fn plan_for(
+        r: &Router,
+        cat: &Catalog,
+        model: Option<&str>,
+        needs: &Needs,
+        fallback_auto: bool,
+        max_attempts: usize,
+    ) -> Result<Vec<usize>, ApiError> {
+        let ask = Ask {
+            model,
+            needs,
+            fallback_auto,
+            metadata: None,
+            max_attempts,
+        };
+        r.plan(cat, &AllHealthy, &ask, Instant::now())
+    }
+
     fn ids(cat: &Catalog, plan: &[usize]) -> Vec<String> {
         plan.iter()
             .map(|&i| cat.models[i].qualified.clone())
@@ -369,15 +588,186 @@ base_url = "http://127.0.0.1:2"
     }
 
     #[test]
-    fn auto_rotates_over_capable_chat_models() {
+    fn auto_spreads_over_capable_chat_models() {
         let cat = catalog();
         let r = Router::default();
         let n = Needs::default();
-        let first = ids(&cat, &r.plan(&cat, Some("auto"), &n, false, 9).unwrap());
-        let second = ids(&cat, &r.plan(&cat, None, &n, false, 9).unwrap());
-        assert_eq!(first.len(), 3);
-        assert!(!first.contains(&"b/embed".to_string()));
-        assert_ne!(first[0], second[0]);
+        let mut firsts = HashMap::new();
+        for _ in 0..300 {
+            let p = plan_for(&r, &cat, Some("auto"), &n, false, 9).unwrap();
+            assert_eq!(p.len(), 3);
+            assert!(!ids(&cat, &p).contains(&"b/embed".to_string()));
+            *firsts.entry(p[0]).or_insert(0) += 1;
+        }
+        assert_eq!(firsts.len(), 3);
+        assert!(firsts.values().all(|&n| n > 40), "{firsts:?}");
+    }
+
+    /// A live view with fixed snapshots per model index.
+    struct Fixed(HashMap<usize, Snapshot>);
+
+    impl Live for Fixed {
+        fn snapshot(&self, model: usize, _provider: usize, _now: Instant) -> Snapshot {
+            self.0.get(&model).cloned().unwrap_or_default()
+        }
+    }
+
+    fn plan_live(
+        cat: &Catalog,
+        live: &dyn Live,
+        model: Option<&str>,
+    ) -> Result<Vec<usize>, ApiError> {
+        let needs = Needs::default();
+        let ask = Ask {
+            model,
+            needs: &needs,
+            fallback_auto: false,
+            metadata: None,
+            max_attempts: 9,
+        };
+        Router::default().plan(cat, live, &ask, Instant::now())
+    }
+
+    #[test]
+    fn unhealthy_models_are_drawn_less_often() {
+        let cat = catalog();
+        let sick = cat.by_qualified["a/vision"];
+        let live = Fixed(HashMap::from([(
+            sick,
+            Snapshot {
+                success: 0.5,
+                ..Snapshot::default()
+            },
+        )]));
+        let mut first_sick = 0;
+        for _ in 0..3000 {
+            first_sick += usize::from(plan_live(&cat, &live, None).unwrap()[0] == sick);
+        }
+        // weights 1 : 1 : 1/16 → about 3% first.
+        assert!(first_sick < 200, "{first_sick}");
+        assert!(first_sick > 10, "{first_sick}");
+    }
+
+    #[test]
+    fn cooling_exhausted_and_blocked_models_are_skipped_with_reasons() {
+        let cat = catalog();
+        let now = Instant::now();
+        let live = Fixed(HashMap::from([
+            (
+                cat.by_qualified["a/small"],
+                Snapshot {
+                    gate: Gate::Cooling(now + std::time::Duration::from_secs(30)),
+                    last_error: Some("rate limited (429)".into()),
+                    ..Snapshot::default()
+                },
+            ),
+            (
+                cat.by_qualified["a/vision"],
+                Snapshot {
+                    gate: Gate::ProbeBusy,
+                    ..Snapshot::default()
+                },
+            ),
+            (
+                cat.by_qualified["b/llama-b"],
+                Snapshot {
+                    blocked: Some("key rejected".into()),
+                    ..Snapshot::default()
+                },
+            ),
+        ]));
+        let e = plan_live(&cat, &live, None).unwrap_err();
+        assert_eq!(e.status, 503);
+        for needle in [
+            "a/small`: cooling down for",
+            "rate limited (429)",
+            "a/vision`: recovering",
+            "b/llama-b`: key rejected",
+        ] {
+            assert!(e.message.contains(needle), "{needle}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn daily_limit_exhausts_a_model() {
+        let mut cat = catalog();
+        let i = cat.by_qualified["a/small"];
+        cat.models[i].daily_limit = 10;
+        let live = Fixed(HashMap::from([(
+            i,
+            Snapshot {
+                daily_used: 10,
+                ..Snapshot::default()
+            },
+        )]));
+        let e = plan_live(&cat, &live, Some("a/small")).unwrap_err();
+        assert!(
+            e.message.contains("daily limit reached (10/10"),
+            "{}",
+            e.message
+        );
+        let m = &cat.models[i];
+        let half = Snapshot {
+            daily_used: 5,
+            ..Snapshot::default()
+        };
+        assert!((weight(m, &half, &Needs::default()) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reasoning_effort_prefers_the_matching_tier() {
+        let cat = catalog();
+        let m = &cat.models[cat.by_qualified["a/vision"]];
+        let s = Snapshot::default();
+        let mut needs = Needs {
+            reasoning_effort: Some(Tier::Medium),
+            ..Needs::default()
+        };
+        assert_eq!(weight(m, &s, &needs), 1.0);
+        needs.reasoning_effort = Some(Tier::High);
+        assert_eq!(weight(m, &s, &needs), 0.5);
+    }
+
+    #[test]
+    fn routes_try_groups_in_order() {
+        let text = r#"
+[[providers]]
+name = "a"
+kind = "openai"
+base_url = "http://127.0.0.1:1"
+  [[providers.models]]
+  id = "x"
+  [[providers.models]]
+  id = "y"
+[[routes]]
+name = "chain"
+models = ["a/y", "a/x"]
+"#;
+        let c = Config::parse(text).unwrap();
+        let cat = Catalog::build(&c, &[None]);
+        let r = Router::new(routes::Routes::new(&c.routes));
+        let needs = Needs::default();
+        let ask = Ask {
+            model: Some("dynamic/chain"),
+            needs: &needs,
+            fallback_auto: false,
+            metadata: None,
+            max_attempts: 9,
+        };
+        for _ in 0..20 {
+            let p = r.plan(&cat, &AllHealthy, &ask, Instant::now()).unwrap();
+            assert_eq!(ids(&cat, &p), vec!["a/y", "a/x"]);
+        }
+        let ask = Ask {
+            model: Some("dynamic/none"),
+            ..ask
+        };
+        assert_eq!(
+            r.plan(&cat, &AllHealthy, &ask, Instant::now())
+                .unwrap_err()
+                .status,
+            400
+        );
     }
 
     #[test]
@@ -387,9 +777,7 @@ base_url = "http://127.0.0.1:2"
             vision: true,
             ..Needs::default()
         };
-        let plan = Router::default()
-            .plan(&cat, None, &needs, false, 9)
-            .unwrap();
+        let plan = plan_for(&Router::default(), &cat, None, &needs, false, 9).unwrap();
         assert_eq!(ids(&cat, &plan), vec!["a/vision"]);
     }
 
@@ -401,9 +789,7 @@ base_url = "http://127.0.0.1:2"
             max_output_tokens: Some(200),
             ..Needs::default()
         };
-        let e = Router::default()
-            .plan(&cat, Some("a/small"), &needs, false, 9)
-            .unwrap_err();
+        let e = plan_for(&Router::default(), &cat, Some("a/small"), &needs, false, 9).unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.contains("context window"), "{}", e.message);
     }
@@ -412,17 +798,11 @@ base_url = "http://127.0.0.1:2"
     fn alias_spans_providers_and_pinned_stays_pinned() {
         let cat = catalog();
         let r = Router::default();
-        let plan = r
-            .plan(&cat, Some("llama"), &Needs::default(), false, 9)
-            .unwrap();
+        let plan = plan_for(&r, &cat, Some("llama"), &Needs::default(), false, 9).unwrap();
         assert_eq!(plan.len(), 2);
-        let plan = r
-            .plan(&cat, Some("b/llama-b"), &Needs::default(), false, 9)
-            .unwrap();
+        let plan = plan_for(&r, &cat, Some("b/llama-b"), &Needs::default(), false, 9).unwrap();
         assert_eq!(ids(&cat, &plan), vec!["b/llama-b"]);
-        let plan = r
-            .plan(&cat, Some("b/llama-b"), &Needs::default(), true, 9)
-            .unwrap();
+        let plan = plan_for(&r, &cat, Some("b/llama-b"), &Needs::default(), true, 9).unwrap();
         assert_eq!(plan[0], cat.by_qualified["b/llama-b"]);
         assert_eq!(plan.len(), 3);
     }
@@ -435,9 +815,7 @@ base_url = "http://127.0.0.1:2"
             json: true,
             ..Needs::default()
         };
-        let e = Router::default()
-            .plan(&cat, None, &needs, false, 9)
-            .unwrap_err();
+        let e = plan_for(&Router::default(), &cat, None, &needs, false, 9).unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.contains("json"), "{}", e.message);
     }
@@ -449,9 +827,7 @@ base_url = "http://127.0.0.1:2"
         )
         .unwrap();
         let cat = Catalog::build(&c, &[Some("GROQ_API_KEY is not set".into())]);
-        let e = Router::default()
-            .plan(&cat, None, &Needs::default(), false, 9)
-            .unwrap_err();
+        let e = plan_for(&Router::default(), &cat, None, &Needs::default(), false, 9).unwrap_err();
         assert_eq!(e.status, 503);
         assert!(e.message.contains("GROQ_API_KEY"));
     }
@@ -459,18 +835,22 @@ base_url = "http://127.0.0.1:2"
     #[test]
     fn unknown_model_is_400() {
         let cat = catalog();
-        let e = Router::default()
-            .plan(&cat, Some("nope"), &Needs::default(), false, 9)
-            .unwrap_err();
+        let e = plan_for(
+            &Router::default(),
+            &cat,
+            Some("nope"),
+            &Needs::default(),
+            false,
+            9,
+        )
+        .unwrap_err();
         assert_eq!((e.status, e.code), (400, Some("model_not_found")));
     }
 
     #[test]
     fn attempts_are_capped() {
         let cat = catalog();
-        let plan = Router::default()
-            .plan(&cat, None, &Needs::default(), false, 2)
-            .unwrap();
+        let plan = plan_for(&Router::default(), &cat, None, &Needs::default(), false, 2).unwrap();
         assert_eq!(plan.len(), 2);
     }
 }

@@ -42,6 +42,7 @@ pub struct Proc {
     child: Child,
     pub addr: String,
     pub log: PathBuf,
+    args: Vec<String>,
 }
 
 impl Proc {
@@ -53,10 +54,42 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Kills the process now (e.g. to make a provider refuse connections).
+    /// Kills the process now with SIGKILL (e.g. to make a provider refuse connections).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// `kill -9`, then starts the same command again (same config, same store).
+    pub fn restart(&mut self) {
+        self.kill();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let dir = self.log.parent().unwrap().to_path_buf();
+        let fresh = spawn(&args, self.addr.clone(), &dir, "restarted");
+        let old = std::mem::replace(self, fresh);
+        std::mem::forget(old); // already dead and reaped
+    }
+
+    /// `GET /v1/routing/status`.
+    pub fn routing_status(&self) -> serde_json::Value {
+        let body = client()
+            .get(self.url("/v1/routing/status"))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        json(&body)
+    }
+
+    /// The status entry of one model (`provider/model`).
+    pub fn model_status(&self, id: &str) -> serde_json::Value {
+        self.routing_status()["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in routing status"))
     }
 }
 
@@ -78,7 +111,12 @@ fn spawn(args: &[&str], addr: String, dir: &std::path::Path, name: &str) -> Proc
         .spawn()
         .expect("spawn freeway");
     wait_listening(&addr, &mut child, &log);
-    Proc { child, addr, log }
+    Proc {
+        child,
+        addr,
+        log,
+        args: args.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 /// Simulated providers (`freeway sim`).
@@ -106,6 +144,8 @@ connect_timeout_ms = 1000
 max_body_bytes = 8388608
 pid_file = "{dir}/freeway.pid"
 upgrade_sock = "{dir}/upgrade.sock"
+[storage]
+path = "{dir}/freeway.db"
 {body}
 "#,
         dir = dir.display(),
@@ -207,6 +247,34 @@ pub fn assert_error(
         "{v}"
     );
     v
+}
+
+/// Switches the simulated providers under `prefix` (e.g. `/busy/`) to `behavior`.
+pub fn sim_override(sim: &Proc, prefix: &str, behavior: &str) {
+    let url = sim.url(&format!(
+        "/_sim/override?prefix={prefix}&behavior={behavior}"
+    ));
+    assert!(client().post(url).send().unwrap().status().is_success());
+}
+
+/// How many requests the simulated providers received under `prefix`.
+pub fn sim_count(sim: &Proc, prefix: &str) -> usize {
+    sim_requests(sim)
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
+        .count()
+}
+
+/// Polls `cond` every 20 ms until it holds, failing after `secs` seconds.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// What the simulated providers recorded, newest last.

@@ -4,4 +4,5 @@ mod core;
 mod errors;
 mod harness;
 mod ops;
+mod routing;
 mod sdk;

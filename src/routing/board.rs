@@ -1,0 +1,198 @@
+//! The live state of every model: health and today's request count. Survives config reloads
+//! (keyed by `provider/model`), and persists daily counts to the store every second.
+
+use super::health::{Gate, Health, Report};
+use super::{Live, Snapshot};
+use crate::store::Store;
+use crate::time::{day_string, utc_day};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// One model's live state.
+#[derive(Default)]
+pub struct ModelState {
+    pub health: Mutex<Health>,
+    /// Requests sent today (UTC), as counted against the daily limit.
+    used: AtomicU64,
+    /// Counted but not yet written to the store.
+    pending: AtomicU64,
+}
+
+impl ModelState {
+    pub fn daily_used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request against today's limit.
+    pub fn count_request(&self) {
+        self.used.fetch_add(1, Ordering::Relaxed);
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn report(&self, report: &Report) {
+        self.health.lock().report(report, Instant::now());
+    }
+
+    /// Claims the right to try this model now (`Some(true)`: as the half-open probe).
+    pub fn acquire(&self) -> Option<bool> {
+        self.health.lock().acquire(Instant::now())
+    }
+}
+
+/// Why a provider cannot be used right now, beyond its config (a rejected key).
+#[derive(Default)]
+pub struct ProviderState {
+    pub blocked: Mutex<Option<String>>,
+}
+
+/// All models' live state, and the store behind the daily counts.
+pub struct Board {
+    /// Where the store lives; opened on first flush (after Pingora may have forked:
+    /// an SQLite connection must not cross a fork).
+    store_path: Option<PathBuf>,
+    store: OnceLock<Option<Store>>,
+    models: Mutex<HashMap<String, Arc<ModelState>>>,
+    /// Counts loaded from the store at start, for models not created yet.
+    loaded: Mutex<HashMap<String, u64>>,
+    today: AtomicU64,
+}
+
+impl Board {
+    /// A board backed by the SQLite store at `path`: today's counts are read now (the
+    /// connection is closed again before the server forks).
+    pub fn open(path: &Path) -> Result<Board, String> {
+        let today = utc_day(SystemTime::now());
+        let loaded = Store::open(path)?.daily_counts(&day_string(today))?;
+        Ok(Board {
+            store_path: Some(path.to_path_buf()),
+            ..Board::with_counts(loaded, today)
+        })
+    }
+
+    /// A board with no persistence (tests, benches).
+    pub fn in_memory() -> Board {
+        Board::with_counts(HashMap::new(), utc_day(SystemTime::now()))
+    }
+
+    fn with_counts(loaded: HashMap<String, u64>, today: u64) -> Board {
+        Board {
+            store_path: None,
+            store: OnceLock::new(),
+            models: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(loaded),
+            today: AtomicU64::new(today),
+        }
+    }
+
+    /// The state of `provider/model`, created (with today's stored count) if new.
+    pub fn model(&self, qualified: &str) -> Arc<ModelState> {
+        let mut models = self.models.lock();
+        models
+            .entry(qualified.to_string())
+            .or_insert_with(|| {
+                let state = ModelState::default();
+                if let Some(n) = self.loaded.lock().remove(qualified) {
+                    state.used.store(n, Ordering::Relaxed);
+                }
+                Arc::new(state)
+            })
+            .clone()
+    }
+
+    /// Writes pending counts; at a new UTC day, starts every counter from zero.
+    /// Blocking (SQLite): call it off the request path.
+    pub fn flush(&self) {
+        let now_day = utc_day(SystemTime::now());
+        let day = self.today.load(Ordering::Relaxed);
+        let models: Vec<(String, Arc<ModelState>)> = self
+            .models
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let deltas: Vec<(String, u64)> = models
+            .iter()
+            .filter_map(|(k, m)| {
+                let n = m.pending.swap(0, Ordering::Relaxed);
+                (n > 0).then(|| (k.clone(), n))
+            })
+            .collect();
+        let store = self.store.get_or_init(|| {
+            let path = self.store_path.as_ref()?;
+            Store::open(path)
+                .map_err(|e| log::error!("daily counts will not persist: {e}"))
+                .ok()
+        });
+        if let (Some(store), false) = (store, deltas.is_empty()) {
+            if let Err(e) = store.add_daily(&day_string(day), &deltas) {
+                log::error!("cannot persist daily counts (will retry): {e}");
+                for (k, n) in &deltas {
+                    if let Some((_, m)) = models.iter().find(|(name, _)| name == k) {
+                        m.pending.fetch_add(*n, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if now_day != day {
+            self.today.store(now_day, Ordering::Relaxed);
+            for (_, m) in &models {
+                m.used.store(0, Ordering::Relaxed);
+            }
+            self.loaded.lock().clear();
+        }
+    }
+}
+
+/// Flushes the board every second, and once more at shutdown.
+pub struct BoardFlusher {
+    pub board: Arc<Board>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for BoardFlusher {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        loop {
+            let stop = tokio::select! {
+                _ = shutdown.changed() => true,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            };
+            let board = self.board.clone();
+            let _ = tokio::task::spawn_blocking(move || board.flush()).await;
+            if stop {
+                return;
+            }
+        }
+    }
+}
+
+/// The live view the router reads, for one config generation.
+pub struct LiveBoard<'a> {
+    /// Indexed like the catalog's models.
+    pub models: &'a [Arc<ModelState>],
+    /// Indexed like the config's providers.
+    pub providers: &'a [ProviderState],
+}
+
+impl Live for LiveBoard<'_> {
+    fn snapshot(&self, model: usize, provider: usize, now: Instant) -> Snapshot {
+        let state = &self.models[model];
+        let h = state.health.lock();
+        let gate = h.gate(now);
+        Snapshot {
+            gate,
+            success: h.smoothed_success(),
+            latency_ms: h.ewma_latency_ms,
+            daily_used: state.daily_used(),
+            blocked: self.providers[provider].blocked.lock().clone(),
+            last_error: if gate == Gate::Open {
+                None
+            } else {
+                h.last_error.clone()
+            },
+        }
+    }
+}
