@@ -143,7 +143,7 @@ fn record_failure(state: &State, idx: usize, failure: &Failure) {
                 "the provider rejected its API key (HTTP {status}): fix the key and reload"
             );
             log::error!("provider `{}`: {why}", model.provider_name);
-            *state.providers[model.provider].blocked.lock() = Some(why);
+            state.providers[model.provider].block(why);
             live.count_request();
             return;
         }

@@ -83,7 +83,7 @@ pub fn routing_status(state: &State) -> Bytes {
     let now = Instant::now();
     let mut providers = serde_json::Map::new();
     for (up, live) in state.upstreams.iter().zip(&state.providers) {
-        let blocked = live.blocked.lock().clone();
+        let blocked = live.blocked();
         providers.insert(
             up.name.clone(),
             json!({
@@ -97,7 +97,7 @@ pub fn routing_status(state: &State) -> Bytes {
     let mut counts = [0u64; 6]; // configured, available, degraded, cooldown, exhausted, unconfigured
     let mut models = Vec::with_capacity(state.catalog.models.len());
     for (m, live) in state.catalog.models.iter().zip(&state.models) {
-        let blocked = state.providers[m.provider].blocked.lock().clone();
+        let blocked = state.providers[m.provider].blocked();
         let used = live.daily_used();
         let h = live.health.lock();
         let gate = h.gate(now);

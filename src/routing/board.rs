@@ -46,7 +46,24 @@ impl ModelState {
 /// Why a provider cannot be used right now, beyond its config (a rejected key).
 #[derive(Default)]
 pub struct ProviderState {
-    pub blocked: Mutex<Option<String>>,
+    /// Fast check for the router; the reason is behind the lock.
+    is_blocked: std::sync::atomic::AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl ProviderState {
+    pub fn block(&self, why: String) {
+        *self.reason.lock() = Some(why);
+        self.is_blocked.store(true, Ordering::Release);
+    }
+
+    pub fn blocked(&self) -> Option<String> {
+        if self.is_blocked.load(Ordering::Acquire) {
+            self.reason.lock().clone()
+        } else {
+            None
+        }
+    }
 }
 
 /// All models' live state, and the store behind the daily counts.
@@ -187,7 +204,7 @@ impl Live for LiveBoard<'_> {
             success: h.smoothed_success(),
             latency_ms: h.ewma_latency_ms,
             daily_used: state.daily_used(),
-            blocked: self.providers[provider].blocked.lock().clone(),
+            blocked: self.providers[provider].blocked(),
             last_error: if gate == Gate::Open {
                 None
             } else {

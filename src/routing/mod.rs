@@ -372,9 +372,12 @@ impl Router {
         if groups.iter().all(Vec::is_empty) && unavailable.is_empty() {
             return Err(no_model_could(selection.kind, ask.model, needs, &unfit));
         }
-        let mut plan: Vec<usize> = Vec::new();
+        let mut plan: Vec<usize> = Vec::with_capacity(ask.max_attempts);
         for mut group in groups {
-            draw_order(&mut group);
+            if plan.len() >= ask.max_attempts {
+                break;
+            }
+            draw_order(&mut group, ask.max_attempts - plan.len());
             for (i, _) in group {
                 if !plan.contains(&i) {
                     plan.push(i);
@@ -396,7 +399,7 @@ impl Router {
                         .then(|| (i, weight(m, &s, needs)))
                 })
                 .collect();
-            draw_order(&mut extra);
+            draw_order(&mut extra, ask.max_attempts.saturating_sub(plan.len()));
             plan.extend(extra.into_iter().map(|(i, _)| i));
         }
         if plan.is_empty() {
@@ -410,18 +413,24 @@ impl Router {
     }
 }
 
-/// Orders candidates by a weighted random draw without replacement (Efraimidis–Spirakis:
-/// sort by `u^(1/w)`, largest first), so each position is drawn in proportion to weight.
-fn draw_order(candidates: &mut [(usize, f64)]) {
-    if candidates.len() < 2 {
-        return;
+/// Orders the first `keep` candidates by a weighted random draw without replacement
+/// (Efraimidis–Spirakis: largest `u^(1/w)` first), so each position is drawn in proportion
+/// to weight; the rest are dropped.
+fn draw_order(candidates: &mut Vec<(usize, f64)>, keep: usize) {
+    if candidates.len() > 1 {
+        for c in candidates.iter_mut() {
+            let u = fastrand::f64().max(f64::MIN_POSITIVE);
+            // Keyed by ln(u)/w (monotonic with u^(1/w)); the weight slot is reused for the key.
+            c.1 = u.ln() / c.1;
+        }
+        let by_key = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1);
+        if keep < candidates.len() {
+            candidates.select_nth_unstable_by(keep, by_key);
+            candidates.truncate(keep);
+        }
+        candidates.sort_unstable_by(by_key);
     }
-    for c in candidates.iter_mut() {
-        let u = fastrand::f64().max(f64::MIN_POSITIVE);
-        // Keyed by ln(u)/w (monotonic with u^(1/w)); the weight slot is reused for the key.
-        c.1 = u.ln() / c.1;
-    }
-    candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+    candidates.truncate(keep);
 }
 
 fn auto_pool(catalog: &Catalog) -> Vec<usize> {
