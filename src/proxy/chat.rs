@@ -98,6 +98,7 @@ pub async fn handle(gw: &Gateway, state: &State, session: &mut Session, ctx: &mu
                 } else {
                     Report::Success {
                         latency: answer.first_content,
+                        streamed: ctx.streamed,
                     }
                 });
                 return;

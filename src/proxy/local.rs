@@ -158,6 +158,7 @@ pub fn routing_status(state: &State) -> Bytes {
             "status": status, "degraded": degraded,
             "success_rate": success_rate,
             "latency_ms": {"avg": h.ewma_latency_ms.round(), "p50": p50.round(), "p90": p90.round(), "p99": p99.round()},
+            "ttft_ms": {"avg": h.ewma_ttft_ms.round()},
             "headroom": headroom,
             "daily_used": used, "daily_limit": m.daily_limit,
             "cooldown_until": if status == "cooldown" { h.cooldown_until_wall().map(rfc3339) } else { None },

@@ -29,9 +29,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 /// What happened to one attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
-    /// The model answered. `latency`: whole answer (or first content for streams).
+    /// The model answered. `latency`: whole answer, or first content for streams (which
+    /// is then also the time to first token).
     Success {
         latency: Duration,
+        streamed: bool,
     },
     /// The client's own mistake: no effect on health.
     ClientError,
@@ -68,6 +70,8 @@ pub struct Health {
     latency_len: usize,
     latency_pos: usize,
     pub ewma_latency_ms: f64,
+    /// EWMA time to first token of streamed answers, ms (0 with none yet).
+    pub ewma_ttft_ms: f64,
     consecutive_failures: u32,
     cooldown_until: Option<Instant>,
     cooldown_until_wall: Option<SystemTime>,
@@ -86,6 +90,7 @@ impl Default for Health {
             latency_len: 0,
             latency_pos: 0,
             ewma_latency_ms: 0.0,
+            ewma_ttft_ms: 0.0,
             consecutive_failures: 0,
             cooldown_until: None,
             cooldown_until_wall: None,
@@ -131,9 +136,17 @@ impl Health {
                 // The model answered: as a probe, that proves it is back.
                 self.close_cooldown();
             }
-            Report::Success { latency } => {
+            Report::Success { latency, streamed } => {
                 self.push_outcome(true);
                 self.push_latency(*latency);
+                if *streamed {
+                    let ms = latency.as_secs_f64() * 1000.0;
+                    self.ewma_ttft_ms = if self.ewma_ttft_ms == 0.0 {
+                        ms
+                    } else {
+                        EWMA_ALPHA * ms + (1.0 - EWMA_ALPHA) * self.ewma_ttft_ms
+                    };
+                }
                 self.consecutive_failures = 0;
                 self.close_cooldown();
             }
@@ -303,6 +316,7 @@ mod tests {
         h.report(
             &Report::Success {
                 latency: Duration::from_millis(100),
+                streamed: false,
             },
             t1,
         );
@@ -370,6 +384,7 @@ mod tests {
             h.report(
                 &Report::Success {
                     latency: Duration::from_millis(10),
+                    streamed: false,
                 },
                 t,
             );
@@ -386,6 +401,7 @@ mod tests {
             h.report(
                 &Report::Success {
                     latency: Duration::from_millis(ms),
+                    streamed: false,
                 },
                 t,
             );
