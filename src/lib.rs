@@ -12,6 +12,7 @@ pub mod errors;
 pub mod providers;
 pub mod proxy;
 pub mod request;
+pub mod responses;
 pub mod routing;
 pub mod server;
 pub mod sim;

@@ -91,6 +91,11 @@ pub trait StreamTranslator: Send {
     fn started(&self) -> bool;
     /// Usage seen so far.
     fn usage(&self) -> Option<Usage>;
+    /// Appends the event that ends a stream failing mid-way (never a fake `[DONE]`): for
+    /// chat, `data: {"error":{…}}`.
+    fn error_event(&mut self, err: &ApiError, out: &mut Vec<u8>) {
+        crate::sse::write_data(out, &err.body());
+    }
 }
 
 /// The translator for a provider kind.

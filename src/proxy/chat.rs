@@ -7,6 +7,7 @@ use super::Gateway;
 use crate::errors::ApiError;
 use crate::providers;
 use crate::request::parse_chat;
+use crate::responses;
 use crate::routing::health::Report;
 use crate::routing::Ask;
 use crate::state::State;
@@ -14,7 +15,20 @@ use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use std::time::{Duration, Instant};
 
-pub async fn handle(gw: &Gateway, state: &State, session: &mut Session, ctx: &mut RequestCtx) {
+/// Which API the client speaks; both run on chat providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Chat,
+    Responses,
+}
+
+pub async fn handle(
+    gw: &Gateway,
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    api: Api,
+) {
     let raw = match read_body(session, state.config.server.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {
@@ -22,6 +36,13 @@ pub async fn handle(gw: &Gateway, state: &State, session: &mut Session, ctx: &mu
             session.set_keepalive(None);
             return send_error(session, ctx, &e).await;
         }
+    };
+    let (raw, responses) = match api {
+        Api::Chat => (raw, None),
+        Api::Responses => match responses::to_chat(&raw) {
+            Ok((chat, meta)) => (Bytes::from(chat), Some(meta)),
+            Err(e) => return send_error(session, ctx, &e).await,
+        },
     };
     let req = match parse_chat(&raw) {
         Ok(r) => r,
@@ -85,6 +106,7 @@ pub async fn handle(gw: &Gateway, state: &State, session: &mut Session, ctx: &mu
             stream: req.stream,
             include_usage: req.include_usage,
             timeouts,
+            responses: responses.clone(),
         };
         match exchange.run(session, ctx).await {
             Outcome::Answered(answer) => {

@@ -48,6 +48,7 @@ impl Gateway {
 /// What a request asks for, by method and path.
 enum Endpoint {
     Chat,
+    Responses,
     Models,
     RoutingStatus,
     Health,
@@ -58,6 +59,7 @@ enum Endpoint {
 fn endpoint(method: &http::Method, path: &str) -> Endpoint {
     let (want_post, ep) = match path {
         "/v1/chat/completions" | "/chat/completions" => (true, Endpoint::Chat),
+        "/v1/responses" | "/responses" => (true, Endpoint::Responses),
         "/v1/models" | "/models" => (false, Endpoint::Models),
         "/v1/routing/status" => (false, Endpoint::RoutingStatus),
         "/health" | "/healthz" => (false, Endpoint::Health),
@@ -105,7 +107,10 @@ impl ProxyHttp for Gateway {
         }
 
         match endpoint(&method, &path) {
-            Endpoint::Chat => chat::handle(self, &state, session, ctx).await,
+            Endpoint::Chat => chat::handle(self, &state, session, ctx, chat::Api::Chat).await,
+            Endpoint::Responses => {
+                chat::handle(self, &state, session, ctx, chat::Api::Responses).await
+            }
             Endpoint::Models => respond::send_json(session, ctx, 200, local::models(&state)).await,
             Endpoint::RoutingStatus => {
                 respond::send_json(session, ctx, 200, local::routing_status(&state)).await

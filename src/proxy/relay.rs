@@ -10,9 +10,9 @@ use super::ctx::RequestCtx;
 use super::respond::{gateway_headers, send, send_error};
 use crate::errors::{upstream_envelope, ApiError};
 use crate::providers::{Translator, Upstream, UpstreamRequest, Usage};
+use crate::responses;
 use crate::routing::health::parse_reset;
 use crate::routing::ModelEntry;
-use crate::sse;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -21,6 +21,7 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The most of a non-streamed upstream answer the gateway holds in memory.
@@ -118,6 +119,8 @@ pub struct Exchange<'a> {
     /// The client asked for the usage chunk.
     pub include_usage: bool,
     pub timeouts: Timeouts,
+    /// Set for `/v1/responses`: the chat answer is reshaped into the Responses API.
+    pub responses: Option<Arc<responses::Meta>>,
 }
 
 /// What an answered attempt produced, for health tracking and the request log.
@@ -238,10 +241,16 @@ impl Exchange<'_> {
             Ok(b) => b,
             Err(f) => return Outcome::Retry(f),
         };
-        let translated = match self.translator.chat_response(body, &self.model.id) {
+        let mut translated = match self.translator.chat_response(body, &self.model.id) {
             Ok(t) => t,
             Err(e) => return Outcome::Retry(Failure::Malformed(e)),
         };
+        if let Some(meta) = &self.responses {
+            match responses::from_chat_completion(meta, &translated.body, translated.usage) {
+                Ok(b) => translated.body = b,
+                Err(e) => return Outcome::Retry(Failure::Malformed(e)),
+            }
+        }
         let first_content = started.elapsed();
         let status = http.response_header().map_or(200, |h| h.status.as_u16());
         self.release(http, peer).await;
@@ -275,6 +284,13 @@ impl Exchange<'_> {
         let mut tr = self
             .translator
             .chat_stream(&self.model.id, self.include_usage);
+        if let Some(meta) = &self.responses {
+            tr = Box::new(responses::ResponsesStream::new(
+                tr,
+                meta.clone(),
+                &self.model.id,
+            ));
+        }
         let mut out = Vec::new();
         let mut ended = false;
         // The failover gate: nothing reaches the client before the first content.
@@ -370,7 +386,7 @@ impl Exchange<'_> {
             );
             log::warn!("{}: {why}", ctx.id);
             ctx.failures.push(why.clone());
-            out.extend_from_slice(&sse::error_event(&ApiError::upstream(502, why).body()));
+            tr.error_event(&ApiError::upstream(502, why), &mut out);
             let _ = session
                 .write_response_body(Some(Bytes::from(out)), true)
                 .await;

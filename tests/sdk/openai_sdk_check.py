@@ -110,13 +110,57 @@ def main():
         assert resp.status == 400, resp.read()
         error_schema.validate(json.load(resp))
 
+    # Responses API on top of the chat providers, through the SDK and against the schema.
+    r = client.responses.create(model="auto", instructions="be brief", input="hello responses")
+    assert r.output_text.startswith("echo: hello responses"), r
+    assert r.usage and r.usage.total_tokens > 0, r
+    resp = call("POST", "/responses", json.dumps({"model": "auto", "input": "schema responses"}).encode())
+    assert resp.status == 200
+    validator(spec, "Response").validate(json.load(resp))
+    kinds, text = [], ""
+    with client.responses.create(
+            model="echo", stream=True,
+            input=[{"role": "user", "content": [{"type": "input_text", "text": "stream responses"}]}]) as events:
+        for ev in events:
+            kinds.append(ev.type)
+            if ev.type == "response.output_text.delta":
+                text += ev.delta
+    assert text.startswith("echo: stream responses"), text
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+    event_schemas = {
+        "response.created": "ResponseCreatedEvent", "response.in_progress": "ResponseInProgressEvent",
+        "response.output_item.added": "ResponseOutputItemAddedEvent",
+        "response.content_part.added": "ResponseContentPartAddedEvent",
+        "response.output_text.delta": "ResponseTextDeltaEvent", "response.output_text.done": "ResponseTextDoneEvent",
+        "response.content_part.done": "ResponseContentPartDoneEvent",
+        "response.output_item.done": "ResponseOutputItemDoneEvent",
+        "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+        "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+        "response.completed": "ResponseCompletedEvent", "error": "ResponseErrorEvent",
+    }
+    event_validators = {k: validator(spec, v) for k, v in event_schemas.items()}
+    resp = call("POST", "/responses", json.dumps({"model": "auto", "input": "raw events", "stream": True}).encode())
+    n = 0
+    for raw in resp:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("data: "):
+            ev = json.loads(line[6:])
+            event_validators[ev["type"]].validate(ev)
+            n += 1
+    assert n >= 8, n
+    try:
+        client.responses.create(model="auto", input="x", previous_response_id="resp_1")
+        raise AssertionError("previous_response_id accepted")
+    except openai.BadRequestError as e:
+        assert e.param == "previous_response_id", e
+
     models = json.load(call("GET", "/models"))
     models_schema.validate(models)
     assert any(m["id"] == "sim-alpha/echo-large" and m["simulated"] for m in models["data"]), models
     listed = client.models.list()
     assert any(m.id == "auto" for m in listed.data)
 
-    print("SDK CHECK OK: chat, stream, errors, models; schema-valid")
+    print("SDK CHECK OK: chat, stream, errors, responses (JSON + stream), models; schema-valid")
 
 
 if __name__ == "__main__":
