@@ -23,6 +23,10 @@ pub struct RequestCtx {
     /// Status answered to the client.
     pub status: u16,
     pub streamed: bool,
+    /// Set for `/providers/{name}/…`: the request continues through the proxy phases.
+    pub passthrough: Option<super::passthrough::Target>,
+    /// When a passthrough request left for its provider (its wait is not gateway overhead).
+    pub upstream_started: Option<Instant>,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -52,6 +56,8 @@ impl RequestCtx {
             failures: Vec::new(),
             status: 0,
             streamed: false,
+            passthrough: None,
+            upstream_started: None,
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod chat;
 pub mod ctx;
 pub mod local;
+pub mod passthrough;
 pub mod relay;
 pub mod respond;
 
@@ -17,6 +18,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ctx::RequestCtx;
 use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -106,6 +108,22 @@ impl ProxyHttp for Gateway {
             }
         }
 
+        if path.starts_with("/providers/") {
+            let query = session.req_header().uri.query().map(str::to_string);
+            match passthrough::target(&state, &path, query.as_deref()).await {
+                Ok(t) => {
+                    ctx.attempts = 1;
+                    ctx.provider = Some(t.upstream.name.clone());
+                    ctx.passthrough = Some(t);
+                    return Ok(false); // on to the proxy phases
+                }
+                Err(e) => {
+                    respond::send_error(session, ctx, &e).await;
+                    return Ok(true);
+                }
+            }
+        }
+
         match endpoint(&method, &path) {
             Endpoint::Chat => chat::handle(self, &state, session, ctx, chat::Api::Chat).await,
             Endpoint::Responses => {
@@ -130,13 +148,40 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
+    /// Only passthrough requests reach the proxy phases.
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        // Every request is answered in `request_filter`.
-        Error::e_explain(ErrorType::InternalError, "no upstream phase in freeway")
+        ctx.upstream_started = Some(std::time::Instant::now());
+        match &ctx.passthrough {
+            Some(t) => Ok(Box::new((*t.peer).clone())),
+            None => Error::e_explain(ErrorType::InternalError, "no upstream for this request"),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        passthrough::rewrite(upstream_request, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.status = upstream_response.status.as_u16();
+        if let Some(t) = ctx.upstream_started.take() {
+            ctx.upstream_wait += t.elapsed();
+        }
+        respond::gateway_headers(upstream_response, ctx);
+        Ok(())
     }
 
     /// Errors Pingora raises itself (bad HTTP, internal failures) get the OpenAI envelope.

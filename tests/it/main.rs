@@ -4,5 +4,6 @@ mod core;
 mod errors;
 mod harness;
 mod ops;
+mod passthrough;
 mod routing;
 mod sdk;
