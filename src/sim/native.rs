@@ -281,11 +281,13 @@ impl SimProvider {
             );
         }
         let last = events.len().saturating_sub(1);
+        // Mid-answer: after some content has gone out.
+        let drop_at = (events.len() / 2).max(1);
         for (i, ev) in events.into_iter().enumerate() {
             if behavior == Behavior::Slow && i > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            if behavior == Behavior::Drop && i == 3 {
+            if behavior == Behavior::Drop && i == drop_at {
                 // Half an event, then the connection dies.
                 let half = Bytes::copy_from_slice(&ev.as_bytes()[..ev.len() / 2]);
                 session.write_response_body(Some(half), false).await?;

@@ -3,5 +3,6 @@
 mod core;
 mod errors;
 mod harness;
+mod native;
 mod ops;
 mod sdk;
