@@ -273,7 +273,9 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
             "tool_use" => calls.push(OutToolCall {
                 id: b.id.as_deref().unwrap_or("").to_string(),
                 name: b.name.as_deref().unwrap_or("").to_string(),
-                arguments: b.input.map_or_else(|| "{}".into(), |i| i.get().to_string()),
+                arguments: b
+                    .input
+                    .map_or_else(|| "{}".into(), |i| common::compact_json(i.get())),
             }),
             // thinking, redacted_thinking, server tool blocks: not part of the OpenAI answer.
             _ => {}

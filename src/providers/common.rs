@@ -494,6 +494,31 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// A JSON text without the whitespace between tokens (providers may pretty-print; OpenAI
+/// tool-call arguments are compact). Strings are copied byte for byte.
+pub fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Whether a raw JSON string literal is empty (`""`).
 pub fn raw_is_empty(raw: &str) -> bool {
     raw.len() <= 2
@@ -594,6 +619,14 @@ mod tests {
         ))
         .is_err());
         assert!(content_parts(Some(&json!([{"type": "input_audio"}]))).is_err());
+    }
+
+    #[test]
+    fn compact_json_keeps_strings() {
+        assert_eq!(
+            compact_json("{\n  \"a b\": \"x \\\" y\",\n  \"c\": [1, 2]\n}"),
+            r#"{"a b":"x \" y","c":[1,2]}"#
+        );
     }
 
     #[test]

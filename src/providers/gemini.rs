@@ -78,6 +78,17 @@ pub fn gemini_schema(schema: &Value) -> Value {
             "const" => {
                 out.insert("enum".into(), Value::Array(vec![v.clone()]));
             }
+            // Gemini enums are strings; null is said by `nullable`.
+            "enum" => {
+                if let Value::Array(values) = v {
+                    let values: Vec<Value> =
+                        values.iter().filter(|x| !x.is_null()).cloned().collect();
+                    if values.len() < values_len(v) {
+                        out.insert("nullable".into(), Value::Bool(true));
+                    }
+                    out.insert(k.clone(), Value::Array(values));
+                }
+            }
             "properties" => {
                 if let Value::Object(props) = v {
                     let props = props
@@ -105,6 +116,10 @@ pub fn gemini_schema(schema: &Value) -> Value {
         }
     }
     Value::Object(out)
+}
+
+fn values_len(v: &Value) -> usize {
+    v.as_array().map_or(0, Vec::len)
 }
 
 fn image_part(img: Image<'_>) -> Result<Value, ApiError> {
@@ -390,7 +405,7 @@ fn finish_reason(reason: &str, called_tools: bool) -> &'static str {
 }
 
 fn args_text(args: Option<&RawValue>) -> String {
-    args.map_or_else(|| "{}".to_string(), |a| a.get().to_string())
+    args.map_or_else(|| "{}".to_string(), |a| common::compact_json(a.get()))
 }
 
 fn decode_text(raw: &RawValue) -> Result<String, String> {

@@ -8,6 +8,8 @@
 pub mod anthropic;
 pub mod common;
 pub mod gemini;
+#[cfg(test)]
+mod golden;
 pub mod openai;
 pub mod workers_ai;
 
