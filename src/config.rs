@@ -173,10 +173,16 @@ impl ProviderKind {
         }
     }
 
-    /// Whether this build can translate the kind. Native translators arrive with the
-    /// translation issue; until then such providers are listed but never routed to.
+    /// Whether this build can translate chat for the kind. Voyage serves embeddings only:
+    /// its providers are listed but never routed chat requests.
     pub fn supported(self) -> bool {
-        matches!(self, ProviderKind::Openai)
+        matches!(
+            self,
+            ProviderKind::Openai
+                | ProviderKind::Gemini
+                | ProviderKind::Anthropic
+                | ProviderKind::WorkersAi
+        )
     }
 }
 

@@ -5,7 +5,13 @@
 //! the request path (Pingora's `HttpPeer::new` would resolve DNS synchronously).
 //! One module per wire format builds the upstream request for that format.
 
+pub mod anthropic;
+pub mod common;
+pub mod gemini;
+#[cfg(test)]
+mod golden;
 pub mod openai;
+pub mod workers_ai;
 
 use crate::config::{
     expand_env_placeholders, resolve_secret, ProviderConfig, ProviderKind, UpstreamUrl,
@@ -102,12 +108,11 @@ pub trait StreamTranslator: Send {
 pub fn translator(kind: ProviderKind) -> &'static dyn Translator {
     match kind {
         ProviderKind::Openai => &openai::OpenAi,
-        // Native formats arrive with their translators; until then such providers are
-        // marked unavailable in the catalog and never reach this point.
-        ProviderKind::Gemini
-        | ProviderKind::Anthropic
-        | ProviderKind::WorkersAi
-        | ProviderKind::Voyage => &openai::OpenAi,
+        ProviderKind::Gemini => &gemini::Gemini,
+        ProviderKind::Anthropic => &anthropic::Anthropic,
+        ProviderKind::WorkersAi => &workers_ai::WorkersAi,
+        // Voyage serves embeddings only: `supported()` keeps it out of chat routing.
+        ProviderKind::Voyage => &openai::OpenAi,
     }
 }
 

@@ -174,6 +174,8 @@ impl Exchange<'_> {
             let body = read_capped(&mut http, MAX_ERROR_BODY, ctx)
                 .await
                 .unwrap_or_default();
+            // Kept as an OpenAI envelope: it may become the final answer.
+            let body = self.translator.error(status, &body, &self.upstream.name);
             return Outcome::Retry(Failure::Status {
                 status,
                 body,

@@ -9,8 +9,17 @@
 //! the role chunk, then closes; `hang` never answers. `x-sim-retry-after` sets the 429's
 //! `retry-after` (default 30). Tests can switch a path prefix to another behaviour at run
 //! time: `POST /_sim/override?prefix=/busy/&behavior=echo`.
-//! The wire format is OpenAI's: `chat.completion` objects and `chat.completion.chunk` SSE
-//! events ending with `data: [DONE]`.
+//! The OpenAI wire format (`…/chat/completions`) is answered here; the native formats —
+//! Gemini (`…/models/{m}:generateContent`, `:streamGenerateContent?alt=sse`), Anthropic
+//! (`…/messages`) and Workers AI (`…/run/{model}`) — in `native` and one module per format,
+//! each in its provider's documented JSON and SSE shapes. Native providers echo the last
+//! user message too, call the first declared tool while the last turn is not a tool result,
+//! and answer a JSON object in JSON mode.
+
+mod anthropic;
+mod gemini;
+pub mod native;
+mod workers_ai;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,7 +53,7 @@ pub struct SimProvider {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Behavior {
+pub(crate) enum Behavior {
     Echo,
     Slow,
     Fail(u16),
@@ -55,7 +64,7 @@ enum Behavior {
     Hang,
 }
 
-fn behavior_of(name: &str) -> Behavior {
+pub(crate) fn behavior_of(name: &str) -> Behavior {
     let n = name.to_ascii_lowercase();
     if n.contains("fail-429") {
         Behavior::Fail(429)
@@ -114,7 +123,7 @@ fn reply_text(req: &Value, body_len: usize) -> String {
     format!("echo: {shown} ({body_len} bytes received)")
 }
 
-async fn write(
+pub(crate) async fn write(
     session: &mut Session,
     status: u16,
     ctype: &str,
@@ -151,6 +160,10 @@ impl SimProvider {
             "sha256": hex::encode(Sha256::digest(body)),
             "authorization": header("authorization"),
             "x_api_key": header("x-api-key"),
+            "x_goog_api_key": header("x-goog-api-key"),
+            "anthropic_version": header("anthropic-version"),
+            "query": session.req_header().uri.query(),
+            "accept": header("accept"),
             "content_type": header("content-type"),
             "content_length": header("content-length"),
             "transfer_encoding": header("transfer-encoding"),
@@ -382,6 +395,10 @@ impl ProxyHttp for SimProvider {
         let method = session.req_header().method.clone();
         if path.ends_with("/chat/completions") && method == http::Method::POST {
             self.chat(session).await?;
+        } else if let Some(format) =
+            native::Format::of_path(&path).filter(|_| method == http::Method::POST)
+        {
+            self.native(session, format).await?;
         } else if path == "/_sim/requests" {
             let body = {
                 let log = self.log.lock();

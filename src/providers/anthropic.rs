@@ -1,0 +1,857 @@
+//! Anthropic's Messages API (`POST /messages`, `anthropic-version: 2023-06-01`).
+//!
+//! Requests: system messages → top-level `system`; images → `image` blocks (base64 or url
+//! sources); tools → `input_schema`; assistant tool calls → `tool_use` blocks; tool messages →
+//! `tool_result` blocks in a user turn; consecutive turns of one role are merged, as the API
+//! wants strict alternation. `max_tokens` is required by Anthropic: without one from the
+//! client the gateway sends [`DEFAULT_MAX_TOKENS`]. Temperatures above Anthropic's maximum
+//! of 1.0 are clamped. JSON mode has no native switch: it becomes a system instruction.
+
+use super::common::{self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice};
+use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
+use crate::errors::ApiError;
+use crate::request::ChatRequest;
+use crate::sse::SseReader;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use std::borrow::Cow;
+
+pub struct Anthropic;
+
+/// `max_tokens` when the client sets none. The translator only knows the model id, not its
+/// configured `max_output_tokens`; 4096 fits every current Claude model.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+pub const API_VERSION: &str = "2023-06-01";
+
+/// The sentence JSON mode adds to the system prompt.
+pub const JSON_INSTRUCTION: &str = "Respond with a single JSON object only, no prose.";
+
+// ---------------------------------------------------------------------------------------
+// Request
+// ---------------------------------------------------------------------------------------
+
+fn blocks_of(content: Option<&Value>) -> Result<Vec<Value>, ApiError> {
+    common::content_parts(content)?
+        .into_iter()
+        .filter(|p| !matches!(p, Part::Text(t) if t.is_empty()))
+        .map(|p| {
+            Ok(match p {
+                Part::Text(t) => json!({"type": "text", "text": t}),
+                Part::Image(Image::Inline { mime, data }) => json!({"type": "image",
+                    "source": {"type": "base64", "media_type": mime, "data": data}}),
+                Part::Image(Image::Url(url)) => {
+                    json!({"type": "image", "source": {"type": "url", "url": url}})
+                }
+            })
+        })
+        .collect()
+}
+
+fn push_turn(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
+    if blocks.is_empty() {
+        return;
+    }
+    if let Some(last) = messages.last_mut() {
+        if last["role"] == role {
+            if let Some(c) = last["content"].as_array_mut() {
+                c.extend(blocks);
+                return;
+            }
+        }
+    }
+    messages.push(json!({"role": role, "content": blocks}));
+}
+
+/// The native request body for an OpenAI chat request.
+pub fn build_request(body: &[u8], model: &str, stream: bool) -> Result<Value, ApiError> {
+    let req = common::parse_body(body)?;
+    let list = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| common::bad("messages", "an array of message objects"))?;
+
+    let mut system: Vec<String> = Vec::new();
+    let mut messages: Vec<Value> = Vec::new();
+    for m in list {
+        match m.get("role").and_then(Value::as_str).unwrap_or("") {
+            "system" | "developer" => {
+                let t = common::content_text(m.get("content"))?;
+                if !t.is_empty() {
+                    system.push(t);
+                }
+            }
+            "user" => push_turn(&mut messages, "user", blocks_of(m.get("content"))?),
+            "assistant" => {
+                let mut blocks = blocks_of(m.get("content"))?;
+                for c in common::tool_calls(m)? {
+                    blocks.push(
+                        json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.args}),
+                    );
+                }
+                push_turn(&mut messages, "assistant", blocks);
+            }
+            "tool" => {
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        common::bad("messages", "tool messages with a `tool_call_id` string")
+                    })?;
+                let text = common::content_text(m.get("content"))?;
+                push_turn(
+                    &mut messages,
+                    "user",
+                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
+                );
+            }
+            other => {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!("Unknown message role `{other}`."),
+                ))
+            }
+        }
+    }
+    if messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "Anthropic needs at least one user or assistant message besides the system prompt.",
+        ));
+    }
+
+    match common::json_mode(&req) {
+        JsonMode::Off => {}
+        JsonMode::Object => system.push(JSON_INSTRUCTION.into()),
+        JsonMode::Schema { schema, .. } => {
+            let mut s = JSON_INSTRUCTION.to_string();
+            if let Some(schema) = schema {
+                s.push_str(" It must match this JSON schema: ");
+                s.push_str(&schema.to_string());
+            }
+            system.push(s);
+        }
+    }
+
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    out.insert(
+        "max_tokens".into(),
+        json!(common::max_tokens(&req).unwrap_or(DEFAULT_MAX_TOKENS)),
+    );
+    if !system.is_empty() {
+        out.insert("system".into(), json!(system.join("\n\n")));
+    }
+    out.insert("messages".into(), Value::Array(messages));
+    if stream {
+        out.insert("stream".into(), json!(true));
+    }
+    if let Some(t) = req.get("temperature").and_then(Value::as_f64) {
+        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    }
+    if let Some(p) = req.get("top_p").filter(|v| v.is_number()) {
+        out.insert("top_p".into(), p.clone());
+    }
+    let stop = common::stop_sequences(&req)?;
+    if !stop.is_empty() {
+        out.insert("stop_sequences".into(), json!(stop));
+    }
+
+    let tools = common::tools(&req)?;
+    if !tools.is_empty() {
+        let list: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                let mut d = json!({"name": t.name,
+                    "input_schema": t.parameters.cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}}))});
+                if let Some(desc) = t.description {
+                    d["description"] = json!(desc);
+                }
+                d
+            })
+            .collect();
+        out.insert("tools".into(), Value::Array(list));
+        let no_parallel = req.get("parallel_tool_calls") == Some(&Value::Bool(false));
+        let mut choice = match common::tool_choice(&req)? {
+            None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
+            Some(ToolChoice::None) => json!({"type": "none"}),
+            Some(ToolChoice::Required) => json!({"type": "any"}),
+            Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
+        };
+        if no_parallel && choice["type"] != "none" {
+            choice["disable_parallel_tool_use"] = json!(true);
+        }
+        if no_parallel || req.get("tool_choice").is_some_and(|c| !c.is_null()) {
+            out.insert("tool_choice".into(), choice);
+        }
+    }
+    if let Some(user) = req.get("user").and_then(Value::as_str) {
+        out.insert("metadata".into(), json!({ "user_id": user }));
+    }
+    Ok(Value::Object(out))
+}
+
+// ---------------------------------------------------------------------------------------
+// Answers
+// ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    content: Vec<Block<'a>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<&'a str>,
+    #[serde(default)]
+    usage: Option<NativeUsage>,
+}
+
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+struct NativeUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl NativeUsage {
+    /// All input tokens: Anthropic counts cached ones apart.
+    fn input(&self) -> Option<u64> {
+        let cached = self.cache_creation_input_tokens.unwrap_or(0)
+            + self.cache_read_input_tokens.unwrap_or(0);
+        self.input_tokens.map(|i| i + cached)
+    }
+}
+
+fn stop_reason(reason: &str) -> &'static str {
+    match reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    }
+}
+
+pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Translated, String> {
+    let m: Message = serde_json::from_slice(body)
+        .map_err(|e| format!("the provider's answer is not an Anthropic message: {e}"))?;
+    if m.kind != "message" {
+        return Err(format!(
+            "the provider's answer is a `{}`, not an Anthropic message",
+            m.kind
+        ));
+    }
+    let mut text: Option<String> = None;
+    let mut calls = Vec::new();
+    for b in &m.content {
+        match b.kind.as_ref() {
+            "text" => text
+                .get_or_insert_with(String::new)
+                .push_str(b.text.as_deref().unwrap_or("")),
+            "tool_use" => calls.push(OutToolCall {
+                id: b.id.as_deref().unwrap_or("").to_string(),
+                name: b.name.as_deref().unwrap_or("").to_string(),
+                arguments: b
+                    .input
+                    .map_or_else(|| "{}".into(), |i| common::compact_json(i.get())),
+            }),
+            // thinking, redacted_thinking, server tool blocks: not part of the OpenAI answer.
+            _ => {}
+        }
+    }
+    let reason = stop_reason(m.stop_reason.unwrap_or("end_turn"));
+    let usage = m.usage.map(|u| Usage {
+        prompt_tokens: u.input().unwrap_or(0),
+        completion_tokens: u.output_tokens.unwrap_or(0),
+    });
+    Ok(Translated {
+        body: common::completion(meta, model, text, calls, reason, usage),
+        usage,
+    })
+}
+
+/// One streamed event (`data:` of an Anthropic SSE event), borrowed.
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
+    message: Option<StartMessage>,
+    #[serde(borrow, default)]
+    content_block: Option<Block<'a>>,
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(default)]
+    usage: Option<NativeUsage>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StartMessage {
+    #[serde(default)]
+    usage: Option<NativeUsage>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    /// Kept raw: already a JSON string literal.
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    partial_json: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stop_reason: Option<&'a str>,
+}
+
+/// Translates one Anthropic message stream.
+pub struct AnthropicStream {
+    reader: SseReader,
+    writer: ChunkWriter,
+    include_usage: bool,
+    role_sent: bool,
+    started: bool,
+    /// (content block index, tool call index) of the tool_use blocks seen.
+    tool_blocks: Vec<(usize, usize)>,
+    finish: Option<&'static str>,
+    done: bool,
+    input_tokens: u64,
+    output_tokens: u64,
+    saw_usage: bool,
+}
+
+impl AnthropicStream {
+    pub fn new(model: &str, include_usage: bool, meta: &Meta) -> AnthropicStream {
+        AnthropicStream {
+            reader: SseReader::new(),
+            writer: ChunkWriter::new(meta, model),
+            include_usage,
+            role_sent: false,
+            started: false,
+            tool_blocks: Vec::new(),
+            finish: None,
+            done: false,
+            input_tokens: 0,
+            output_tokens: 0,
+            saw_usage: false,
+        }
+    }
+
+    fn take_usage(&mut self, u: &NativeUsage) {
+        if let Some(i) = u.input() {
+            self.input_tokens = self.input_tokens.max(i);
+            self.saw_usage = true;
+        }
+        if let Some(o) = u.output_tokens {
+            self.output_tokens = o;
+            self.saw_usage = true;
+        }
+    }
+
+    fn tool_index(&self, block: usize) -> Option<usize> {
+        self.tool_blocks
+            .iter()
+            .find(|(b, _)| *b == block)
+            .map(|(_, t)| *t)
+    }
+
+    fn role(&mut self, out: &mut Vec<u8>) {
+        if !self.role_sent {
+            self.role_sent = true;
+            self.writer.role(out);
+        }
+    }
+
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        if self.done {
+            return Ok(());
+        }
+        let ev: Event = serde_json::from_slice(data)
+            .map_err(|e| StreamError::Malformed(format!("bad Anthropic stream event: {e}")))?;
+        match ev.kind.as_ref() {
+            "message_start" => {
+                if let Some(u) = ev.message.as_ref().and_then(|m| m.usage.as_ref()) {
+                    self.take_usage(u);
+                }
+                self.role(out);
+            }
+            "content_block_start" => {
+                self.role(out);
+                let (Some(index), Some(block)) = (ev.index, ev.content_block.as_ref()) else {
+                    return Err(StreamError::Malformed(
+                        "content_block_start without index or content_block".into(),
+                    ));
+                };
+                match block.kind.as_ref() {
+                    "tool_use" => {
+                        let t = self.tool_blocks.len();
+                        self.tool_blocks.push((index, t));
+                        self.writer.tool_call_start(
+                            out,
+                            t,
+                            block.id.as_deref().unwrap_or(""),
+                            block.name.as_deref().unwrap_or(""),
+                            "",
+                        );
+                        self.started = true;
+                    }
+                    "text" => {
+                        if let Some(t) = block.text.as_deref().filter(|t| !t.is_empty()) {
+                            self.writer.content(out, t);
+                            self.started = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_delta" => {
+                self.role(out);
+                let Some(d) = ev.delta.as_ref() else {
+                    return Err(StreamError::Malformed(
+                        "content_block_delta without delta".into(),
+                    ));
+                };
+                match d.kind.as_deref() {
+                    Some("text_delta") => {
+                        if let Some(t) = d.text.filter(|t| !common::raw_is_empty(t.get())) {
+                            self.writer.content_raw(out, t.get());
+                            self.started = true;
+                        }
+                    }
+                    Some("input_json_delta") => {
+                        let block = ev.index.unwrap_or(usize::MAX);
+                        let Some(t) = self.tool_index(block) else {
+                            return Err(StreamError::Malformed(format!(
+                                "input_json_delta for block {block}, which is not a tool_use block"
+                            )));
+                        };
+                        if let Some(p) = d.partial_json.filter(|p| !common::raw_is_empty(p.get())) {
+                            self.writer.tool_args_raw(out, t, p.get());
+                        }
+                    }
+                    // thinking_delta, signature_delta, citations_delta: not in the OpenAI answer.
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(u) = &ev.usage {
+                    self.take_usage(u);
+                }
+                if let Some(r) = ev.delta.as_ref().and_then(|d| d.stop_reason) {
+                    self.finish = Some(stop_reason(r));
+                    self.started = true;
+                }
+            }
+            "message_stop" => {
+                self.role(out);
+                self.writer.finish(out, self.finish.unwrap_or("stop"));
+                self.started = true;
+                if self.include_usage {
+                    let u = self.usage().unwrap_or_default();
+                    self.writer.usage(out, u);
+                }
+                ChunkWriter::done(out);
+                self.done = true;
+            }
+            "error" => {
+                let msg = ev.error.map_or_else(
+                    || String::from_utf8_lossy(data).into_owned(),
+                    |e| e.get().to_string(),
+                );
+                return Err(StreamError::Upstream(msg));
+            }
+            // ping, content_block_stop, and event types added later.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl StreamTranslator for AnthropicStream {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        self.reader.push(chunk);
+        while let Some(ev) = self.reader.next_event() {
+            self.event(&ev.data, out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        if let Some(ev) = self.reader.finish() {
+            self.event(&ev.data, out)?;
+        }
+        if !self.done {
+            return Err(StreamError::Malformed(
+                "the Anthropic stream ended without message_stop".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn started(&self) -> bool {
+        self.started
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.saw_usage.then_some(Usage {
+            prompt_tokens: self.input_tokens,
+            completion_tokens: self.output_tokens,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// An Anthropic error body (`{"type":"error","error":{"type","message"}}`) → OpenAI envelope.
+pub fn translate_error(status: u16, body: &[u8], provider: &str) -> Bytes {
+    let Ok(e) = serde_json::from_slice::<ErrorBody>(body) else {
+        return crate::errors::upstream_envelope(status, provider, body);
+    };
+    let kind = match e.error.kind.as_str() {
+        "invalid_request_error" | "not_found_error" | "request_too_large" => {
+            "invalid_request_error"
+        }
+        "authentication_error" | "permission_error" => "authentication_error",
+        "rate_limit_error" => "rate_limit_error",
+        _ => common::kind_for_status(status),
+    };
+    let code = (!e.error.kind.is_empty()).then_some(e.error.kind.as_str());
+    common::native_error(status, provider, kind, code, &e.error.message)
+}
+
+impl Translator for Anthropic {
+    fn chat_request(
+        &self,
+        req: &ChatRequest,
+        body: &[u8],
+        model_id: &str,
+    ) -> Result<UpstreamRequest, ApiError> {
+        let native = build_request(body, model_id, req.stream)?;
+        Ok(UpstreamRequest {
+            path: "/messages".into(),
+            body: Bytes::from(native.to_string()),
+            headers: vec![(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(API_VERSION),
+            )],
+        })
+    }
+
+    fn chat_response(&self, body: Bytes, model_id: &str) -> Result<Translated, String> {
+        translate_response(&body, model_id, &Meta::fresh())
+    }
+
+    fn chat_stream(&self, model_id: &str, include_usage: bool) -> Box<dyn StreamTranslator> {
+        Box::new(AnthropicStream::new(
+            model_id,
+            include_usage,
+            &Meta::fresh(),
+        ))
+    }
+
+    fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
+        translate_error(status, body, provider)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(v: Value) -> Value {
+        build_request(v.to_string().as_bytes(), "claude-x", false).unwrap()
+    }
+
+    fn run(stream: &[u8], include_usage: bool) -> (String, Result<(), StreamError>, bool) {
+        let mut t = AnthropicStream::new("claude-x", include_usage, &Meta::fixed());
+        let mut out = Vec::new();
+        let r = t.feed(stream, &mut out).and_then(|_| t.finish(&mut out));
+        (String::from_utf8(out).unwrap(), r, t.started())
+    }
+
+    fn chunks(out: &str) -> Vec<Value> {
+        out.split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn system_joined_max_tokens_defaulted_temperature_clamped() {
+        let v = req(json!({"messages": [
+            {"role": "system", "content": "one"}, {"role": "user", "content": "hi"},
+            {"role": "system", "content": [{"type": "text", "text": "two"}]},
+        ], "temperature": 1.7, "stop": ["X", "Y"], "user": "u1"}));
+        assert_eq!(v["system"], "one\n\ntwo");
+        assert_eq!(v["max_tokens"], DEFAULT_MAX_TOKENS);
+        assert_eq!(v["temperature"], 1.0);
+        assert_eq!(v["stop_sequences"], json!(["X", "Y"]));
+        assert_eq!(v["model"], "claude-x");
+        assert_eq!(v["metadata"]["user_id"], "u1");
+        assert_eq!(
+            v["messages"],
+            json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+        );
+        let v = req(
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 77}),
+        );
+        assert_eq!(v["max_tokens"], 77);
+        assert!(v.get("stream").is_none());
+    }
+
+    #[test]
+    fn images_become_base64_or_url_sources() {
+        let v = req(json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/"}},
+            {"type": "image_url", "image_url": {"url": "https://x.test/a"}},
+            {"type": "text", "text": "what?"}]}]}));
+        let c = &v["messages"][0]["content"];
+        assert_eq!(
+            c[0]["source"],
+            json!({"type": "base64", "media_type": "image/jpeg", "data": "/9j/"})
+        );
+        assert_eq!(
+            c[1]["source"],
+            json!({"type": "url", "url": "https://x.test/a"})
+        );
+    }
+
+    #[test]
+    fn tool_calls_and_results_become_blocks_in_alternating_turns() {
+        let v = req(json!({"messages": [
+            {"role": "user", "content": "weather in Oslo and Rome?"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [
+                {"id": "toolu_1", "type": "function", "function": {"name": "w", "arguments": "{\"c\":\"Oslo\"}"}},
+                {"id": "toolu_2", "type": "function", "function": {"name": "w", "arguments": "{\"c\":\"Rome\"}"}}]},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "3C"},
+            {"role": "tool", "tool_call_id": "toolu_2", "content": [{"type": "text", "text": "20C"}]},
+            {"role": "user", "content": "thanks"},
+        ], "tools": [{"type": "function", "function": {"name": "w", "description": "weather",
+            "parameters": {"type": "object", "properties": {"c": {"type": "string"}}}}}],
+           "tool_choice": {"type": "function", "function": {"name": "w"}}, "parallel_tool_calls": false}));
+        let m = v["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            m[1]["content"][0],
+            json!({"type": "text", "text": "Checking."})
+        );
+        assert_eq!(
+            m[1]["content"][1],
+            json!({"type": "tool_use", "id": "toolu_1", "name": "w", "input": {"c": "Oslo"}})
+        );
+        assert_eq!(m[2]["role"], "user");
+        assert_eq!(
+            m[2]["content"],
+            json!([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "3C"},
+                   {"type": "tool_result", "tool_use_id": "toolu_2", "content": "20C"},
+                   {"type": "text", "text": "thanks"}])
+        );
+        assert_eq!(
+            v["tools"][0]["input_schema"]["properties"]["c"]["type"],
+            "string"
+        );
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "tool", "name": "w", "disable_parallel_tool_use": true})
+        );
+        for (choice, want) in [("auto", "auto"), ("required", "any"), ("none", "none")] {
+            let v = req(
+                json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": choice,
+                "tools": [{"type": "function", "function": {"name": "w"}}]}),
+            );
+            assert_eq!(v["tool_choice"]["type"], want);
+        }
+    }
+
+    #[test]
+    fn json_mode_becomes_a_system_instruction() {
+        let v = req(json!({"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}}));
+        let s = v["system"].as_str().unwrap();
+        assert!(
+            s.contains(JSON_INSTRUCTION) && s.contains(r#"{"type":"object"}"#),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn request_carries_the_version_header() {
+        let body = br#"{"model":"x","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let r = crate::request::parse_chat(body).unwrap();
+        let u = Anthropic.chat_request(&r, body, "claude-x").unwrap();
+        assert_eq!(u.path, "/messages");
+        assert_eq!(u.headers[0].1, "2023-06-01");
+        let v: Value = serde_json::from_slice(&u.body).unwrap();
+        assert_eq!(v["stream"], true);
+    }
+
+    #[test]
+    fn response_blocks_become_content_and_tool_calls() {
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{"type":"thinking","thinking":"hm","signature":"s"},{"type":"text","text":"Let me look."},{"type":"tool_use","id":"toolu_9","name":"w","input":{"c":"Oslo"}}],"stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":12,"cache_read_input_tokens":3,"output_tokens":8}}"#;
+        let t = translate_response(body, "claude-x", &Meta::fixed()).unwrap();
+        let v: Value = serde_json::from_slice(&t.body).unwrap();
+        let m = &v["choices"][0]["message"];
+        assert_eq!(m["content"], "Let me look.");
+        assert_eq!(m["tool_calls"][0]["id"], "toolu_9");
+        assert_eq!(
+            m["tool_calls"][0]["function"]["arguments"],
+            r#"{"c":"Oslo"}"#
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(v["usage"]["prompt_tokens"], 15);
+        assert_eq!(v["usage"]["total_tokens"], 23);
+        for (native, want) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("max_tokens", "length"),
+        ] {
+            let body = format!(
+                r#"{{"type":"message","content":[{{"type":"text","text":"x"}}],"stop_reason":"{native}"}}"#
+            );
+            let v: Value = serde_json::from_slice(
+                &translate_response(body.as_bytes(), "m", &Meta::fixed())
+                    .unwrap()
+                    .body,
+            )
+            .unwrap();
+            assert_eq!(v["choices"][0]["finish_reason"], want);
+        }
+        assert!(translate_response(b"[]", "m", &Meta::fixed()).is_err());
+    }
+
+    const STREAM: &[u8] = b"event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-x\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+event: content_block_start\n\
+data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: ping\n\
+data: {\"type\": \"ping\"}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi \\\"there\\\"\"}}\n\n\
+event: content_block_stop\n\
+data: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: content_block_start\n\
+data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"w\",\"input\":{}}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"c\\\": \\\"Os\"}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"lo\\\"}\"}}\n\n\
+event: content_block_stop\n\
+data: {\"type\":\"content_block_stop\",\"index\":1}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\n\
+event: message_stop\n\
+data: {\"type\":\"message_stop\"}\n\n";
+
+    #[test]
+    fn stream_text_and_tool_use_translate() {
+        let (out, r, started) = run(STREAM, true);
+        r.unwrap();
+        assert!(started);
+        let c = chunks(&out);
+        assert_eq!(c[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(c[1]["choices"][0]["delta"]["content"], "Hi \"there\"");
+        let tc = &c[2]["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(
+            (tc["index"].as_u64(), tc["id"].as_str()),
+            (Some(0), Some("toolu_1"))
+        );
+        assert_eq!(tc["function"]["name"], "w");
+        assert_eq!(tc["function"]["arguments"], "");
+        let args: String = c[3..5]
+            .iter()
+            .map(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(args, r#"{"c": "Oslo"}"#);
+        assert_eq!(c[5]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            c[6]["usage"],
+            json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40})
+        );
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        let (out, _, _) = run(STREAM, false);
+        assert!(!out.contains("\"usage\""));
+    }
+
+    #[test]
+    fn stream_errors_and_truncation() {
+        let (_, r, _) = run(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n", false);
+        assert!(matches!(r, Err(StreamError::Upstream(m)) if m.contains("Overloaded")));
+        let cut = STREAM.len() - 50;
+        let (_, r, _) = run(&STREAM[..cut], false);
+        assert!(matches!(r, Err(StreamError::Malformed(_))));
+        let mut t = AnthropicStream::new("m", false, &Meta::fixed());
+        let mut out = Vec::new();
+        let first = STREAM.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+        t.feed(&STREAM[..first], &mut out).unwrap();
+        assert!(!t.started(), "message_start alone is not content");
+        assert_eq!(t.usage().unwrap().prompt_tokens, 25);
+    }
+
+    #[test]
+    fn errors_become_openai_envelopes() {
+        let b = translate_error(
+            529,
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            "anthropic",
+        );
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"]["type"], "upstream_error");
+        assert_eq!(v["error"]["code"], "overloaded_error");
+        let b = translate_error(
+            401,
+            br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+            "anthropic",
+        );
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid x-api-key"));
+    }
+}

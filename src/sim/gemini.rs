@@ -1,0 +1,111 @@
+//! Simulated Gemini (`generateContent`, `streamGenerateContent?alt=sse`).
+
+use super::native::{first_param, words, Conversation, Reply, Turn};
+use serde_json::{json, Value};
+
+pub fn conversation(req: &Value) -> Conversation {
+    let mut c = Conversation::default();
+    let contents = req["contents"].as_array().cloned().unwrap_or_default();
+    if let Some(last) = contents.last() {
+        let responses: Vec<String> = last["parts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("functionResponse"))
+            .map(|r| r["response"].to_string())
+            .collect();
+        if !responses.is_empty() {
+            c.tool_result = Some(responses.join(" "));
+        }
+    }
+    if let Some(user) = contents.iter().rev().find(|t| {
+        t["role"] == "user"
+            && t["parts"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p.get("text").is_some()))
+    }) {
+        let parts = user["parts"].as_array().cloned().unwrap_or_default();
+        c.last_user = parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        c.images = parts
+            .iter()
+            .filter(|p| p.get("inlineData").is_some() || p.get("fileData").is_some())
+            .count();
+    }
+    for t in req["tools"].as_array().into_iter().flatten() {
+        for d in t["functionDeclarations"].as_array().into_iter().flatten() {
+            if let Some(name) = d["name"].as_str() {
+                c.tools
+                    .push((name.to_string(), first_param(d.get("parameters"))));
+            }
+        }
+    }
+    c.json = req["generationConfig"]["responseMimeType"] == "application/json";
+    c
+}
+
+fn usage(turn: &Turn, done: bool) -> Value {
+    if done {
+        json!({"promptTokenCount": turn.prompt_tokens, "candidatesTokenCount": turn.completion_tokens,
+               "totalTokenCount": turn.prompt_tokens + turn.completion_tokens})
+    } else {
+        json!({"promptTokenCount": turn.prompt_tokens, "totalTokenCount": turn.prompt_tokens})
+    }
+}
+
+fn parts(reply: &Reply) -> Value {
+    match reply {
+        Reply::Text(t) => json!([{ "text": t }]),
+        Reply::ToolCall { name, args } => json!([{"functionCall": {"name": name, "args": args}}]),
+    }
+}
+
+pub fn response(reply: &Reply, turn: &Turn) -> Value {
+    json!({
+        "candidates": [{"content": {"parts": parts(reply), "role": "model"}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": usage(turn, true),
+        "modelVersion": turn.model,
+        "responseId": turn.id,
+    })
+}
+
+pub fn events(reply: &Reply, turn: &Turn) -> Vec<String> {
+    let event = |v: Value| format!("data: {v}\r\n\r\n");
+    match reply {
+        Reply::ToolCall { .. } => vec![event(response(reply, turn))],
+        Reply::Text(text) => {
+            let words = words(text);
+            let last = words.len().saturating_sub(1);
+            words
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let mut cand =
+                        json!({"content": {"parts": [{"text": w}], "role": "model"}, "index": 0});
+                    if i == last {
+                        cand["finishReason"] = json!("STOP");
+                    }
+                    event(
+                        json!({"candidates": [cand], "usageMetadata": usage(turn, i == last),
+                                 "modelVersion": turn.model, "responseId": turn.id}),
+                    )
+                })
+                .collect()
+        }
+    }
+}
+
+pub fn error(status: u16, msg: &str) -> Value {
+    let s = match status {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        _ => "INTERNAL",
+    };
+    json!({"error": {"code": status, "message": msg, "status": s}})
+}

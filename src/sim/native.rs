@@ -1,0 +1,391 @@
+//! The simulated native providers: what every native format shares (the conversation read
+//! from the request, the reply chosen for it, and the behaviours), with the wire shapes in
+//! one module per format.
+
+use super::{behavior_of, write, Behavior, SimProvider};
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+use serde_json::Value;
+use std::time::Duration;
+
+/// A native wire format the simulator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Gemini,
+    Anthropic,
+    WorkersAi,
+}
+
+impl Format {
+    /// The format a request path belongs to, if it is a native chat path.
+    pub fn of_path(path: &str) -> Option<Format> {
+        if path.contains(":generateContent") || path.contains(":streamGenerateContent") {
+            Some(Format::Gemini)
+        } else if path.ends_with("/messages") {
+            Some(Format::Anthropic)
+        } else if path.contains("/run/") {
+            Some(Format::WorkersAi)
+        } else {
+            None
+        }
+    }
+}
+
+/// What the simulated model read from the request, in any format.
+#[derive(Debug, Default, PartialEq)]
+pub struct Conversation {
+    /// Text of the last user turn.
+    pub last_user: String,
+    /// Images in the last user turn.
+    pub images: usize,
+    /// Declared tools: (name, first parameter name).
+    pub tools: Vec<(String, Option<String>)>,
+    /// The last turn is a tool result: its text.
+    pub tool_result: Option<String>,
+    /// JSON mode was asked for.
+    pub json: bool,
+}
+
+/// What the simulated model answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Text(String),
+    ToolCall { name: String, args: Value },
+}
+
+impl Reply {
+    /// Echo the last user message; call the first tool when tools are declared and the last
+    /// turn is not a tool result; answer JSON in JSON mode.
+    pub fn choose(c: &Conversation, body_len: usize) -> Reply {
+        if let Some(result) = &c.tool_result {
+            return Reply::Text(format!("echo: the tool said {result}"));
+        }
+        if let Some((name, param)) = c.tools.first() {
+            let mut args = serde_json::Map::new();
+            if let Some(p) = param {
+                args.insert(p.clone(), Value::String(c.last_user.clone()));
+            }
+            return Reply::ToolCall {
+                name: name.clone(),
+                args: Value::Object(args),
+            };
+        }
+        let mut shown: String = c.last_user.chars().take(200).collect();
+        if shown.len() < c.last_user.len() {
+            shown.push('…');
+        }
+        let images = match c.images {
+            0 => String::new(),
+            1 => " [1 image]".into(),
+            n => format!(" [{n} images]"),
+        };
+        let text = format!("echo: {shown}{images} ({body_len} bytes received)");
+        if c.json {
+            return Reply::Text(serde_json::json!({ "echo": text }).to_string());
+        }
+        Reply::Text(text)
+    }
+
+    pub fn completion_tokens(&self) -> u64 {
+        match self {
+            Reply::Text(t) => t.split_whitespace().count() as u64,
+            Reply::ToolCall { .. } => 5,
+        }
+    }
+}
+
+/// The facts of one simulated answer.
+pub struct Turn<'a> {
+    pub model: &'a str,
+    pub id: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// The words of a text reply, each keeping its trailing space (stream deltas).
+pub fn words(text: &str) -> Vec<&str> {
+    text.split_inclusive(' ').collect()
+}
+
+/// The first property name of a JSON schema's `properties`.
+pub fn first_param(schema: Option<&Value>) -> Option<String> {
+    schema?
+        .get("properties")?
+        .as_object()?
+        .keys()
+        .next()
+        .cloned()
+}
+
+/// Text of string-or-parts content (OpenAI/Anthropic/Workers style) and its image count.
+pub fn text_and_images(content: &Value) -> (String, usize) {
+    match content {
+        Value::String(s) => (s.clone(), 0),
+        Value::Array(parts) => {
+            let text = parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let images = parts
+                .iter()
+                .filter(|p| {
+                    matches!(
+                        p.get("type").and_then(Value::as_str),
+                        Some("image" | "image_url")
+                    )
+                })
+                .count();
+            (text, images)
+        }
+        _ => (String::new(), 0),
+    }
+}
+
+impl SimProvider {
+    /// Answers a native chat request in `format`.
+    pub(super) async fn native(&self, session: &mut Session, format: Format) -> Result<()> {
+        let mut body = Vec::new();
+        while let Some(c) = session.read_request_body().await? {
+            body.extend_from_slice(&c);
+        }
+        let body = Bytes::from(body);
+        let path = session.req_header().uri.path().to_string();
+        let query = session.req_header().uri.query().unwrap_or("").to_string();
+        let req: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                self.record(session, &body, "");
+                let err = error_body(format, 400, &format!("sim: bad JSON: {e}"));
+                return write(session, 400, "application/json", err, &[]).await;
+            }
+        };
+        let (model, stream) = match format {
+            Format::Gemini => {
+                let after = path.rsplit_once("/models/").map_or("", |(_, m)| m);
+                let (model, method) = after.split_once(':').unwrap_or((after, ""));
+                (model.to_string(), method == "streamGenerateContent")
+            }
+            Format::Anthropic => (
+                req["model"].as_str().unwrap_or("").to_string(),
+                req["stream"].as_bool().unwrap_or(false),
+            ),
+            Format::WorkersAi => (
+                path.split_once("/run/").map_or("", |(_, m)| m).to_string(),
+                req["stream"].as_bool().unwrap_or(false),
+            ),
+        };
+        self.record(session, &body, &model);
+        if format == Format::Gemini && stream && query != "alt=sse" {
+            let err = error_body(
+                format,
+                400,
+                "sim: streams are served as SSE only with ?alt=sse",
+            );
+            return write(session, 400, "application/json", err, &[]).await;
+        }
+        if format == Format::Anthropic
+            && session
+                .req_header()
+                .headers
+                .get("anthropic-version")
+                .is_none()
+        {
+            let err = error_body(format, 400, "anthropic-version: header is required");
+            return write(session, 400, "application/json", err, &[]).await;
+        }
+        let behavior = self.behavior(session, &model);
+        let delay = delay_ms(session);
+        match behavior {
+            Behavior::Fail(status) => {
+                let msg = match status {
+                    429 => "sim: rate limit reached, retry later",
+                    401 => "sim: invalid provider key",
+                    _ => "sim: internal error",
+                };
+                let extra: &[(&str, &str)] = if status == 429 {
+                    &[("retry-after", "30")]
+                } else {
+                    &[]
+                };
+                return write(
+                    session,
+                    status,
+                    "application/json",
+                    error_body(format, status, msg),
+                    extra,
+                )
+                .await;
+            }
+            Behavior::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return Ok(());
+            }
+            _ => {}
+        }
+
+        let conv = match format {
+            Format::Gemini => super::gemini::conversation(&req),
+            Format::Anthropic => super::anthropic::conversation(&req),
+            Format::WorkersAi => super::workers_ai::conversation(&req),
+        };
+        let reply = Reply::choose(&conv, body.len());
+        let turn = Turn {
+            model: &model,
+            id: format!("{:016x}", fastrand::u64(..)),
+            prompt_tokens: (body.len() / 4) as u64,
+            completion_tokens: reply.completion_tokens(),
+        };
+
+        if !stream {
+            if matches!(behavior, Behavior::Drop | Behavior::DropEarly) {
+                return Error::e_explain(
+                    ErrorType::ConnectionClosed,
+                    "sim: dropping the connection",
+                );
+            }
+            if behavior == Behavior::Slow {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let v = match format {
+                Format::Gemini => super::gemini::response(&reply, &turn),
+                Format::Anthropic => super::anthropic::response(&reply, &turn),
+                Format::WorkersAi => super::workers_ai::response(&reply, &turn),
+            };
+            return write(
+                session,
+                200,
+                "application/json",
+                Bytes::from(v.to_string()),
+                &[],
+            )
+            .await;
+        }
+
+        let events = match format {
+            Format::Gemini => super::gemini::events(&reply, &turn),
+            Format::Anthropic => super::anthropic::events(&reply, &turn),
+            Format::WorkersAi => super::workers_ai::events(&reply, &turn),
+        };
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header("content-type", "text/event-stream")?;
+        resp.insert_header("cache-control", "no-cache")?;
+        resp.insert_header("transfer-encoding", "chunked")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        if behavior == Behavior::DropEarly {
+            return Error::e_explain(
+                ErrorType::ConnectionClosed,
+                "sim: dropping before any event",
+            );
+        }
+        let last = events.len().saturating_sub(1);
+        // Mid-answer: after some content has gone out.
+        let drop_at = (events.len() / 2).max(1);
+        for (i, ev) in events.into_iter().enumerate() {
+            if behavior == Behavior::Slow && i > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if behavior == Behavior::Drop && i == drop_at {
+                // Half an event, then the connection dies.
+                let half = Bytes::copy_from_slice(&ev.as_bytes()[..ev.len() / 2]);
+                session.write_response_body(Some(half), false).await?;
+                return Error::e_explain(ErrorType::ConnectionClosed, "sim: dropping mid-stream");
+            }
+            session
+                .write_response_body(Some(Bytes::from(ev)), i == last)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn behavior(&self, session: &Session, model: &str) -> Behavior {
+        let header = session
+            .req_header()
+            .headers
+            .get("x-sim-behavior")
+            .and_then(|v| v.to_str().ok())
+            .map(behavior_of);
+        match header.unwrap_or_else(|| behavior_of(model)) {
+            Behavior::Flaky if fastrand::bool() => Behavior::Fail(500),
+            Behavior::Flaky => Behavior::Echo,
+            b => b,
+        }
+    }
+}
+
+fn delay_ms(session: &Session) -> u64 {
+    session
+        .req_header()
+        .headers
+        .get("x-sim-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(200)
+}
+
+/// A native error body for `status`.
+pub fn error_body(format: Format, status: u16, msg: &str) -> Bytes {
+    let v = match format {
+        Format::Gemini => super::gemini::error(status, msg),
+        Format::Anthropic => super::anthropic::error(status, msg),
+        Format::WorkersAi => super::workers_ai::error(status, msg),
+    };
+    Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn formats_from_paths() {
+        assert_eq!(
+            Format::of_path("/g/v1beta/models/gemini-2.5-flash:generateContent"),
+            Some(Format::Gemini)
+        );
+        assert_eq!(
+            Format::of_path("/g/v1beta/models/x:streamGenerateContent"),
+            Some(Format::Gemini)
+        );
+        assert_eq!(Format::of_path("/a/v1/messages"), Some(Format::Anthropic));
+        assert_eq!(
+            Format::of_path("/cf/client/v4/accounts/1/ai/run/@cf/meta/llama"),
+            Some(Format::WorkersAi)
+        );
+        assert_eq!(Format::of_path("/x/v1/chat/completions"), None);
+    }
+
+    #[test]
+    fn reply_calls_a_tool_until_it_has_a_result() {
+        let mut c = Conversation {
+            last_user: "Oslo".into(),
+            tools: vec![("get_weather".into(), Some("city".into()))],
+            ..Conversation::default()
+        };
+        assert_eq!(
+            Reply::choose(&c, 10),
+            Reply::ToolCall {
+                name: "get_weather".into(),
+                args: json!({"city": "Oslo"})
+            }
+        );
+        c.tool_result = Some("3C".into());
+        assert_eq!(
+            Reply::choose(&c, 10),
+            Reply::Text("echo: the tool said 3C".into())
+        );
+        let c = Conversation {
+            last_user: "hi".into(),
+            images: 1,
+            json: true,
+            ..Conversation::default()
+        };
+        let Reply::Text(t) = Reply::choose(&c, 5) else {
+            panic!()
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v["echo"], "echo: hi [1 image] (5 bytes received)");
+    }
+}
