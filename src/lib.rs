@@ -11,6 +11,7 @@ pub mod demo;
 pub mod errors;
 pub mod providers;
 pub mod proxy;
+pub mod reload;
 pub mod request;
 pub mod responses;
 pub mod routing;

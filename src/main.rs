@@ -94,17 +94,19 @@ fn main() {
                  try:  curl -s http://{listen}/v1/chat/completions -H 'content-type: application/json' \
                  -d '{{\"model\":\"auto\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'"
             );
-            server::build(config, flags, &[sim_listen]).run_forever();
+            server::build(config, None, flags, &[sim_listen]).run_forever();
         }
         None => {
             let path = cli.config.unwrap_or_else(Config::default_path);
             let config = Config::load(&path).unwrap_or_else(|e| fail(e));
+            // Reloads re-read this file; an absolute path survives a daemon's chdir.
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
             if cli.test {
                 println!("freeway: config {} is valid", path.display());
                 return;
             }
             init_logging();
-            server::build(config, flags, &[]).run_forever();
+            server::build(config, Some(path), flags, &[]).run_forever();
         }
     }
 }

@@ -2,15 +2,15 @@
 //! and, for `freeway demo` and tests, the simulated providers.
 
 use crate::config::Config;
-use crate::providers::DnsRefresher;
 use crate::proxy::Gateway;
+use crate::reload::Upkeep;
 use crate::routing::board::{Board, BoardFlusher};
 use crate::sim::SimProvider;
 use crate::state::State;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,8 @@ fn pingora_server(config: &Config, flags: ProcessFlags) -> Server {
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
         daemon: flags.daemon,
+        // A daemon would otherwise run from `/`, breaking relative paths in the config.
+        working_directory: std::env::current_dir().ok(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -45,7 +47,13 @@ fn pingora_server(config: &Config, flags: ProcessFlags) -> Server {
 }
 
 /// The gateway server for `config`, plus simulated providers on `sim_listen` (demo, tests).
-pub fn build(config: Config, flags: ProcessFlags, sim_listen: &[String]) -> Server {
+/// `config_path`: where `config` came from, re-read on SIGHUP or change (`None`: no reload).
+pub fn build(
+    config: Config,
+    config_path: Option<PathBuf>,
+    flags: ProcessFlags,
+    sim_listen: &[String],
+) -> Server {
     let mut server = pingora_server(&config, flags);
     let listen = config.server.listen.clone();
     let board = match Board::open(Path::new(&config.storage.path)) {
@@ -57,25 +65,22 @@ pub fn build(config: Config, flags: ProcessFlags, sim_listen: &[String]) -> Serv
     };
     let state = State::new(config, &board);
     log_startup(&state);
-    let upstreams = state.upstreams.clone();
+    let gateway_app = Gateway::new(state, board.clone());
+    let upkeep = Upkeep {
+        path: config_path,
+        state: gateway_app.state.clone(),
+        board: board.clone(),
+        dns_every: Duration::from_secs(60),
+    };
 
-    let mut gateway = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(state, board.clone()),
-        "freeway",
-    );
+    let mut gateway =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway_app, "freeway");
     for addr in &listen {
         gateway.add_tcp(addr);
     }
     server.add_service(gateway);
     server.add_service(background_service("daily counters", BoardFlusher { board }));
-    server.add_service(background_service(
-        "dns refresh",
-        DnsRefresher {
-            upstreams,
-            every: Duration::from_secs(60),
-        },
-    ));
+    server.add_service(background_service("config reload and dns", upkeep));
     if !sim_listen.is_empty() {
         add_sim(&mut server, sim_listen);
     }

@@ -334,26 +334,3 @@ fn auth_header(
     value.set_sensitive(true);
     Ok((name, value))
 }
-
-/// Re-resolves provider hostnames periodically, off the request path.
-pub struct DnsRefresher {
-    pub upstreams: Vec<Arc<Upstream>>,
-    pub every: Duration,
-}
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for DnsRefresher {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        loop {
-            for up in self.upstreams.iter().filter(|u| u.needs_dns()) {
-                if let Err(e) = up.resolve().await {
-                    log::warn!("provider `{}`: {e}", up.name);
-                }
-            }
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(self.every) => {}
-            }
-        }
-    }
-}

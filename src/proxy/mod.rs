@@ -26,7 +26,8 @@ use std::sync::Arc;
 
 /// The gateway service.
 pub struct Gateway {
-    pub state: ArcSwap<State>,
+    /// The running config generation, swapped whole on reload.
+    pub state: Arc<ArcSwap<State>>,
     /// Live model state (health, daily counts) across config generations.
     pub board: Arc<Board>,
     /// Pooled upstream connections, shared by every request.
@@ -36,7 +37,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(state: State, board: Arc<Board>) -> Gateway {
         Gateway {
-            state: ArcSwap::from_pointee(state),
+            state: Arc::new(ArcSwap::from_pointee(state)),
             board,
             connector: Connector::new(None),
         }

@@ -70,6 +70,39 @@ impl Proc {
         std::mem::forget(old); // already dead and reaped
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The directory holding this process's config, log and store.
+    pub fn dir(&self) -> PathBuf {
+        self.log.parent().unwrap().to_path_buf()
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`, `"QUIT"`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<i32> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not exit in {secs} s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `GET /v1/routing/status`.
     pub fn routing_status(&self) -> serde_json::Value {
         let body = client()
@@ -99,7 +132,7 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(args: &[&str], addr: String, dir: &std::path::Path, name: &str) -> Proc {
+pub fn spawn(args: &[&str], addr: String, dir: &std::path::Path, name: &str) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(BIN)
@@ -129,35 +162,60 @@ pub fn start_sim() -> Proc {
 /// The gateway with `[server]` filled in and `body` (providers, auth…) appended.
 /// `{sim}` in `body` is replaced by `sim_addr`.
 pub fn start_gateway(body: &str, sim_addr: &str) -> Proc {
+    start_gateway_with(&[], body, sim_addr)
+}
+
+/// Like `start_gateway`, with some `[server]` keys overridden (`("grace_period_seconds", "5")`).
+pub fn start_gateway_with(server: &[(&str, &str)], body: &str, sim_addr: &str) -> Proc {
     let addr = format!("127.0.0.1:{}", free_port());
     let dir = scratch_dir();
-    let config = format!(
-        r#"
-[server]
-listen = ["{addr}"]
-threads = 2
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 1
-upstream_timeout_ms = 5000
-stream_idle_timeout_ms = 3000
-connect_timeout_ms = 1000
-max_body_bytes = 8388608
-pid_file = "{dir}/freeway.pid"
-upgrade_sock = "{dir}/upgrade.sock"
-[storage]
-path = "{dir}/freeway.db"
-{body}
-"#,
-        dir = dir.display(),
-        body = body.replace("{sim}", sim_addr)
-    );
     let path = dir.join("freeway.toml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, gateway_config(&addr, &dir, server, body, sim_addr)).unwrap();
     spawn(
         &["--config", path.to_str().unwrap()],
         addr.clone(),
         &dir,
         "gateway",
+    )
+}
+
+/// The text of a test gateway config.
+pub fn gateway_config(
+    addr: &str,
+    dir: &std::path::Path,
+    server: &[(&str, &str)],
+    body: &str,
+    sim_addr: &str,
+) -> String {
+    let mut keys: Vec<(String, String)> = [
+        ("listen", format!("[\"{addr}\"]")),
+        ("threads", "2".into()),
+        ("grace_period_seconds", "0".into()),
+        ("graceful_shutdown_timeout_seconds", "1".into()),
+        ("upstream_timeout_ms", "5000".into()),
+        ("stream_idle_timeout_ms", "3000".into()),
+        ("connect_timeout_ms", "1000".into()),
+        ("max_body_bytes", "8388608".into()),
+        ("pid_file", format!("\"{}/freeway.pid\"", dir.display())),
+        (
+            "upgrade_sock",
+            format!("\"{}/upgrade.sock\"", dir.display()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in server {
+        match keys.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v.to_string(),
+            None => keys.push((k.to_string(), v.to_string())),
+        }
+    }
+    let server: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    format!(
+        "[server]\n{server}[storage]\npath = \"{}/freeway.db\"\n{}\n",
+        dir.display(),
+        body.replace("{sim}", sim_addr)
     )
 }
 
