@@ -6,5 +6,6 @@ mod harness;
 mod native;
 mod ops;
 mod passthrough;
+mod responses;
 mod routing;
 mod sdk;
