@@ -54,6 +54,10 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process now with SIGKILL (e.g. to make a provider refuse connections).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -127,10 +131,16 @@ pub fn start_sim() -> Proc {
 }
 
 /// The gateway with `[server]` filled in and `body` (providers, auth…) appended.
-/// `{sim}` in `body` is replaced by `sim_addr`.
+/// `{sim}` in `body` is replaced by `sim_addr`. The metrics listener is off unless `body`
+/// has its own `[metrics]` (parallel tests would collide on the default port).
 pub fn start_gateway(body: &str, sim_addr: &str) -> Proc {
     let addr = format!("127.0.0.1:{}", free_port());
     let dir = scratch_dir();
+    let metrics = if body.contains("[metrics]") {
+        ""
+    } else {
+        "[metrics]\nlisten = \"\"\n"
+    };
     let config = format!(
         r#"
 [server]
@@ -146,6 +156,7 @@ pid_file = "{dir}/freeway.pid"
 upgrade_sock = "{dir}/upgrade.sock"
 [storage]
 path = "{dir}/freeway.db"
+{metrics}
 {body}
 "#,
         dir = dir.display(),

@@ -3,6 +3,7 @@
 mod core;
 mod errors;
 mod harness;
+mod observe;
 mod ops;
 mod routing;
 mod sdk;
