@@ -6,6 +6,8 @@
 # interleaved (direct, nginx, freeway, direct, …) and medians reported, as BENCH.md asks.
 #
 #   bash benches/load.sh [seconds-per-run] [rounds]
+#   REQUEST_LOG=false bash benches/load.sh   # without the SQLite request log
+#   (compare the two runs to see what request logging costs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -19,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then as_root apt-get update -qq; as_root apt-get in
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release -q
-BIN=target/release/freeway
+BIN=${CARGO_TARGET_DIR:-target}/release/freeway
 TMP=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SIM=$(port); GW=$(port); NGX=$(port)
@@ -37,6 +39,12 @@ pid_file = "$TMP/freeway.pid"
 upgrade_sock = "$TMP/upgrade.sock"
 [auth]
 keys = ["sk-bench"]
+[metrics]
+listen = ""
+[storage]
+path = "$TMP/freeway.db"
+[observability]
+request_log = ${REQUEST_LOG:-true}
 [[providers]]
 name = "mock"
 kind = "openai"

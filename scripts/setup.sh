@@ -37,6 +37,16 @@ if ! command -v cargo >/dev/null; then
 fi
 
 if [ "${1:-}" = "--test" ]; then
+  # promtool validates /metrics; headless Chromium + chromedriver drive the dashboard test.
+  tneed=()
+  command -v promtool >/dev/null || tneed+=(prometheus)
+  command -v chromium >/dev/null || tneed+=(chromium)
+  command -v chromedriver >/dev/null || tneed+=(chromium-driver)
+  if [ ${#tneed[@]} -gt 0 ]; then
+    echo "setup: installing ${tneed[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tneed[@]}" >/dev/null
+  fi
   # Python tools for the conformance tests, isolated in .venv (PEP 668 safe).
   if [ ! -x .venv/bin/python3 ]; then
     python3 -m venv .venv

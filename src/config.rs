@@ -46,6 +46,7 @@ pub struct Config {
     pub cache: toml::Table,
     pub storage: StorageConfig,
     pub metrics: MetricsConfig,
+    pub observability: ObservabilityConfig,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -59,6 +60,7 @@ impl Default for Config {
             cache: toml::Table::new(),
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
+            observability: ObservabilityConfig::default(),
             providers: Vec::new(),
             routes: Vec::new(),
         }
@@ -147,6 +149,70 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9091".into(),
+        }
+    }
+}
+
+/// `[observability]`: the per-request log (SQLite, analytics, dashboard).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    /// Write a record of every request to the store (`false`: metrics and the access log only).
+    pub request_log: bool,
+    /// Records waiting for the writer thread; beyond this they are dropped (and counted).
+    pub log_queue: usize,
+    /// Records older than this are deleted (0 keeps them forever).
+    pub retention_days: u32,
+    /// At most this many records are kept, oldest deleted first (0 = no cap).
+    pub max_rows: u64,
+    /// How client IPs are stored: `false`/`"off"`, `true`/`"truncate"` (IPv4 /24, IPv6 /48),
+    /// or `"hash"` (salted sha256, not reversible).
+    pub redact_ip: RedactIp,
+    /// Salt for `redact_ip = "hash"`; empty = random per process (hashes then only match
+    /// within one run).
+    pub ip_hash_salt: String,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        ObservabilityConfig {
+            request_log: true,
+            log_queue: 65_536,
+            retention_days: 30,
+            max_rows: 5_000_000,
+            redact_ip: RedactIp::Off,
+            ip_hash_salt: String::new(),
+        }
+    }
+}
+
+/// How client IPs are written to the request log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedactIp {
+    Off,
+    Truncate,
+    Hash,
+}
+
+impl<'de> Deserialize<'de> for RedactIp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(false) => Ok(RedactIp::Off),
+            Raw::Bool(true) => Ok(RedactIp::Truncate),
+            Raw::Text(t) => match t.as_str() {
+                "off" | "none" => Ok(RedactIp::Off),
+                "truncate" | "prefix" => Ok(RedactIp::Truncate),
+                "hash" => Ok(RedactIp::Hash),
+                other => Err(serde::de::Error::custom(format!(
+                    "`{other}` is not one of true, false, \"off\", \"truncate\", \"hash\""
+                ))),
+            },
         }
     }
 }
@@ -387,6 +453,9 @@ impl Config {
                 "metrics.listen",
                 format!("`{}` is not an IP:port address", self.metrics.listen),
             ));
+        }
+        if self.observability.log_queue == 0 {
+            return Err(err("observability.log_queue", "must be at least 1"));
         }
         let mut names = HashSet::new();
         for (pi, p) in self.providers.iter().enumerate() {
@@ -722,6 +791,19 @@ base_url = "http://127.0.0.1:1"
         assert_eq!(u.host_header(), "127.0.0.1:11434");
         assert!(UpstreamUrl::parse("ftp://x").is_err());
         assert!(UpstreamUrl::parse("http://x:notaport").is_err());
+    }
+
+    #[test]
+    fn observability_keys_parse_and_are_checked() {
+        let c = Config::parse("[observability]\nredact_ip = true\nmax_rows = 10\n").unwrap();
+        assert_eq!(c.observability.redact_ip, RedactIp::Truncate);
+        assert_eq!(c.observability.max_rows, 10);
+        let c = Config::parse("[observability]\nredact_ip = \"hash\"\n").unwrap();
+        assert_eq!(c.observability.redact_ip, RedactIp::Hash);
+        let e = Config::parse("[observability]\nredact_ip = \"blur\"\n").unwrap_err();
+        assert_eq!(e.key, "observability.redact_ip", "{e}");
+        let e = Config::parse("[observability]\nlog_queue = 0\n").unwrap_err();
+        assert_eq!(e.key, "observability.log_queue", "{e}");
     }
 
     #[test]

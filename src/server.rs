@@ -2,14 +2,18 @@
 //! and, for `freeway demo` and tests, the simulated providers.
 
 use crate::config::Config;
+use crate::observe::{metrics, Observer};
 use crate::proxy::Gateway;
 use crate::reload::Upkeep;
 use crate::routing::board::{Board, BoardFlusher};
 use crate::sim::SimProvider;
 use crate::state::State;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,28 +67,54 @@ pub fn build(
             std::process::exit(1);
         }
     };
+    let (observer, log_writer) = Observer::new(&config);
+    let metrics_listen = config.metrics.listen.clone();
     let state = State::new(config, &board);
     log_startup(&state);
-    let gateway_app = Gateway::new(state, board.clone());
+    let gw = Gateway::new(state, board.clone(), Arc::new(observer));
+    metrics::register_model_state(gw.state.clone());
     let upkeep = Upkeep {
         path: config_path,
-        state: gateway_app.state.clone(),
+        state: gw.state.clone(),
         board: board.clone(),
         dns_every: Duration::from_secs(60),
     };
 
     let mut gateway =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway_app, "freeway");
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gw, "freeway");
     for addr in &listen {
         gateway.add_tcp(addr);
     }
     server.add_service(gateway);
     server.add_service(background_service("daily counters", BoardFlusher { board }));
     server.add_service(background_service("config reload and dns", upkeep));
+    if let Some(writer) = log_writer {
+        server.add_service(background_service("request log writer", writer));
+    }
+    if !metrics_listen.is_empty() {
+        let mut svc = Service::new("prometheus metrics".into(), MetricsApp);
+        svc.add_tcp(&metrics_listen);
+        server.add_service(svc);
+    }
     if !sim_listen.is_empty() {
         add_sim(&mut server, sim_listen);
     }
     server
+}
+
+/// `[metrics].listen`: the Prometheus text format on its own port, for any path.
+struct MetricsApp;
+
+#[async_trait::async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, _http: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let mut resp = http::Response::new(metrics::render());
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
+    }
 }
 
 /// A server running only simulated providers (`freeway sim`, used by tests and benches).

@@ -1,10 +1,11 @@
 //! `POST /v1/chat/completions`: read the body once, route, and run the attempt loop.
 
 use super::ctx::RequestCtx;
-use super::relay::{answer_exhausted, Exchange, Failure, Outcome, Timeouts};
+use super::relay::{answer_exhausted, Answer, Exchange, Failure, Outcome, Timeouts};
 use super::respond::send_error;
 use super::Gateway;
 use crate::errors::ApiError;
+use crate::observe::metrics;
 use crate::providers;
 use crate::request::parse_chat;
 use crate::responses;
@@ -48,6 +49,8 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => return send_error(session, ctx, &e).await,
     };
+    ctx.requested_model = req.model.as_deref().map(str::to_string);
+    ctx.prompt_estimate = req.needs.prompt_tokens;
     let metadata = match metadata(session) {
         Ok(m) => m,
         Err(e) => return send_error(session, ctx, &e).await,
@@ -92,6 +95,7 @@ pub async fn handle(
         ctx.attempts += 1;
         ctx.provider = Some(model.provider_name.clone());
         ctx.model = Some(model.id.clone());
+        ctx.price = Some(model.cost);
         let translator = providers::translator(model.provider_kind);
         let request = match translator.chat_request(&req, &raw, &model.id) {
             Ok(r) => r,
@@ -108,8 +112,12 @@ pub async fn handle(
             timeouts,
             responses: responses.clone(),
         };
+        let attempt_start = Instant::now();
         match exchange.run(session, ctx).await {
             Outcome::Answered(answer) => {
+                ctx.usage = answer.usage;
+                ctx.ttft = Some(attempt_start.duration_since(ctx.start) + answer.first_content);
+                metrics::attempt(&model.provider_name, &model.id, attempt_outcome(&answer));
                 live.count_request();
                 live.report(&if answer.broken {
                     Report::Failed {
@@ -126,6 +134,7 @@ pub async fn handle(
                 return;
             }
             Outcome::Retry(failure) => {
+                metrics::attempt(&model.provider_name, &model.id, failure_outcome(&failure));
                 log::warn!("{}: {} failed: {failure}", ctx.id, model.qualified);
                 record_failure(state, idx, &failure);
                 ctx.failures.push(format!("{}: {failure}", model.qualified));
@@ -142,6 +151,29 @@ pub async fn handle(
         return send_error(session, ctx, &e).await;
     }
     answer_exhausted(session, ctx, failures).await
+}
+
+/// `outcome` label of `freeway_upstream_attempts_total` for an answered attempt.
+fn attempt_outcome(answer: &Answer) -> &'static str {
+    match answer.status {
+        _ if answer.broken => "broken_stream",
+        400.. => "client_error",
+        _ => "success",
+    }
+}
+
+/// `outcome` label of `freeway_upstream_attempts_total` for a failed attempt.
+fn failure_outcome(failure: &Failure) -> &'static str {
+    match failure {
+        Failure::Status { status: 429, .. } => "rate_limited",
+        Failure::Status {
+            status: 401 | 403, ..
+        } => "auth_error",
+        Failure::Status { .. } => "upstream_error",
+        Failure::Timeout(_) => "timeout",
+        Failure::Connect(_) => "connect_error",
+        Failure::Malformed(_) => "malformed",
+    }
 }
 
 /// Updates health, daily counts and provider state after a failed attempt.

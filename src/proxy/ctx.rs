@@ -1,5 +1,8 @@
 //! The per-request context that travels through every phase.
 
+use crate::config::Cost;
+use crate::observe::metrics::InflightGuard;
+use crate::providers::Usage;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +30,20 @@ pub struct RequestCtx {
     pub passthrough: Option<super::passthrough::Target>,
     /// When a passthrough request left for its provider (its wait is not gateway overhead).
     pub upstream_started: Option<Instant>,
+    /// The `model` field as the client sent it.
+    pub requested_model: Option<String>,
+    /// The gateway's own prompt-token estimate, used when the provider reports no usage.
+    pub prompt_estimate: u32,
+    /// Token usage the provider reported for the answer.
+    pub usage: Option<Usage>,
+    /// Request start to the first content (stream) or the whole answer (JSON).
+    pub ttft: Option<Duration>,
+    /// Per-million-token prices of the model that answered.
+    pub price: Option<Cost>,
+    /// Body bytes of the last response written (for a token estimate without usage).
+    pub response_bytes: u64,
+    /// Counts the request in `freeway_inflight_requests` until the context is dropped.
+    pub inflight: InflightGuard,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -58,6 +75,13 @@ impl RequestCtx {
             streamed: false,
             passthrough: None,
             upstream_started: None,
+            requested_model: None,
+            prompt_estimate: 0,
+            usage: None,
+            ttft: None,
+            price: None,
+            response_bytes: 0,
+            inflight: InflightGuard::new(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Endpoints the gateway answers itself: `/health`, `/v1/models`, `/v1/routing/status`.
 
 use crate::config::ModelType;
-use crate::routing::health::Gate;
+use crate::routing::health::{Gate, Health};
+use crate::routing::ModelEntry;
 use crate::state::State;
 use crate::time::rfc3339;
 use bytes::Bytes;
@@ -78,6 +79,51 @@ pub fn models(state: &State) -> Bytes {
     to_bytes(&json!({"object": "list", "data": data}))
 }
 
+/// A model's status (`available`, `degraded`, `cooldown`, `exhausted`, `unconfigured`) and
+/// why, as `/v1/routing/status` and `freeway_model_state` report it.
+pub fn model_status(
+    m: &ModelEntry,
+    used: u64,
+    blocked: Option<String>,
+    h: &Health,
+    now: Instant,
+) -> (&'static str, String) {
+    let success_rate = h.success_rate();
+    let degraded = h.samples() >= 5 && success_rate < 0.8;
+    let exhausted = m.daily_limit > 0 && used >= u64::from(m.daily_limit);
+    if let Some(why) = m.unavailable.clone().or(blocked) {
+        ("unconfigured", why)
+    } else if exhausted {
+        (
+            "exhausted",
+            format!("daily limit reached ({used}/{})", m.daily_limit),
+        )
+    } else if let Gate::Cooling(_) | Gate::ProbeBusy = h.gate(now) {
+        let after = h.last_error.clone().unwrap_or_else(|| "failures".into());
+        ("cooldown", format!("cooling down after: {after}"))
+    } else if degraded {
+        (
+            "degraded",
+            format!(
+                "success rate {:.0}% over the last {} attempts",
+                success_rate * 100.0,
+                h.samples()
+            ),
+        )
+    } else {
+        ("available", "healthy".to_string())
+    }
+}
+
+/// The share of today's daily limit still unused (1.0 when unlimited).
+pub fn headroom(m: &ModelEntry, used: u64) -> f64 {
+    match m.daily_limit {
+        0 => 1.0,
+        limit if used >= u64::from(limit) => 0.0,
+        limit => 1.0 - used as f64 / f64::from(limit),
+    }
+}
+
 /// `GET /v1/routing/status`, in the SPEC shape: one lock per model, bounded work.
 pub fn routing_status(state: &State) -> Bytes {
     let now = Instant::now();
@@ -100,32 +146,9 @@ pub fn routing_status(state: &State) -> Bytes {
         let blocked = state.providers[m.provider].blocked();
         let used = live.daily_used();
         let h = live.health.lock();
-        let gate = h.gate(now);
         let success_rate = h.success_rate();
         let degraded = h.samples() >= 5 && success_rate < 0.8;
-        let exhausted = m.daily_limit > 0 && used >= u64::from(m.daily_limit);
-        let (status, reason) = if let Some(why) = m.unavailable.clone().or(blocked) {
-            ("unconfigured", why)
-        } else if exhausted {
-            (
-                "exhausted",
-                format!("daily limit reached ({used}/{})", m.daily_limit),
-            )
-        } else if let Gate::Cooling(_) | Gate::ProbeBusy = gate {
-            let after = h.last_error.clone().unwrap_or_else(|| "failures".into());
-            ("cooldown", format!("cooling down after: {after}"))
-        } else if degraded {
-            (
-                "degraded",
-                format!(
-                    "success rate {:.0}% over the last {} attempts",
-                    success_rate * 100.0,
-                    h.samples()
-                ),
-            )
-        } else {
-            ("available", "healthy".to_string())
-        };
+        let (status, reason) = model_status(m, used, blocked, &h, now);
         let slot = match status {
             "available" => 1,
             "degraded" => 2,
@@ -147,11 +170,7 @@ pub fn routing_status(state: &State) -> Bytes {
                 p[key] = json!(p[key].as_u64().unwrap_or(0) + 1);
             }
         }
-        let headroom = match (m.daily_limit, exhausted) {
-            (0, _) => 1.0,
-            (_, true) => 0.0,
-            (limit, false) => 1.0 - used as f64 / f64::from(limit),
-        };
+        let headroom = headroom(m, used);
         let (p50, p90, p99) = h.percentiles();
         models.push(json!({
             "id": m.qualified, "provider": m.provider_name, "model": m.id,

@@ -2,7 +2,8 @@
 //! delegates to a plain function in a sibling module.
 //!
 //! LLM endpoints are served entirely inside `request_filter` (see `relay` for why), local
-//! endpoints too; the stock upstream phases are unused for now.
+//! endpoints too; the stock upstream phases are unused for now. `logging` records every
+//! request (metrics, request log) through `observe`.
 
 pub mod chat;
 pub mod ctx;
@@ -12,6 +13,7 @@ pub mod relay;
 pub mod respond;
 
 use crate::errors::ApiError;
+use crate::observe::{analytics, dashboard, metrics, Observer};
 use crate::routing::board::Board;
 use crate::state::State;
 use arc_swap::ArcSwap;
@@ -26,20 +28,24 @@ use std::sync::Arc;
 
 /// The gateway service.
 pub struct Gateway {
-    /// The running config generation, swapped whole on reload.
+    /// The running config generation, swapped whole on reload; shared with the metrics
+    /// collector, which reads model states at scrape time.
     pub state: Arc<ArcSwap<State>>,
     /// Live model state (health, daily counts) across config generations.
     pub board: Arc<Board>,
     /// Pooled upstream connections, shared by every request.
     pub connector: Connector,
+    /// Metrics and the request log.
+    pub observer: Arc<Observer>,
 }
 
 impl Gateway {
-    pub fn new(state: State, board: Arc<Board>) -> Gateway {
+    pub fn new(state: State, board: Arc<Board>, observer: Arc<Observer>) -> Gateway {
         Gateway {
             state: Arc::new(ArcSwap::from_pointee(state)),
             board,
             connector: Connector::new(None),
+            observer,
         }
     }
 
@@ -55,6 +61,10 @@ enum Endpoint {
     Models,
     RoutingStatus,
     Health,
+    Analytics,
+    AnalyticsFailures,
+    Usage,
+    Metrics,
     NotFound,
     WrongMethod,
 }
@@ -66,6 +76,10 @@ fn endpoint(method: &http::Method, path: &str) -> Endpoint {
         "/v1/models" | "/models" => (false, Endpoint::Models),
         "/v1/routing/status" => (false, Endpoint::RoutingStatus),
         "/health" | "/healthz" => (false, Endpoint::Health),
+        "/v1/analytics" => (false, Endpoint::Analytics),
+        "/v1/analytics/failures" => (false, Endpoint::AnalyticsFailures),
+        "/usage" => (false, Endpoint::Usage),
+        "/metrics" => (false, Endpoint::Metrics),
         _ => return Endpoint::NotFound,
     };
     let ok = if want_post {
@@ -93,7 +107,8 @@ impl ProxyHttp for Gateway {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
 
-        if !state.auth.is_public(&path) {
+        // The dashboard page holds no data: it asks for the key and sends it on its API calls.
+        if !state.auth.is_public(&path) && path != "/usage" {
             let h = &session.req_header().headers;
             let label = state.auth.check(
                 h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
@@ -125,7 +140,8 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        match endpoint(&method, &path) {
+        let ep = endpoint(&method, &path);
+        match ep {
             Endpoint::Chat => chat::handle(self, &state, session, ctx, chat::Api::Chat).await,
             Endpoint::Responses => {
                 chat::handle(self, &state, session, ctx, chat::Api::Responses).await
@@ -138,6 +154,27 @@ impl ProxyHttp for Gateway {
                 let (status, body) = local::health(&state);
                 respond::send_json(session, ctx, status, body).await
             }
+            Endpoint::Analytics | Endpoint::AnalyticsFailures => {
+                let query = session.req_header().uri.query().unwrap_or("").to_string();
+                let answer = if matches!(ep, Endpoint::Analytics) {
+                    analytics::analytics(&self.observer, &query).await
+                } else {
+                    analytics::failures(&self.observer, &query).await
+                };
+                match answer {
+                    Ok(body) => respond::send_json(session, ctx, 200, body).await,
+                    Err(e) => respond::send_error(session, ctx, &e).await,
+                }
+            }
+            Endpoint::Usage => {
+                let page = bytes::Bytes::from_static(dashboard::PAGE.as_bytes());
+                respond::send(session, ctx, 200, "text/html; charset=utf-8", page, &[]).await
+            }
+            Endpoint::Metrics => {
+                let body = bytes::Bytes::from(metrics::render());
+                let ct = "text/plain; version=0.0.4; charset=utf-8";
+                respond::send(session, ctx, 200, ct, body, &[]).await
+            }
             Endpoint::NotFound => {
                 respond::send_error(session, ctx, &ApiError::not_found(&path)).await
             }
@@ -147,6 +184,11 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(true)
+    }
+
+    /// Every request ends here, whichever way it was answered: record it.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.observer.record(session, ctx);
     }
 
     /// Only passthrough requests reach the proxy phases.

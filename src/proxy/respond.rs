@@ -33,6 +33,7 @@ pub async fn send(
     extra: &[(&'static str, String)],
 ) {
     ctx.status = status;
+    ctx.response_bytes = body.len() as u64;
     let Ok(mut resp) = ResponseHeader::build(status, Some(6 + extra.len())) else {
         return;
     };

@@ -54,6 +54,10 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process now with SIGKILL (e.g. to make a provider refuse connections).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -68,10 +72,6 @@ impl Proc {
         let fresh = spawn(&args, self.addr.clone(), &dir, "restarted");
         let old = std::mem::replace(self, fresh);
         std::mem::forget(old); // already dead and reaped
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// The directory holding this process's config, log and store.
@@ -160,7 +160,8 @@ pub fn start_sim() -> Proc {
 }
 
 /// The gateway with `[server]` filled in and `body` (providers, auth…) appended.
-/// `{sim}` in `body` is replaced by `sim_addr`.
+/// `{sim}` in `body` is replaced by `sim_addr`. The metrics listener is off unless `body`
+/// has its own `[metrics]` (parallel tests would collide on the default port).
 pub fn start_gateway(body: &str, sim_addr: &str) -> Proc {
     start_gateway_with(&[], body, sim_addr)
 }
@@ -212,8 +213,14 @@ pub fn gateway_config(
         }
     }
     let server: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    // No metrics listener unless a test asks: parallel gateways would fight over 9091.
+    let metrics = if body.contains("[metrics]") {
+        ""
+    } else {
+        "[metrics]\nlisten = \"\"\n"
+    };
     format!(
-        "[server]\n{server}[storage]\npath = \"{}/freeway.db\"\n{}\n",
+        "[server]\n{server}[storage]\npath = \"{}/freeway.db\"\n{metrics}{}\n",
         dir.display(),
         body.replace("{sim}", sim_addr)
     )

@@ -4,6 +4,7 @@ mod core;
 mod errors;
 mod harness;
 mod native;
+mod observe;
 mod ops;
 mod passthrough;
 mod responses;

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Bounded fuzzing of every parser and translator that sees client or provider bytes.
+#   bash scripts/fuzz.sh [seconds-per-target]     (default 60)
+# Seeds each corpus from the golden fixtures; prints executions/s, corpus size and crashes
+# per target; exits non-zero if any target crashed (the crash input is kept under
+# fuzz/artifacts/<target>/ for a regression test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-60}
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+# libFuzzer instrumentation needs unstable rustc flags: nightly if present, else stable
+# with RUSTC_BOOTSTRAP (the same compiler, its unstable flags unlocked).
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  FUZZ=(cargo +nightly fuzz)
+else
+  export RUSTC_BOOTSTRAP=1
+  FUZZ=(cargo fuzz)
+fi
+targets=(parse_chat sse_reader stream_translators native_requests responses_api)
+for t in "${targets[@]}"; do
+  mkdir -p "fuzz/corpus/$t"
+  for f in tests/fixtures/*/*; do
+    [ -f "$f" ] && cp "$f" "fuzz/corpus/$t/seed-$(basename "$(dirname "$f")")-$(basename "$f")"
+  done
+done
+"${FUZZ[@]}" build -s none -O "${targets[@]}" 2>&1 | tail -2
+status=0
+for t in "${targets[@]}"; do
+  log=$(mktemp)
+  if "${FUZZ[@]}" run -s none -O "$t" -- -max_total_time="$SECS" -print_final_stats=1 >"$log" 2>&1; then
+    result=ok
+  else
+    result=CRASH
+    status=1
+    tail -30 "$log"
+  fi
+  execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
+  corpus=$(ls "fuzz/corpus/$t" | wc -l)
+  echo "fuzz $t: $result, $execs executions in ${SECS}s ($((execs / SECS))/s), corpus $corpus"
+  rm -f "$log"
+done
+exit $status

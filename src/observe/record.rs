@@ -1,0 +1,138 @@
+//! One request's log record, built in the `logging` phase from the request context.
+//! Prompt and response bodies are never part of it.
+
+use crate::config::RedactIp;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+
+/// What the gateway did for one request. Fields are moved out of the context, not copied.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestRecord {
+    /// Unix milliseconds at the request's arrival.
+    pub ts_ms: i64,
+    pub request_id: String,
+    /// Gateway key label (`key-0`, or the label of a hashed key); empty when unauthenticated.
+    pub key_label: String,
+    /// Client IP after redaction (see `[observability].redact_ip`).
+    pub client_ip: Option<String>,
+    pub method: String,
+    /// Canonical endpoint name (`chat`, `models`, …; `other` for unknown paths).
+    pub endpoint: &'static str,
+    /// The request path (capped), for 404s and the like.
+    pub path: String,
+    pub requested_model: Option<String>,
+    /// Provider and model that served (or were last tried); empty for local endpoints.
+    pub provider: String,
+    pub model: String,
+    pub attempts: u32,
+    /// Why each failed attempt failed (`provider/model: why`).
+    pub failures: Vec<String>,
+    pub status: u16,
+    pub cache_status: &'static str,
+    pub streamed: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// True when the provider reported no usage and the gateway estimated the tokens.
+    pub tokens_estimated: bool,
+    pub ttft_ms: Option<f64>,
+    pub duration_ms: f64,
+    pub overhead_ms: f64,
+    pub cost_usd: f64,
+    /// `x-gateway-metadata` (or `cf-aig-metadata`) as sent, capped.
+    pub metadata: Option<String>,
+}
+
+/// Longest path and metadata kept in a record.
+pub const MAX_FIELD: usize = 1024;
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn cap(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// How client IPs are written.
+pub struct IpRedactor {
+    mode: RedactIp,
+    salt: Vec<u8>,
+}
+
+impl IpRedactor {
+    pub fn new(mode: RedactIp, salt: &str) -> IpRedactor {
+        let salt = if salt.is_empty() {
+            fastrand::u64(..).to_le_bytes().to_vec()
+        } else {
+            salt.as_bytes().to_vec()
+        };
+        IpRedactor { mode, salt }
+    }
+
+    pub fn redact(&self, ip: IpAddr) -> String {
+        match (self.mode, ip) {
+            (RedactIp::Off, ip) => ip.to_string(),
+            (RedactIp::Truncate, IpAddr::V4(v4)) => {
+                let [a, b, c, _] = v4.octets();
+                format!("{a}.{b}.{c}.0/24")
+            }
+            (RedactIp::Truncate, IpAddr::V6(v6)) => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+            }
+            (RedactIp::Hash, ip) => {
+                let mut h = Sha256::new();
+                h.update(&self.salt);
+                h.update(ip.to_string().as_bytes());
+                let d = h.finalize();
+                format!("h:{}", hex::encode(&d[..8]))
+            }
+        }
+    }
+}
+
+/// The cost of `prompt` and `completion` tokens at per-million-token prices.
+pub fn cost_usd(prompt: u64, completion: u64, input_per_mtok: f64, output_per_mtok: f64) -> f64 {
+    (prompt as f64 * input_per_mtok + completion as f64 * output_per_mtok) / 1_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_redaction_modes() {
+        let ip: IpAddr = "203.0.113.77".parse().unwrap();
+        assert_eq!(
+            IpRedactor::new(RedactIp::Off, "").redact(ip),
+            "203.0.113.77"
+        );
+        assert_eq!(
+            IpRedactor::new(RedactIp::Truncate, "").redact(ip),
+            "203.0.113.0/24"
+        );
+        let v6: IpAddr = "2001:db8:abcd:12::1".parse().unwrap();
+        assert_eq!(
+            IpRedactor::new(RedactIp::Truncate, "").redact(v6),
+            "2001:db8:abcd::/48"
+        );
+        let h = IpRedactor::new(RedactIp::Hash, "salt");
+        assert_eq!(h.redact(ip), h.redact(ip));
+        assert!(!h.redact(ip).contains("203"));
+        assert_ne!(
+            h.redact(ip),
+            IpRedactor::new(RedactIp::Hash, "other").redact(ip)
+        );
+    }
+
+    #[test]
+    fn cost_uses_per_million_prices() {
+        assert!((cost_usd(1_000_000, 500_000, 0.5, 2.0) - 1.5).abs() < 1e-9);
+        assert_eq!(cap("héllo".into(), 2), "h");
+    }
+}

@@ -1,0 +1,241 @@
+//! The request log's bounded queue and its writer thread.
+//!
+//! The request path only `try_send`s a record: when the queue is full the record is dropped
+//! and counted (`freeway_log_records_dropped_total`, plus a warning at most every 10 s), so
+//! a slow disk never slows a request. One dedicated thread writes whatever is queued in one
+//! transaction per batch, prints the JSON access-log lines, and applies retention.
+//!
+//! The thread and its SQLite connection are created by a background service after Pingora
+//! has (maybe) forked. At shutdown the service's guard is dropped when Pingora stops the
+//! runtimes (after the grace period, when in-flight requests are done): it tells the thread
+//! to drain the queue and waits for it, so every accepted record reaches the disk.
+
+use super::db;
+use super::metrics::METRICS;
+use super::record::RequestRecord;
+use parking_lot::Mutex;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Most records written in one transaction.
+const MAX_BATCH: usize = 2048;
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// The request path's end of the queue.
+pub struct LogQueue {
+    tx: SyncSender<RequestRecord>,
+    /// Unix seconds of the last "dropping records" warning.
+    last_warning: AtomicU64,
+}
+
+impl LogQueue {
+    /// Queues a record; never blocks.
+    pub fn push(&self, record: RequestRecord) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                METRICS.log_dropped.inc();
+                let now = unix_secs();
+                let last = self.last_warning.load(Ordering::Relaxed);
+                if now >= last + 10
+                    && self
+                        .last_warning
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    log::warn!(
+                        "request log queue full: dropping records ({} dropped so far)",
+                        METRICS.log_dropped.get()
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What the writer thread does with each record.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// The SQLite store; `None` = no request log (access log only).
+    pub db_path: Option<PathBuf>,
+    /// Print one JSON line per record to stdout.
+    pub access_log: bool,
+    pub retention_days: u32,
+    pub max_rows: u64,
+}
+
+/// Creates the queue (before the fork: it is plain memory) and the service that will drain it.
+pub fn queue(capacity: usize, config: WriterConfig) -> (LogQueue, LogWriterService) {
+    let (tx, rx) = sync_channel(capacity);
+    (
+        LogQueue {
+            tx,
+            last_warning: AtomicU64::new(0),
+        },
+        LogWriterService {
+            rx: Mutex::new(Some(rx)),
+            config,
+        },
+    )
+}
+
+/// Starts the writer thread and, at shutdown, drains and joins it.
+pub struct LogWriterService {
+    rx: Mutex<Option<Receiver<RequestRecord>>>,
+    config: WriterConfig,
+}
+
+/// Stops and joins the writer thread when dropped.
+struct WriterGuard {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("the request log writer panicked");
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for LogWriterService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(rx) = self.rx.lock().take() else {
+            return;
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let config = self.config.clone();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("request-log".into())
+            .spawn(move || run(rx, config, flag));
+        let guard = match thread {
+            Ok(t) => WriterGuard {
+                stop,
+                thread: Some(t),
+            },
+            Err(e) => {
+                log::error!("cannot start the request log writer: {e}");
+                return;
+            }
+        };
+        let _ = shutdown.changed().await;
+        // In-flight requests still log during the grace period: keep the writer running
+        // until Pingora drops this future (runtime shutdown), which drops the guard.
+        std::future::pending::<()>().await;
+        drop(guard);
+    }
+}
+
+/// The writer thread.
+fn run(rx: Receiver<RequestRecord>, config: WriterConfig, stop: Arc<AtomicBool>) {
+    let mut conn = config.db_path.as_ref().and_then(|p| {
+        db::open(p)
+            .map_err(|e| log::error!("request log disabled: {e}"))
+            .ok()
+    });
+    let mut batch: Vec<RequestRecord> = Vec::with_capacity(MAX_BATCH);
+    let mut last_retention: Option<Instant> = None;
+    let stdout = std::io::stdout();
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        match rx.recv_timeout(Duration::from_millis(if stopping { 0 } else { 100 })) {
+            Ok(first) => {
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if stopping => return,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if batch.is_empty() {
+            if let Some(c) = conn.as_ref() {
+                if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+                    last_retention = Some(Instant::now());
+                    retention(c, &config);
+                }
+            }
+            continue;
+        }
+        if config.access_log {
+            let mut out = stdout.lock();
+            for r in &batch {
+                line.clear();
+                if serde_json::to_writer(&mut line, &AccessLine(r)).is_ok() {
+                    line.push(b'\n');
+                    let _ = out.write_all(&line);
+                }
+            }
+            let _ = out.flush();
+        }
+        if let Some(c) = conn.as_mut() {
+            match db::insert(c, &batch) {
+                Ok(()) => METRICS.log_written.inc_by(batch.len() as u64),
+                Err(e) => {
+                    // The disk is the problem, not the request: count and move on.
+                    METRICS.log_dropped.inc_by(batch.len() as u64);
+                    log::error!("cannot write {} request log records: {e}", batch.len());
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+fn retention(conn: &rusqlite::Connection, config: &WriterConfig) {
+    let cutoff = (config.retention_days > 0).then(|| {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        now_ms - i64::from(config.retention_days) * 86_400_000
+    });
+    match db::retain(conn, cutoff, config.max_rows) {
+        Ok(0) => {}
+        Ok(n) => log::info!("request log retention: deleted {n} old records"),
+        Err(e) => log::error!("request log retention failed: {e}"),
+    }
+}
+
+/// The access-log line: the record plus a `type` so log shippers can pick it out.
+struct AccessLine<'a>(&'a RequestRecord);
+
+impl serde::Serialize for AccessLine<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(flatten)]
+            record: &'a RequestRecord,
+        }
+        Line {
+            kind: "access",
+            record: self.0,
+        }
+        .serialize(s)
+    }
+}
