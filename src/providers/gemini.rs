@@ -142,6 +142,8 @@ fn image_part(img: Image<'_>) -> Result<Value, ApiError> {
 fn parts_of(content: Option<&Value>) -> Result<Vec<Value>, ApiError> {
     common::content_parts(content)?
         .into_iter()
+        // Gemini rejects empty text parts (an assistant turn with `content: ""`).
+        .filter(|p| !matches!(p, Part::Text(t) if t.is_empty()))
         .map(|p| match p {
             Part::Text(t) => Ok(json!({"text": t})),
             Part::Image(img) => image_part(img),
@@ -756,6 +758,17 @@ mod tests {
         );
         assert!(decl[1].get("parameters").is_none());
         assert_eq!(v["toolConfig"]["functionCallingConfig"]["mode"], "ANY");
+    }
+
+    #[test]
+    fn empty_assistant_text_is_not_sent() {
+        let v = req(json!({"messages": [{"role": "user", "content": "x"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "call_0", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}));
+        assert_eq!(
+            v["contents"][1]["parts"],
+            json!([{"functionCall": {"name": "f", "args": {}}}])
+        );
     }
 
     #[test]
