@@ -88,6 +88,44 @@ headers = { "x-sim-behavior" = "fail-429" }
   context_window = 131072
   capabilities = ["tools", "json", "stream"]
 
+# Native wire formats, translated by the gateway: pin "sim-gemini/gemini-2.5-flash",
+# "sim-anthropic/claude-sonnet-4-5" or "sim-workers-ai/@cf/meta/llama-3.1-8b-instruct-fast".
+[[providers]]
+name = "sim-gemini"
+kind = "gemini"
+base_url = "http://{sim}/gemini/v1beta"
+api_key = "sim-key-gemini"
+simulated = true
+  [[providers.models]]
+  id = "gemini-2.5-flash"
+  context_window = 1048576
+  capabilities = ["tools", "json", "vision", "stream"]
+  auto = false
+
+[[providers]]
+name = "sim-anthropic"
+kind = "anthropic"
+base_url = "http://{sim}/anthropic/v1"
+api_key = "sim-key-anthropic"
+simulated = true
+  [[providers.models]]
+  id = "claude-sonnet-4-5"
+  context_window = 200000
+  capabilities = ["tools", "vision", "stream"]
+  auto = false
+
+[[providers]]
+name = "sim-workers-ai"
+kind = "workers-ai"
+base_url = "http://{sim}/workers-ai/client/v4/accounts/demo/ai"
+api_key = "sim-key-workers-ai"
+simulated = true
+  [[providers.models]]
+  id = "@cf/meta/llama-3.1-8b-instruct-fast"
+  context_window = 128000
+  capabilities = ["json", "stream"]
+  auto = false
+
 # Behaviours to try by pinning them: "sim-lab/slow", "sim-lab/drop", "sim-lab/fail-500".
 [[providers]]
 name = "sim-lab"

@@ -22,6 +22,9 @@ pub struct SseReader {
     scanned: usize,
     current: SseEvent,
     has_data: bool,
+    /// Whether the current event had an `event:` line (`current.event` keeps its buffer
+    /// between events to save an allocation each).
+    has_event: bool,
 }
 
 impl SseReader {
@@ -40,8 +43,17 @@ impl SseReader {
 
     /// The next complete event, if the buffer holds one.
     pub fn next_event(&mut self) -> Option<SseEvent> {
+        let mut ev = SseEvent::default();
+        self.next_event_into(&mut ev).then_some(ev)
+    }
+
+    /// Like [`next_event`](Self::next_event), but fills `ev`, reusing its buffers: a stream
+    /// translator keeps one `SseEvent` and allocates nothing per event once warm.
+    pub fn next_event_into(&mut self, ev: &mut SseEvent) -> bool {
         loop {
-            let nl = memchr(b'\n', &self.buf[self.scanned..])?;
+            let Some(nl) = memchr(b'\n', &self.buf[self.scanned..]) else {
+                return false;
+            };
             let end = self.scanned + nl;
             let line_end = if end > self.scanned && self.buf[end - 1] == b'\r' {
                 end - 1
@@ -54,10 +66,12 @@ impl SseReader {
                 // Blank line: the event is complete.
                 self.buf.advance(self.scanned);
                 self.scanned = 0;
-                if std::mem::take(&mut self.has_data) {
-                    return Some(std::mem::take(&mut self.current));
+                if self.has_data {
+                    self.take_into(ev);
+                    return true;
                 }
-                self.current = SseEvent::default();
+                self.current.data.clear();
+                self.has_event = false;
                 continue;
             }
             let line = &self.buf[start..line_end];
@@ -80,11 +94,29 @@ impl SseReader {
                     self.has_data = true;
                 }
                 b"event" => {
-                    self.current.event = Some(String::from_utf8_lossy(value).into_owned());
+                    let name = self.current.event.get_or_insert_with(String::new);
+                    name.clear();
+                    match std::str::from_utf8(value) {
+                        Ok(v) => name.push_str(v),
+                        Err(_) => name.push_str(&String::from_utf8_lossy(value)),
+                    }
+                    self.has_event = true;
                 }
                 _ => {}
             }
         }
+    }
+
+    /// Moves the completed current event into `ev`; `ev`'s old buffers become the next
+    /// event's.
+    fn take_into(&mut self, ev: &mut SseEvent) {
+        if !self.has_event {
+            self.current.event = None;
+        }
+        std::mem::swap(&mut self.current, ev);
+        self.current.data.clear();
+        self.has_data = false;
+        self.has_event = false;
     }
 
     /// At end of stream: an event the upstream did not close with a blank line.
@@ -96,8 +128,9 @@ impl SseReader {
             }
         }
         self.has_data.then(|| {
-            self.has_data = false;
-            std::mem::take(&mut self.current)
+            let mut ev = SseEvent::default();
+            self.take_into(&mut ev);
+            ev
         })
     }
 }
@@ -160,6 +193,21 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(all(&bytes), whole);
+    }
+
+    #[test]
+    fn reused_events_do_not_leak_fields() {
+        let mut r = SseReader::new();
+        r.push(b"event: a\ndata: one\n\ndata: two\n\nevent: b\ndata: 3\n\n");
+        let mut ev = SseEvent::default();
+        let mut seen = Vec::new();
+        while r.next_event_into(&mut ev) {
+            seen.push(ev.clone());
+        }
+        let names: Vec<Option<&str>> = seen.iter().map(|e| e.event.as_deref()).collect();
+        assert_eq!(names, [Some("a"), None, Some("b")]);
+        let data: Vec<&[u8]> = seen.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(data, [&b"one"[..], b"two", b"3"]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::common::{self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part,
 use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
 use crate::request::ChatRequest;
-use crate::sse::SseReader;
+use crate::sse::{SseEvent, SseReader};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -142,6 +142,8 @@ fn image_part(img: Image<'_>) -> Result<Value, ApiError> {
 fn parts_of(content: Option<&Value>) -> Result<Vec<Value>, ApiError> {
     common::content_parts(content)?
         .into_iter()
+        // Gemini rejects empty text parts (an assistant turn with `content: ""`).
+        .filter(|p| !matches!(p, Part::Text(t) if t.is_empty()))
         .map(|p| match p {
             Part::Text(t) => Ok(json!({"text": t})),
             Part::Image(img) => image_part(img),
@@ -458,6 +460,8 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
 /// the finish chunk, the usage chunk and `[DONE]` are written when the upstream ends.
 pub struct GeminiStream {
     reader: SseReader,
+    /// The event buffer the reader fills, reused.
+    scratch: SseEvent,
     writer: ChunkWriter,
     include_usage: bool,
     role_sent: bool,
@@ -471,6 +475,7 @@ impl GeminiStream {
     pub fn new(model: &str, include_usage: bool, meta: &Meta) -> GeminiStream {
         GeminiStream {
             reader: SseReader::new(),
+            scratch: SseEvent::default(),
             writer: ChunkWriter::new(meta, model),
             include_usage,
             role_sent: false,
@@ -536,10 +541,13 @@ impl GeminiStream {
 impl StreamTranslator for GeminiStream {
     fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
         self.reader.push(chunk);
-        while let Some(ev) = self.reader.next_event() {
-            self.event(&ev.data, out)?;
+        let mut ev = std::mem::take(&mut self.scratch);
+        let mut result = Ok(());
+        while result.is_ok() && self.reader.next_event_into(&mut ev) {
+            result = self.event(&ev.data, out);
         }
-        Ok(())
+        self.scratch = ev;
+        result
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
@@ -750,6 +758,17 @@ mod tests {
         );
         assert!(decl[1].get("parameters").is_none());
         assert_eq!(v["toolConfig"]["functionCallingConfig"]["mode"], "ANY");
+    }
+
+    #[test]
+    fn empty_assistant_text_is_not_sent() {
+        let v = req(json!({"messages": [{"role": "user", "content": "x"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "call_0", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}));
+        assert_eq!(
+            v["contents"][1]["parts"],
+            json!([{"functionCall": {"name": "f", "args": {}}}])
+        );
     }
 
     #[test]

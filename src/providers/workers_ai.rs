@@ -11,7 +11,7 @@ use super::common::{self, ChunkWriter, Image, Meta, OutToolCall, Part};
 use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
 use crate::request::ChatRequest;
-use crate::sse::SseReader;
+use crate::sse::{SseEvent, SseReader};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -297,6 +297,8 @@ struct StreamEvent<'a> {
 /// Translates one Workers AI stream.
 pub struct WorkersAiStream {
     reader: SseReader,
+    /// The event buffer the reader fills, reused.
+    scratch: SseEvent,
     writer: ChunkWriter,
     include_usage: bool,
     role_sent: bool,
@@ -311,6 +313,7 @@ impl WorkersAiStream {
     pub fn new(model: &str, include_usage: bool, meta: &Meta) -> WorkersAiStream {
         WorkersAiStream {
             reader: SseReader::new(),
+            scratch: SseEvent::default(),
             writer: ChunkWriter::new(meta, model),
             include_usage,
             role_sent: false,
@@ -402,10 +405,13 @@ impl WorkersAiStream {
 impl StreamTranslator for WorkersAiStream {
     fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
         self.reader.push(chunk);
-        while let Some(ev) = self.reader.next_event() {
-            self.event(&ev.data, out)?;
+        let mut ev = std::mem::take(&mut self.scratch);
+        let mut result = Ok(());
+        while result.is_ok() && self.reader.next_event_into(&mut ev) {
+            result = self.event(&ev.data, out);
         }
-        Ok(())
+        self.scratch = ev;
+        result
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
