@@ -37,6 +37,12 @@ if ! command -v cargo >/dev/null; then
 fi
 
 if [ "${1:-}" = "--test" ]; then
+  # espeak-ng makes the real speech recording the audio tests upload.
+  if ! command -v espeak-ng >/dev/null; then
+    echo "setup: installing espeak-ng"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+  fi
   # Python tools for the conformance tests, isolated in .venv (PEP 668 safe).
   if [ ! -x .venv/bin/python3 ]; then
     python3 -m venv .venv
