@@ -678,8 +678,9 @@ async fn attempt(
             }
         }
         Finish::StreamAudio(extra) => {
-            if !ctype.starts_with("audio/") && ctype != "application/octet-stream" {
-                // MeloTTS and friends: base64 audio inside JSON.
+            if ctype.starts_with("application/json") {
+                // MeloTTS and friends: base64 audio inside JSON. Anything else (audio bytes,
+                // `stream_format: "sse"` events) is relayed as it arrives.
                 let body = match read_capped(&mut http, MAX_ANSWER, ctx).await {
                     Ok(b) => b,
                     Err(f) => return Attempt::Retry(f),
