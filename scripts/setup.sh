@@ -37,11 +37,13 @@ if ! command -v cargo >/dev/null; then
 fi
 
 if [ "${1:-}" = "--test" ]; then
-  # promtool validates /metrics; headless Chromium + chromedriver drive the dashboard test.
+  # Test tools: promtool validates /metrics; headless Chromium + chromedriver drive the
+  # dashboard test; espeak-ng makes the real speech recording the audio tests upload.
   tneed=()
   command -v promtool >/dev/null || tneed+=(prometheus)
   command -v chromium >/dev/null || tneed+=(chromium)
   command -v chromedriver >/dev/null || tneed+=(chromium-driver)
+  command -v espeak-ng >/dev/null || tneed+=(espeak-ng)
   if [ ${#tneed[@]} -gt 0 ]; then
     echo "setup: installing ${tneed[*]}"
     as_root apt-get update -qq

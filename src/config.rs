@@ -47,6 +47,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub metrics: MetricsConfig,
     pub observability: ObservabilityConfig,
+    pub embeddings: EmbeddingsConfig,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -61,6 +62,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
             observability: ObservabilityConfig::default(),
+            embeddings: EmbeddingsConfig::default(),
             providers: Vec::new(),
             routes: Vec::new(),
         }
@@ -217,6 +219,14 @@ impl<'de> Deserialize<'de> for RedactIp {
     }
 }
 
+/// `[embeddings]`: which model `auto` means for `/v1/embeddings`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddingsConfig {
+    /// `provider/model` (or a bare id); empty = the first `auto = true` embedding model.
+    pub default: String,
+}
+
 /// Wire format a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -239,16 +249,10 @@ impl ProviderKind {
         }
     }
 
-    /// Whether this build can translate chat for the kind. Voyage serves embeddings only:
-    /// its providers are listed but never routed chat requests.
+    /// Whether this build can talk to the kind. Voyage serves embeddings only: its models
+    /// are `type = "embedding"`, so chat never routes there.
     pub fn supported(self) -> bool {
-        matches!(
-            self,
-            ProviderKind::Openai
-                | ProviderKind::Gemini
-                | ProviderKind::Anthropic
-                | ProviderKind::WorkersAi
-        )
+        true
     }
 }
 
@@ -275,9 +279,10 @@ pub struct ProviderConfig {
     pub models: Vec<ModelConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelType {
+    #[default]
     Chat,
     Embedding,
     Transcription,
@@ -323,6 +328,29 @@ pub struct ModelConfig {
     pub auto: bool,
     #[serde(default)]
     pub cost: Cost,
+    /// Embedding models only: models with the same `vector_space` produce interchangeable
+    /// vectors, so requests may fail over between them. Unset = the model id (the same model
+    /// at another provider).
+    #[serde(default)]
+    pub vector_space: Option<String>,
+}
+
+impl ModelType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelType::Chat => "chat",
+            ModelType::Embedding => "embedding",
+            ModelType::Transcription => "transcription",
+            ModelType::Speech => "speech",
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The vector space an embedding model writes into.
+    pub fn space(&self) -> &str {
+        self.vector_space.as_deref().unwrap_or(&self.id)
+    }
 }
 
 fn default_model_type() -> ModelType {
@@ -537,9 +565,77 @@ impl Config {
                         ));
                     }
                 }
+                if let Some(space) = &m.vector_space {
+                    if m.model_type != ModelType::Embedding {
+                        return Err(err(
+                            format!("{mkey}.vector_space"),
+                            "only embedding models (type = \"embedding\") have a vector space",
+                        ));
+                    }
+                    if space.trim().is_empty() {
+                        return Err(err(format!("{mkey}.vector_space"), "must not be empty"));
+                    }
+                }
             }
         }
+        self.validate_embeddings()?;
         self.validate_routes()
+    }
+
+    /// A name shared by embedding models must mean one vector space (a bare name fails over
+    /// among its models, and mixing spaces would silently corrupt a vector index); the
+    /// default must be an embedding model.
+    fn validate_embeddings(&self) -> Result<(), ConfigError> {
+        let mut space_of: BTreeMap<&str, (&str, String)> = BTreeMap::new();
+        for (pi, p) in self.providers.iter().enumerate() {
+            for (mi, m) in p.models.iter().enumerate() {
+                if m.model_type != ModelType::Embedding {
+                    continue;
+                }
+                for (ai, name) in std::iter::once(&m.id).chain(&m.aliases).enumerate() {
+                    let here = format!("{}/{}", p.name, m.id);
+                    match space_of.get(name.as_str()) {
+                        Some((space, other)) if *space != m.space() => {
+                            let key = if ai == 0 {
+                                format!("providers[{pi}].models[{mi}].id")
+                            } else {
+                                format!("providers[{pi}].models[{mi}].aliases[{}]", ai - 1)
+                            };
+                            return Err(err(
+                                key,
+                                format!(
+                                    "`{name}` names both `{other}` (vector space `{space}`) and `{here}` (vector space `{}`); \
+                                     give them the same `vector_space` if they produce the same vectors, else use different names",
+                                    m.space()
+                                ),
+                            ));
+                        }
+                        Some(_) => {}
+                        None => {
+                            space_of.insert(name, (m.space(), here));
+                        }
+                    }
+                }
+            }
+        }
+        let d = &self.embeddings.default;
+        if !d.is_empty() {
+            let found = self.providers.iter().any(|p| {
+                p.models.iter().any(|m| {
+                    m.model_type == ModelType::Embedding
+                        && (format!("{}/{}", p.name, m.id) == *d
+                            || m.id == *d
+                            || m.aliases.contains(d))
+                })
+            });
+            if !found {
+                return Err(err(
+                    "embeddings.default",
+                    format!("`{d}` is not a configured embedding model (type = \"embedding\")"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_routes(&self) -> Result<(), ConfigError> {
@@ -771,6 +867,34 @@ base_url = "http://127.0.0.1:1"
         let e = Config::parse(&text.replace(", \"p/nope\"]", "]\n[[routes]]\nname = \"empty\""))
             .unwrap_err();
         assert_eq!(e.key, "routes[1]", "{e}");
+    }
+
+    #[test]
+    fn vector_spaces_are_validated() {
+        let base = "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://x\"\n";
+        let e = Config::parse(&format!(
+            "{base}  [[providers.models]]\n  id = \"a\"\n  aliases = [\"emb\"]\n  type = \"embedding\"\n\
+               [[providers.models]]\n  id = \"b\"\n  aliases = [\"emb\"]\n  type = \"embedding\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "providers[0].models[1].aliases[0]", "{e}");
+        assert!(e.message.contains("vector_space"), "{e}");
+        // Declared equivalent: the shared alias is fine.
+        Config::parse(&format!(
+            "{base}  [[providers.models]]\n  id = \"a\"\n  aliases = [\"emb\"]\n  type = \"embedding\"\n  vector_space = \"s\"\n\
+               [[providers.models]]\n  id = \"b\"\n  aliases = [\"emb\"]\n  type = \"embedding\"\n  vector_space = \"s\"\n"
+        ))
+        .unwrap();
+        let e = Config::parse(&format!(
+            "{base}  [[providers.models]]\n  id = \"c\"\n  vector_space = \"s\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "providers[0].models[0].vector_space");
+        let e = Config::parse(&format!(
+            "[embeddings]\ndefault = \"p/c\"\n{base}  [[providers.models]]\n  id = \"c\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "embeddings.default");
     }
 
     #[test]

@@ -48,6 +48,17 @@ simulated = true
   context_window = 32768
   capabilities = ["json", "stream"]
   tier = "low"
+  # Media: embeddings, speech-to-text and text-to-speech (POST /v1/embeddings, /v1/audio/*).
+  [[providers.models]]
+  id = "text-embedding-3-small"
+  type = "embedding"
+  [[providers.models]]
+  id = "whisper-large-v3"
+  aliases = ["whisper"]
+  type = "transcription"
+  [[providers.models]]
+  id = "tts-1"
+  type = "speech"
 
 [[providers]]
 name = "sim-beta"
@@ -61,6 +72,14 @@ simulated = true
   context_window = 131072
   capabilities = ["tools", "json", "vision", "stream"]
   tier = "high"
+  # The same embedding model: the same vector space, so embeddings may fail over here.
+  [[providers.models]]
+  id = "text-embedding-3-small"
+  type = "embedding"
+  [[providers.models]]
+  id = "whisper-large-v3-turbo"
+  aliases = ["whisper"]
+  type = "transcription"
 
 # Fails half of its requests with 500: `auto` fails over to another provider invisibly.
 [[providers]]

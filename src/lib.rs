@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod multipart;
 pub mod observe;
 pub mod providers;
 pub mod proxy;

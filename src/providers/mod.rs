@@ -6,11 +6,15 @@
 //! One module per wire format builds the upstream request for that format.
 
 pub mod anthropic;
+pub mod audio;
 pub mod common;
+pub mod embeddings;
 pub mod gemini;
 #[cfg(test)]
 mod golden;
+pub mod media;
 pub mod openai;
+pub mod voyage;
 pub mod workers_ai;
 
 use crate::config::{

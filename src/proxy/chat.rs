@@ -177,7 +177,7 @@ fn failure_outcome(failure: &Failure) -> &'static str {
 }
 
 /// Updates health, daily counts and provider state after a failed attempt.
-fn record_failure(state: &State, idx: usize, failure: &Failure) {
+pub(super) fn record_failure(state: &State, idx: usize, failure: &Failure) {
     let model = &state.catalog.models[idx];
     let live = &state.models[idx];
     let report = match failure {
@@ -219,7 +219,7 @@ fn record_failure(state: &State, idx: usize, failure: &Failure) {
 }
 
 /// `x-gateway-metadata` (or `cf-aig-metadata`): a JSON object.
-fn metadata(session: &Session) -> Result<Option<serde_json::Value>, ApiError> {
+pub(super) fn metadata(session: &Session) -> Result<Option<serde_json::Value>, ApiError> {
     let Some(raw) = header_str(session, "x-gateway-metadata")
         .or_else(|| header_str(session, "cf-aig-metadata"))
     else {
@@ -233,7 +233,7 @@ fn metadata(session: &Session) -> Result<Option<serde_json::Value>, ApiError> {
     }
 }
 
-fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+pub(super) fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
     session.req_header().headers.get(name)?.to_str().ok()
 }
 

@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod ctx;
 pub mod local;
+pub mod media;
 pub mod passthrough;
 pub mod relay;
 pub mod respond;
@@ -58,6 +59,7 @@ impl Gateway {
 enum Endpoint {
     Chat,
     Responses,
+    Media(media::Media),
     Models,
     RoutingStatus,
     Health,
@@ -73,6 +75,11 @@ fn endpoint(method: &http::Method, path: &str) -> Endpoint {
     let (want_post, ep) = match path {
         "/v1/chat/completions" | "/chat/completions" => (true, Endpoint::Chat),
         "/v1/responses" | "/responses" => (true, Endpoint::Responses),
+        "/v1/embeddings" | "/embeddings" => (true, Endpoint::Media(media::Media::Embeddings)),
+        "/v1/audio/transcriptions" => (true, Endpoint::Media(media::Media::Transcriptions)),
+        "/v1/audio/translations" => (true, Endpoint::Media(media::Media::Translations)),
+        "/v1/audio/speech" => (true, Endpoint::Media(media::Media::Speech)),
+        "/v1/audio/speech-to-speech" => (true, Endpoint::Media(media::Media::SpeechToSpeech)),
         "/v1/models" | "/models" => (false, Endpoint::Models),
         "/v1/routing/status" => (false, Endpoint::RoutingStatus),
         "/health" | "/healthz" => (false, Endpoint::Health),
@@ -146,6 +153,7 @@ impl ProxyHttp for Gateway {
             Endpoint::Responses => {
                 chat::handle(self, &state, session, ctx, chat::Api::Responses).await
             }
+            Endpoint::Media(m) => media::handle(self, &state, session, ctx, m).await,
             Endpoint::Models => respond::send_json(session, ctx, 200, local::models(&state)).await,
             Endpoint::RoutingStatus => {
                 respond::send_json(session, ctx, 200, local::routing_status(&state)).await

@@ -73,7 +73,7 @@ impl fmt::Display for Failure {
 }
 
 /// `retry-after`, else the later of the `x-ratelimit-reset-*` hints.
-fn retry_hint(headers: &http::HeaderMap) -> Option<Duration> {
+pub(super) fn retry_hint(headers: &http::HeaderMap) -> Option<Duration> {
     let parse = |name: &str| {
         headers
             .get(name)
@@ -92,18 +92,18 @@ fn retry_hint(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
-fn is_retryable_status(status: u16) -> bool {
+pub(super) fn is_retryable_status(status: u16) -> bool {
     matches!(status, 401 | 403 | 408 | 429) || status >= 500
 }
 
-fn is_timeout(e: &Error) -> bool {
+pub(super) fn is_timeout(e: &Error) -> bool {
     matches!(
         e.etype(),
         ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
     )
 }
 
-fn describe(e: &Error) -> String {
+pub(super) fn describe(e: &Error) -> String {
     // Pingora's Display carries the type, source and context; that is what operators need.
     e.to_string()
 }
@@ -449,7 +449,7 @@ fn set_cork(fd: Option<i32>, on: bool) {
     }
 }
 
-async fn read_chunk(
+pub(super) async fn read_chunk(
     http: &mut HttpSession,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<Option<Bytes>> {
@@ -460,7 +460,7 @@ async fn read_chunk(
 }
 
 /// Reads a whole response body, failing if it exceeds `cap`.
-async fn read_capped(
+pub(super) async fn read_capped(
     http: &mut HttpSession,
     cap: usize,
     ctx: &mut RequestCtx,

@@ -20,6 +20,8 @@ use std::time::Instant;
 /// What a request needs from a model, inferred from its body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Needs {
+    /// The kind of model the endpoint needs (chat for chat and responses).
+    pub model_type: ModelType,
     pub stream: bool,
     pub tools: bool,
     pub json: bool,
@@ -97,18 +99,29 @@ pub struct ModelEntry {
     pub daily_limit: u32,
     pub rpm: u32,
     pub cost: Cost,
+    /// Embedding models: the vector space they write into (see `ModelConfig::space`).
+    pub space: String,
     /// `None` when routable; otherwise why not (missing key, unsupported kind, …).
     pub unavailable: Option<String>,
 }
 
 impl ModelEntry {
-    /// Why this model cannot serve a chat request with these needs, if it cannot.
+    /// Why this model cannot serve a request with these needs, if it cannot.
     pub fn unfit(&self, needs: &Needs) -> Option<String> {
-        if self.model_type != ModelType::Chat {
+        if self.model_type != needs.model_type {
+            let an = |t: ModelType| if t == ModelType::Embedding { "an" } else { "a" };
             return Some(format!(
-                "`{}` is a {:?} model, not a chat model",
-                self.qualified, self.model_type
+                "`{}` is {} {} model, not {} {} model",
+                self.qualified,
+                an(self.model_type),
+                self.model_type.as_str(),
+                an(needs.model_type),
+                needs.model_type.as_str()
             ));
+        }
+        if self.model_type != ModelType::Chat {
+            // Capabilities and context windows describe chat models only.
+            return None;
         }
         let mut missing = Vec::new();
         for (need, cap, name) in [
@@ -146,6 +159,9 @@ pub struct Catalog {
     by_qualified: HashMap<String, usize>,
     /// Bare ids and aliases → every model answering to that name.
     by_name: HashMap<String, Vec<usize>>,
+    /// What `auto` means for embeddings: `[embeddings].default`, else the first `auto = true`
+    /// embedding model. One model, so `auto` never drifts between vector spaces.
+    pub embedding_default: Option<usize>,
 }
 
 impl Catalog {
@@ -177,11 +193,48 @@ impl Catalog {
                     daily_limit: m.daily_limit,
                     rpm: m.rpm,
                     cost: m.cost,
+                    space: m.space().to_string(),
                     unavailable: unavailable.get(pi).cloned().flatten(),
                 });
             }
         }
+        let default = &config.embeddings.default;
+        let is_embedding = |&i: &usize| cat.models[i].model_type == ModelType::Embedding;
+        cat.embedding_default = if default.is_empty() {
+            (0..cat.models.len()).find(|&i| is_embedding(&i) && cat.models[i].auto)
+        } else {
+            cat.by_qualified
+                .get(default)
+                .copied()
+                .filter(is_embedding)
+                .or_else(|| cat.by_name.get(default)?.iter().copied().find(is_embedding))
+        };
         cat
+    }
+
+    /// The vector space an embeddings request for `model` is bound to (`auto` = the
+    /// default's), if the name resolves to an embedding model.
+    pub fn embedding_space(&self, model: Option<&str>) -> Option<&str> {
+        let is_embedding = |i: &usize| self.models[*i].model_type == ModelType::Embedding;
+        let idx = match model {
+            None | Some("auto") | Some("") => self.embedding_default,
+            Some(name) => self
+                .by_qualified
+                .get(name)
+                .copied()
+                .filter(is_embedding)
+                .or_else(|| self.by_name.get(name)?.iter().copied().find(is_embedding)),
+        }?;
+        Some(self.models[idx].space.as_str())
+    }
+
+    /// Every embedding model writing into `space`, in config order.
+    pub fn in_space(&self, space: &str) -> Vec<usize> {
+        (0..self.models.len())
+            .filter(|&i| {
+                self.models[i].model_type == ModelType::Embedding && self.models[i].space == space
+            })
+            .collect()
     }
 
     pub fn routable_count(&self) -> usize {
@@ -349,7 +402,11 @@ impl Router {
         now: Instant,
     ) -> Result<Vec<usize>, ApiError> {
         let needs = ask.needs;
-        let selection = select(catalog, &self.routes, ask.model, ask.metadata)?;
+        let mut selection = select(catalog, &self.routes, ask.model, ask.metadata, needs)?;
+        // Embeddings never leave the vector space of the model asked for.
+        let space = (needs.model_type == ModelType::Embedding)
+            .then(|| restrict_to_space(catalog, &mut selection, ask.fallback_auto))
+            .flatten();
         let mut unfit = Vec::new();
         let mut unavailable = Vec::new();
         let mut groups: Vec<Vec<(usize, f64)>> = Vec::with_capacity(selection.groups.len());
@@ -359,6 +416,13 @@ impl Router {
                 let m = &catalog.models[i];
                 if let Some(why) = m.unfit(needs) {
                     unfit.push(why);
+                    continue;
+                }
+                if space.as_ref().is_some_and(|s| *s != m.space) {
+                    unfit.push(format!(
+                        "`{}` writes into another vector space (`{}`)",
+                        m.qualified, m.space
+                    ));
                     continue;
                 }
                 let s = live.snapshot(i, m.provider, now);
@@ -384,8 +448,11 @@ impl Router {
                 }
             }
         }
-        if selection.kind == Selection::Pinned && ask.fallback_auto {
-            let mut extra: Vec<(usize, f64)> = auto_pool(catalog)
+        if selection.kind == Selection::Pinned
+            && ask.fallback_auto
+            && needs.model_type != ModelType::Embedding
+        {
+            let mut extra: Vec<(usize, f64)> = auto_pool(catalog, needs.model_type)
                 .into_iter()
                 .filter(|i| !plan.contains(i))
                 .filter_map(|i| {
@@ -433,10 +500,41 @@ fn draw_order(candidates: &mut Vec<(usize, f64)>, keep: usize) {
     candidates.truncate(keep);
 }
 
-fn auto_pool(catalog: &Catalog) -> Vec<usize> {
+fn auto_pool(catalog: &Catalog, model_type: ModelType) -> Vec<usize> {
+    if model_type == ModelType::Embedding {
+        return catalog.embedding_default.into_iter().collect();
+    }
     (0..catalog.models.len())
-        .filter(|&i| catalog.models[i].auto && catalog.models[i].model_type == ModelType::Chat)
+        .filter(|&i| catalog.models[i].auto && catalog.models[i].model_type == model_type)
         .collect()
+}
+
+/// Keeps an embedding request inside one vector space: the space of the first embedding
+/// model selected. Models of that space at other providers (or declared equivalent with
+/// `vector_space`) are added as a fallback group, except for a pinned model without
+/// `x-gateway-fallback: auto`. Returns the space.
+fn restrict_to_space(
+    catalog: &Catalog,
+    selection: &mut Selected,
+    fallback_auto: bool,
+) -> Option<String> {
+    let anchor = selection
+        .groups
+        .iter()
+        .flatten()
+        .copied()
+        .find(|&i| catalog.models[i].model_type == ModelType::Embedding)?;
+    let space = catalog.models[anchor].space.clone();
+    if selection.kind != Selection::Pinned || fallback_auto {
+        let chosen: Vec<usize> = selection.groups.iter().flatten().copied().collect();
+        let equivalents: Vec<usize> = catalog
+            .in_space(&space)
+            .into_iter()
+            .filter(|i| !chosen.contains(i))
+            .collect();
+        selection.groups.push(equivalents);
+    }
+    Some(space)
 }
 
 fn select(
@@ -444,12 +542,13 @@ fn select(
     routes: &routes::Routes,
     model: Option<&str>,
     metadata: Option<&serde_json::Value>,
+    needs: &Needs,
 ) -> Result<Selected, ApiError> {
     let name = match model {
         None | Some("auto") | Some("") => {
             return Ok(Selected {
                 kind: Selection::Auto,
-                groups: vec![auto_pool(catalog)],
+                groups: vec![auto_pool(catalog, needs.model_type)],
             })
         }
         Some(name) => name,
@@ -472,7 +571,10 @@ fn select(
                 "No route named `{route}` is configured ([[routes]] in the config)."
             ))
         })?;
-        let groups = targets.iter().map(|t| resolve_target(catalog, t)).collect();
+        let groups = targets
+            .iter()
+            .map(|t| resolve_target_typed(catalog, t, needs.model_type))
+            .collect();
         return Ok(Selected {
             kind: Selection::Route,
             groups,
@@ -485,8 +587,12 @@ fn select(
 
 /// A route target (`auto`, `provider/model`, or a bare id/alias) → models.
 pub fn resolve_target(catalog: &Catalog, target: &str) -> Vec<usize> {
+    resolve_target_typed(catalog, target, ModelType::Chat)
+}
+
+fn resolve_target_typed(catalog: &Catalog, target: &str, model_type: ModelType) -> Vec<usize> {
     if target == "auto" {
-        return auto_pool(catalog);
+        return auto_pool(catalog, model_type);
     }
     if let Some(&i) = catalog.by_qualified.get(target) {
         return vec![i];
@@ -854,6 +960,113 @@ models = ["a/y", "a/x"]
         )
         .unwrap_err();
         assert_eq!((e.status, e.code), (400, Some("model_not_found")));
+    }
+
+    fn embedding_catalog(default: &str) -> Catalog {
+        let text = format!(
+            r#"
+[embeddings]
+default = "{default}"
+[[providers]]
+name = "a"
+kind = "openai"
+base_url = "http://127.0.0.1:1"
+  [[providers.models]]
+  id = "chat"
+  [[providers.models]]
+  id = "BAAI/bge-m3"
+  type = "embedding"
+  vector_space = "bge-m3"
+  [[providers.models]]
+  id = "text-embedding-3-small"
+  type = "embedding"
+  [[providers.models]]
+  id = "whisper"
+  type = "transcription"
+[[providers]]
+name = "b"
+kind = "workers-ai"
+base_url = "http://127.0.0.1:2"
+  [[providers.models]]
+  id = "@cf/baai/bge-m3"
+  type = "embedding"
+  vector_space = "bge-m3"
+  [[providers.models]]
+  id = "text-embedding-3-small"
+  type = "embedding"
+"#
+        );
+        let c = Config::parse(&text).unwrap();
+        Catalog::build(&c, &[None, None])
+    }
+
+    fn embed_plan(cat: &Catalog, model: Option<&str>, fallback_auto: bool) -> Vec<String> {
+        let needs = Needs {
+            model_type: ModelType::Embedding,
+            ..Needs::default()
+        };
+        let ask = Ask {
+            model,
+            needs: &needs,
+            fallback_auto,
+            metadata: None,
+            max_attempts: 9,
+        };
+        match Router::default().plan(cat, &AllHealthy, &ask, Instant::now()) {
+            Ok(p) => ids(cat, &p),
+            Err(e) => vec![format!("{} {}", e.status, e.message)],
+        }
+    }
+
+    #[test]
+    fn embeddings_stay_in_one_vector_space() {
+        let cat = embedding_catalog("a/BAAI/bge-m3");
+        for _ in 0..20 {
+            // auto = the default first, then its declared equivalent; never another space.
+            assert_eq!(
+                embed_plan(&cat, None, false),
+                vec!["a/BAAI/bge-m3", "b/@cf/baai/bge-m3"]
+            );
+            let mut same_id = embed_plan(&cat, Some("text-embedding-3-small"), false);
+            same_id.sort();
+            assert_eq!(
+                same_id,
+                vec!["a/text-embedding-3-small", "b/text-embedding-3-small"]
+            );
+        }
+        assert_eq!(
+            embed_plan(&cat, Some("b/@cf/baai/bge-m3"), false),
+            vec!["b/@cf/baai/bge-m3"]
+        );
+        assert_eq!(
+            embed_plan(&cat, Some("b/@cf/baai/bge-m3"), true),
+            vec!["b/@cf/baai/bge-m3", "a/BAAI/bge-m3"]
+        );
+        let wrong = embed_plan(&cat, Some("a/chat"), false);
+        assert!(
+            wrong[0].starts_with("400") && wrong[0].contains("not an embedding model"),
+            "{wrong:?}"
+        );
+        // Without a default, auto is the first auto = true embedding model.
+        let cat = embedding_catalog("");
+        assert_eq!(embed_plan(&cat, None, false)[0], "a/BAAI/bge-m3");
+        assert_eq!(
+            cat.embedding_space(Some("text-embedding-3-small")),
+            Some("text-embedding-3-small")
+        );
+    }
+
+    #[test]
+    fn each_endpoint_sees_only_its_model_type() {
+        let cat = embedding_catalog("");
+        let needs = Needs {
+            model_type: ModelType::Transcription,
+            ..Needs::default()
+        };
+        let plan = plan_for(&Router::default(), &cat, None, &needs, false, 9).unwrap();
+        assert_eq!(ids(&cat, &plan), vec!["a/whisper"]);
+        let plan = plan_for(&Router::default(), &cat, None, &Needs::default(), false, 9).unwrap();
+        assert_eq!(ids(&cat, &plan), vec!["a/chat"]);
     }
 
     #[test]

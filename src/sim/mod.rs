@@ -14,10 +14,12 @@
 //! (`…/messages`) and Workers AI (`…/run/{model}`) — in `native` and one module per format,
 //! each in its provider's documented JSON and SSE shapes. Native providers echo the last
 //! user message too, call the first declared tool while the last turn is not a tool result,
-//! and answer a JSON object in JSON mode.
+//! and answer a JSON object in JSON mode. Embeddings, speech-to-text and text-to-speech are
+//! answered in `media`.
 
 mod anthropic;
 mod gemini;
+pub mod media;
 pub mod native;
 mod workers_ai;
 
@@ -150,6 +152,17 @@ fn chunk(id: &str, model: &str, created: u64, delta: Value, finish: Value) -> By
 
 impl SimProvider {
     fn record(&self, session: &Session, body: &Bytes, model: &str) {
+        self.record_with(session, body, model, serde_json::Map::new())
+    }
+
+    /// Records a request with extra fields (media requests: audio fingerprint, form fields).
+    fn record_with(
+        &self,
+        session: &Session,
+        body: &Bytes,
+        model: &str,
+        extra: serde_json::Map<String, Value>,
+    ) {
         let h = &session.req_header().headers;
         let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
         let entry = json!({
@@ -169,6 +182,10 @@ impl SimProvider {
             "transfer_encoding": header("transfer-encoding"),
             "x_gateway_headers": h.keys().filter(|k| k.as_str().starts_with("x-gateway")).map(|k| k.as_str()).collect::<Vec<_>>(),
         });
+        let mut entry = entry;
+        if let Some(obj) = entry.as_object_mut() {
+            obj.extend(extra);
+        }
         let prefix = session
             .req_header()
             .uri
@@ -393,7 +410,10 @@ impl ProxyHttp for SimProvider {
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.clone();
-        if path.ends_with("/chat/completions") && method == http::Method::POST {
+        let media = media::Kind::of_path(&path).filter(|_| method == http::Method::POST);
+        if let Some(kind) = media {
+            self.media(session, kind).await?;
+        } else if path.ends_with("/chat/completions") && method == http::Method::POST {
             self.chat(session).await?;
         } else if let Some(format) =
             native::Format::of_path(&path).filter(|_| method == http::Method::POST)

@@ -231,7 +231,14 @@ impl SimProvider {
             Format::Anthropic => super::anthropic::conversation(&req),
             Format::WorkersAi => super::workers_ai::conversation(&req),
         };
-        let reply = Reply::choose(&conv, body.len());
+        // Gemini with inline audio: a transcription request.
+        let audio = (format == Format::Gemini)
+            .then(|| super::media::gemini_audio(&req))
+            .flatten();
+        let reply = match audio {
+            Some(t) => Reply::Text(t),
+            None => Reply::choose(&conv, body.len()),
+        };
         let turn = Turn {
             model: &model,
             id: format!("{:016x}", fastrand::u64(..)),

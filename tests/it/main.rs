@@ -3,6 +3,7 @@
 mod core;
 mod errors;
 mod harness;
+mod media;
 mod native;
 mod observe;
 mod ops;
