@@ -24,7 +24,7 @@ for t in "${targets[@]}"; do
     [ -f "$f" ] && cp "$f" "fuzz/corpus/$t/seed-$(basename "$(dirname "$f")")-$(basename "$f")"
   done
 done
-"${FUZZ[@]}" build -s none -O "${targets[@]}" 2>&1 | tail -2
+"${FUZZ[@]}" build -s none -O 2>&1 | tail -2
 status=0
 for t in "${targets[@]}"; do
   log=$(mktemp)

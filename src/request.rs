@@ -109,7 +109,12 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest<'_>, ApiError> {
             "The request body is empty: send a JSON chat completion request.",
         ));
     }
-    let fields: Fields = serde_json::from_slice(body).map_err(|e| {
+    // serde_json skips ignored strings without checking their UTF-8 (found by fuzzing):
+    // check the whole body, so nothing invalid is ever forwarded to a provider.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::invalid(format!("The request body is not valid UTF-8 JSON: {e}."))
+    })?;
+    let fields: Fields = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             // Valid JSON, wrong shape (not an object, duplicate field, …).
             ApiError::invalid(format!(
@@ -383,6 +388,20 @@ mod tests {
         assert!(err_of(r#"{"model":"a","model":"b","messages":[]}"#)
             .message
             .contains("duplicate"));
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_is_refused() {
+        // Regression (fuzz: parse_chat): invalid UTF-8 inside an ignored field was accepted.
+        let mut body =
+            br#"{"messages":[{"role":"user","content":"x"}],"other":{"k":"v"}}"#.to_vec();
+        let at = body.len() - 5;
+        body[at] = 0xff;
+        assert!(err_of_bytes(&body).message.contains("UTF-8"));
+    }
+
+    fn err_of_bytes(body: &[u8]) -> ApiError {
+        parse_chat(body).unwrap_err()
     }
 
     #[test]

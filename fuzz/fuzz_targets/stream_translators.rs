@@ -3,7 +3,8 @@
 //! depend on the chunking.
 #![no_main]
 use freeway::config::ProviderKind;
-use freeway::providers::{translator, StreamTranslator};
+use freeway::providers::common::Meta;
+use freeway::providers::{anthropic, gemini, translator, workers_ai, StreamTranslator};
 use libfuzzer_sys::fuzz_target;
 
 const KINDS: [ProviderKind; 4] = [
@@ -14,7 +15,14 @@ const KINDS: [ProviderKind; 4] = [
 ];
 
 fn make(kind: ProviderKind, responses: bool) -> Box<dyn StreamTranslator> {
-    let inner = translator(kind).chat_stream("fuzz-model", true);
+    // Fixed ids and timestamps, so two runs can be compared byte for byte.
+    let meta = Meta::fixed();
+    let inner: Box<dyn StreamTranslator> = match kind {
+        ProviderKind::Gemini => Box::new(gemini::GeminiStream::new("fuzz-model", true, &meta)),
+        ProviderKind::Anthropic => Box::new(anthropic::AnthropicStream::new("fuzz-model", true, &meta)),
+        ProviderKind::WorkersAi => Box::new(workers_ai::WorkersAiStream::new("fuzz-model", true, &meta)),
+        _ => translator(kind).chat_stream("fuzz-model", true),
+    };
     if responses {
         let (_, meta) = freeway::responses::to_chat(br#"{"input":"x"}"#).expect("fixed request");
         Box::new(freeway::responses::ResponsesStream::new(inner, meta, "fuzz-model"))

@@ -34,8 +34,7 @@ impl Meta {
         }
     }
 
-    /// Fixed values, so golden tests compare bytes.
-    #[cfg(test)]
+    /// Fixed values, so golden tests and fuzz targets compare bytes.
     pub fn fixed() -> Meta {
         Meta {
             id: "chatcmpl-golden".into(),
