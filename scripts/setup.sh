@@ -37,6 +37,12 @@ if ! command -v cargo >/dev/null; then
 fi
 
 if [ "${1:-}" = "--test" ]; then
+  # redis-server: the shared-mode tests start their own on a loopback port.
+  if ! command -v redis-server >/dev/null; then
+    echo "setup: installing redis-server (tests)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
   # Python tools for the conformance tests, isolated in .venv (PEP 668 safe).
   if [ ! -x .venv/bin/python3 ]; then
     python3 -m venv .venv

@@ -6,11 +6,14 @@
 //! builds; `sim` is the simulated provider used by `freeway demo` and the tests.
 
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod limits;
 pub mod providers;
 pub mod proxy;
+pub mod redis_link;
 pub mod request;
 pub mod responses;
 pub mod routing;

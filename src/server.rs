@@ -55,15 +55,21 @@ pub fn build(config: Config, flags: ProcessFlags, sim_listen: &[String]) -> Serv
             std::process::exit(1);
         }
     };
+    let guards = match crate::proxy::guard::Guards::build(&config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("freeway: {e}");
+            std::process::exit(1);
+        }
+    };
     let state = State::new(config, &board);
     log_startup(&state);
     let upstreams = state.upstreams.clone();
 
-    let mut gateway = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(state, board.clone()),
-        "freeway",
-    );
+    let mut gw = Gateway::new(state, board.clone());
+    guards.install(&mut gw, &mut server, &board);
+    let mut gateway =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gw, "freeway");
     for addr in &listen {
         gateway.add_tcp(addr);
     }

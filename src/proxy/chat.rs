@@ -52,6 +52,10 @@ pub async fn handle(
         Ok(m) => m,
         Err(e) => return send_error(session, ctx, &e).await,
     };
+    let Some(ticket) = super::guard::cache_gate(gw, state, session, ctx, api, &raw, &req).await
+    else {
+        return; // answered from the cache
+    };
     let ask = Ask {
         model: req.model.as_deref(),
         needs: &req.needs,
@@ -107,9 +111,13 @@ pub async fn handle(
             include_usage: req.include_usage,
             timeouts,
             responses: responses.clone(),
+            capture: ticket.capture(),
         };
+        let reserved = gw.board.pace.reserve(model, &req.needs);
         match exchange.run(session, ctx).await {
             Outcome::Answered(answer) => {
+                gw.board.pace.settle_answer(model, reserved, answer.usage);
+                ticket.store(gw, ctx, &answer).await;
                 live.count_request();
                 live.report(&if answer.broken {
                     Report::Failed {
@@ -126,6 +134,7 @@ pub async fn handle(
                 return;
             }
             Outcome::Retry(failure) => {
+                gw.board.pace.release(model, reserved);
                 log::warn!("{}: {} failed: {failure}", ctx.id, model.qualified);
                 record_failure(state, idx, &failure);
                 ctx.failures.push(format!("{}: {failure}", model.qualified));

@@ -27,6 +27,8 @@ pub struct RequestCtx {
     pub passthrough: Option<super::passthrough::Target>,
     /// When a passthrough request left for its provider (its wait is not gateway overhead).
     pub upstream_started: Option<Instant>,
+    /// Cache status and rate-limit headers (`guard`).
+    pub stamp: super::guard::Stamp,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -58,6 +60,7 @@ impl RequestCtx {
             streamed: false,
             passthrough: None,
             upstream_started: None,
+            stamp: Default::default(),
         }
     }
 

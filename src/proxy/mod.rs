@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod ctx;
+pub mod guard;
 pub mod local;
 pub mod passthrough;
 pub mod relay;
@@ -31,6 +32,10 @@ pub struct Gateway {
     pub board: Arc<Board>,
     /// Pooled upstream connections, shared by every request.
     pub connector: Connector,
+    /// Per-client limits, the response cache and the optional Redis link (see `guard`).
+    pub limiter: Arc<crate::limits::Limiter>,
+    pub cache: Arc<crate::cache::Cache>,
+    pub redis: Option<Arc<crate::redis_link::RedisLink>>,
 }
 
 impl Gateway {
@@ -39,6 +44,9 @@ impl Gateway {
             state: ArcSwap::from_pointee(state),
             board,
             connector: Connector::new(None),
+            limiter: Arc::new(crate::limits::Limiter::new(None)),
+            cache: Arc::new(crate::cache::Cache::in_memory(&Default::default())),
+            redis: None,
         }
     }
 
@@ -108,6 +116,10 @@ impl ProxyHttp for Gateway {
             }
         }
 
+        if !guard::admit(self, &state, session, ctx, &path).await {
+            return Ok(true); // over a per-client limit: 429 sent
+        }
+
         if path.starts_with("/providers/") {
             let query = session.req_header().uri.query().map(str::to_string);
             match passthrough::target(&state, &path, query.as_deref()).await {
@@ -134,7 +146,7 @@ impl ProxyHttp for Gateway {
                 respond::send_json(session, ctx, 200, local::routing_status(&state)).await
             }
             Endpoint::Health => {
-                let (status, body) = local::health(&state);
+                let (status, body) = local::health(&state, guard::storage_health(self));
                 respond::send_json(session, ctx, status, body).await
             }
             Endpoint::NotFound => {

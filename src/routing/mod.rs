@@ -96,12 +96,22 @@ pub struct ModelEntry {
     pub auto: bool,
     pub daily_limit: u32,
     pub rpm: u32,
+    /// Token-per-minute ceiling (0 = none).
+    pub tpm: u32,
+    /// The provider-wide ceilings (0 = none).
+    pub provider_rpm: u32,
+    pub provider_tpm: u32,
     pub cost: Cost,
     /// `None` when routable; otherwise why not (missing key, unsupported kind, …).
     pub unavailable: Option<String>,
 }
 
 impl ModelEntry {
+    /// `[rpm, tpm, provider rpm, provider tpm]`, 0 where none is configured.
+    pub fn ceilings(&self) -> [u32; 4] {
+        [self.rpm, self.tpm, self.provider_rpm, self.provider_tpm]
+    }
+
     /// Why this model cannot serve a chat request with these needs, if it cannot.
     pub fn unfit(&self, needs: &Needs) -> Option<String> {
         if self.model_type != ModelType::Chat {
@@ -176,6 +186,9 @@ impl Catalog {
                     auto: m.auto,
                     daily_limit: m.daily_limit,
                     rpm: m.rpm,
+                    tpm: m.tpm,
+                    provider_rpm: p.rpm,
+                    provider_tpm: p.tpm,
                     cost: m.cost,
                     unavailable: unavailable.get(pi).cloned().flatten(),
                 });
@@ -223,6 +236,9 @@ pub struct Snapshot {
     pub blocked: Option<String>,
     /// The failure behind a cooldown.
     pub last_error: Option<String>,
+    /// Estimated requests and tokens in the last minute (read only for models with an
+    /// `rpm`/`tpm` ceiling on them or their provider).
+    pub load: crate::limits::pace::Load,
 }
 
 impl Default for Snapshot {
@@ -234,6 +250,7 @@ impl Default for Snapshot {
             daily_used: 0,
             blocked: None,
             last_error: None,
+            load: Default::default(),
         }
     }
 }
@@ -284,11 +301,14 @@ fn unavailable_now(m: &ModelEntry, s: &Snapshot, now: Instant) -> Option<String>
 /// way from what remains), which spreads load over good models instead of driving the best
 /// one into its rate limit:
 ///
-/// `weight = success⁴ × speed × headroom × tier_fit`
+/// `weight = success⁴ × speed × headroom × pace × tier_fit`
 /// - `success`: Laplace-smoothed success rate over the last 100 attempts. The fourth power
 ///   makes a model failing half its requests ~16× less likely than a healthy one.
 /// - `speed = 1 / (1 + ewma_latency_seconds)`: 1.0 for instant answers, 0.5 at 1 s.
 /// - `headroom = 1 − used/daily_limit` (1.0 when unlimited), floored at 0.01.
+/// - `pace`: 1.0 until the model's or its provider's estimated requests or tokens in the
+///   last minute pass 80 % of an `rpm`/`tpm` ceiling, then falling to 0.02 at the ceiling
+///   (`limits::pace`), so the draw moves away before the provider answers 429.
 /// - `tier_fit`: with `reasoning_effort`, 1.0 for the matching tier, 0.5 one tier away,
 ///   0.25 two away; 1.0 without it.
 ///
@@ -315,7 +335,8 @@ pub fn weight(m: &ModelEntry, s: &Snapshot, needs: &Needs) -> f64 {
     if s.gate == Gate::ProbeFree {
         return f64::INFINITY;
     }
-    (success * speed * headroom * tier_fit).max(1e-9)
+    let pace = crate::limits::pace::headroom_factor(&s.load, m.ceilings());
+    (success * speed * headroom * pace * tier_fit).max(1e-9)
 }
 
 /// Plans the candidates of chat requests.

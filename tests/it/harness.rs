@@ -127,10 +127,21 @@ pub fn start_sim() -> Proc {
 }
 
 /// The gateway with `[server]` filled in and `body` (providers, auth…) appended.
-/// `{sim}` in `body` is replaced by `sim_addr`.
+/// `{sim}` in `body` is replaced by `sim_addr`. The per-IP limit is off unless `body` has
+/// its own `[limits]`.
 pub fn start_gateway(body: &str, sim_addr: &str) -> Proc {
+    start_gateway_with(body, sim_addr, "")
+}
+
+/// Like `start_gateway`, with `storage` lines added to `[storage]` (e.g. a `redis_url`).
+pub fn start_gateway_with(body: &str, sim_addr: &str, storage: &str) -> Proc {
     let addr = format!("127.0.0.1:{}", free_port());
     let dir = scratch_dir();
+    let limits = if body.contains("[limits]") {
+        ""
+    } else {
+        "[limits]\nper_ip = { per_minute = 0 }\n"
+    };
     let config = format!(
         r#"
 [server]
@@ -146,6 +157,8 @@ pid_file = "{dir}/freeway.pid"
 upgrade_sock = "{dir}/upgrade.sock"
 [storage]
 path = "{dir}/freeway.db"
+{storage}
+{limits}
 {body}
 "#,
         dir = dir.display(),
