@@ -745,6 +745,62 @@ base_url = "http://127.0.0.1:2"
     }
 
     #[test]
+    fn a_model_near_its_rpm_ceiling_is_drawn_less_often() {
+        use crate::limits::pace::{Load, Pace};
+        let mut cat = catalog();
+        let busy = cat.by_qualified["a/vision"];
+        cat.models[busy].rpm = 30;
+        // The estimate comes from the request rate the gateway sent (pingora-limits).
+        let pace = Pace::default();
+        for _ in 0..29 {
+            pace.admit("a/vision", "a", 10);
+        }
+        let board = board::Board::in_memory();
+        let states: Vec<_> = cat
+            .models
+            .iter()
+            .map(|m| board.model(&m.qualified))
+            .collect();
+        let providers = vec![
+            board::ProviderState::default(),
+            board::ProviderState::default(),
+        ];
+        let live = board::LiveBoard {
+            models: &states,
+            providers: &providers,
+            catalog: &cat,
+            pace: &pace,
+        };
+        let s = live.snapshot(busy, 0, Instant::now());
+        assert_eq!(s.load.model_rpm, 29.0);
+        // 29/30 of the ceiling: (1 - 0.967) / 0.2 ≈ 0.17 of a free model's weight.
+        let idle = Snapshot {
+            load: Default::default(),
+            ..s.clone()
+        };
+        let ratio = weight(&cat.models[busy], &s, &Needs::default())
+            / weight(&cat.models[busy], &idle, &Needs::default());
+        assert!((ratio - (1.0 - 29.0 / 30.0) / 0.2).abs() < 1e-9, "{ratio}");
+        let fixed = Fixed(HashMap::from([(
+            busy,
+            Snapshot {
+                load: Load {
+                    model_rpm: 29.0,
+                    ..Load::default()
+                },
+                ..Snapshot::default()
+            },
+        )]));
+        let mut first_busy = 0;
+        for _ in 0..3000 {
+            first_busy += usize::from(plan_live(&cat, &fixed, None).unwrap()[0] == busy);
+        }
+        // weights 1 : 1 : 0.17 → about 7.7 % first (vs 33 % unloaded).
+        assert!(first_busy < 400, "{first_busy}");
+        assert!(first_busy > 80, "{first_busy}");
+    }
+
+    #[test]
     fn reasoning_effort_prefers_the_matching_tier() {
         let cat = catalog();
         let m = &cat.models[cat.by_qualified["a/vision"]];
