@@ -74,55 +74,101 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The cache key of a request. `Err` when the body is not JSON (such a request is not
-/// cached; the parser answers it anyway).
+/// The cache key of a request. `Err` when the body is not a JSON object (such a request is
+/// not cached; the parser answers it anyway).
+///
+/// Fields are hashed with object keys sorted at every level and whitespace between tokens
+/// dropped; values stay borrowed (no JSON tree is built: a lookup stays within a few µs).
 pub fn key(
     endpoint: &str,
     model: &str,
     body: &[u8],
     client_key: Option<&str>,
 ) -> Result<Key, String> {
-    let mut v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    if let Some(m) = v.as_object_mut() {
-        m.remove("stream");
-        m.remove("stream_options");
-        m.remove("model");
-    }
+    let fields: HashMap<std::borrow::Cow<'_, str>, &serde_json::value::RawValue> =
+        serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let mut fields: Vec<_> = fields
+        .into_iter()
+        .filter(|(k, _)| !matches!(k.as_ref(), "stream" | "stream_options" | "model"))
+        .collect();
+    fields.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut h = Sha256::new();
     for part in [endpoint, model, client_key.unwrap_or("")] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
-    canonical(&v, &mut h);
+    for (k, v) in fields {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        hash_value(v, &mut h, 0);
+    }
     Ok(h.finalize().into())
 }
 
-/// Feeds a JSON value with object keys in sorted order (the body's key order does not matter).
-fn canonical(v: &serde_json::Value, h: &mut Sha256) {
-    use serde_json::Value;
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
+/// Feeds a JSON value with object keys sorted at every level and no whitespace between
+/// tokens, so neither the client's key order nor its serializer style changes the key.
+/// Values stay borrowed (`RawValue`), only object keys are collected.
+fn hash_value(v: &serde_json::value::RawValue, h: &mut Sha256, depth: usize) {
+    let text = v.get().as_bytes();
+    match text.first() {
+        Some(b'{') if depth < 64 => {
+            let Ok(map) = serde_json::from_str::<
+                HashMap<std::borrow::Cow<'_, str>, &serde_json::value::RawValue>,
+            >(v.get()) else {
+                return hash_compact(text, h);
+            };
+            let mut fields: Vec<_> = map.into_iter().collect();
+            fields.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             h.update(b"{");
-            for k in keys {
-                h.update(serde_json::to_string(k).unwrap_or_default().as_bytes());
-                h.update(b":");
-                canonical(&m[k], h);
-                h.update(b",");
+            for (k, x) in fields {
+                h.update((k.len() as u64).to_le_bytes());
+                h.update(k.as_bytes());
+                hash_value(x, h, depth + 1);
             }
             h.update(b"}");
         }
-        Value::Array(a) => {
+        Some(b'[') if depth < 64 => {
+            let Ok(items) = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(v.get())
+            else {
+                return hash_compact(text, h);
+            };
             h.update(b"[");
-            for x in a {
-                canonical(x, h);
+            for x in items {
+                hash_value(x, h, depth + 1);
                 h.update(b",");
             }
             h.update(b"]");
         }
-        other => h.update(other.to_string().as_bytes()),
+        _ => {
+            hash_compact(text, h);
+            h.update(b"\0");
+        }
     }
+}
+
+/// Feeds JSON text without the whitespace between tokens (`{"a": 1}` = `{"a":1}`), so the
+/// client's serializer style does not matter. One pass, no allocation.
+fn hash_compact(json: &[u8], h: &mut Sha256) {
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut run_start = 0;
+    for (i, &b) in json.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            h.update(&json[run_start..i]);
+            run_start = i + 1;
+        }
+    }
+    h.update(&json[run_start..]);
 }
 
 struct Entry {
@@ -444,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn key_ignores_stream_flags_and_key_order_but_not_content() {
+    fn key_ignores_stream_flags_and_field_order_but_not_content() {
         let a = key(
             "chat",
             "auto",
@@ -455,11 +501,37 @@ mod tests {
         let b = key(
             "chat",
             "auto",
-            br#"{"temperature":0,"stream":true,"stream_options":{"include_usage":true},"messages":[{"content":"hi","role":"user"}]}"#,
+            br#"{"temperature":0,"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#,
             None,
         )
         .unwrap();
         assert_eq!(a, b);
+        // Whitespace between tokens does not matter; inside strings it does.
+        let spaced = key(
+            "chat",
+            "auto",
+            b"{\"messages\": [ {\"role\": \"user\",\n \"content\": \"hi\"} ], \"temperature\": 0}",
+            None,
+        )
+        .unwrap();
+        assert_eq!(a, spaced);
+        let inner = key(
+            "chat",
+            "auto",
+            br#"{"messages":[{"role":"user","content":"h i"}],"temperature":0}"#,
+            None,
+        )
+        .unwrap();
+        assert_ne!(a, inner);
+        // Nor does key order inside nested objects.
+        let reordered = key(
+            "chat",
+            "auto",
+            br#"{"temperature":0,"messages":[{"content":"hi","role":"user"}]}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(a, reordered);
         let body = br#"{"messages":[{"role":"user","content":"hi"}],"temperature":0}"#;
         assert_ne!(
             a,
