@@ -71,9 +71,12 @@ fn bench(c: &mut Criterion) {
         .map(|m| board.model(&m.qualified))
         .collect();
     let providers: Vec<ProviderState> = (0..10).map(|_| ProviderState::default()).collect();
+    let pace = freeway::limits::pace::Pace::default();
     let live = LiveBoard {
         models: &states,
         providers: &providers,
+        catalog: &cat,
+        pace: &pace,
     };
     let ask = Ask {
         model: Some("auto"),

@@ -44,6 +44,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null || tneed+=(chromium)
   command -v chromedriver >/dev/null || tneed+=(chromium-driver)
   command -v espeak-ng >/dev/null || tneed+=(espeak-ng)
+  # redis-server: the shared-mode tests start their own on a loopback port.
+  command -v redis-server >/dev/null || tneed+=(redis-server)
   if [ ${#tneed[@]} -gt 0 ]; then
     echo "setup: installing ${tneed[*]}"
     as_root apt-get update -qq

@@ -42,8 +42,8 @@ fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
-    pub limits: toml::Table,
-    pub cache: toml::Table,
+    pub limits: LimitsConfig,
+    pub cache: CacheConfig,
     pub storage: StorageConfig,
     pub metrics: MetricsConfig,
     pub observability: ObservabilityConfig,
@@ -52,13 +52,15 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+// Spelled out: one line per section, like the file.
+#[allow(clippy::derivable_impls)]
 impl Default for Config {
     fn default() -> Self {
         Config {
             server: ServerConfig::default(),
             auth: AuthConfig::default(),
-            limits: toml::Table::new(),
-            cache: toml::Table::new(),
+            limits: LimitsConfig::default(),
+            cache: CacheConfig::default(),
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
             observability: ObservabilityConfig::default(),
@@ -137,6 +139,74 @@ impl Default for StorageConfig {
         StorageConfig {
             path: "data/freeway.db".into(),
             redis_url: String::new(),
+        }
+    }
+}
+
+/// `[limits]`: token buckets per client IP and per gateway key (see `limits`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub per_ip: BucketConfig,
+    pub per_key: BucketConfig,
+    /// Take the client IP from `X-Forwarded-For` (only behind a trusted reverse proxy).
+    pub trust_forwarded_for: bool,
+    /// Proxies (IPs or CIDRs) skipped from the right of `X-Forwarded-For`; the direct
+    /// peer is always trusted when `trust_forwarded_for` is on.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_ip: BucketConfig {
+                burst: Some(10),
+                per_minute: 20,
+            },
+            per_key: BucketConfig::default(),
+            trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// A token bucket: holds `burst` requests (default: `per_minute`), refilled at
+/// `per_minute`. `per_minute = 0` (or `burst = 0`) disables it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BucketConfig {
+    pub burst: Option<u32>,
+    pub per_minute: u32,
+}
+
+impl BucketConfig {
+    /// `(capacity, per_minute)` when the bucket is enabled.
+    pub fn enabled(&self) -> Option<(u32, u32)> {
+        let burst = self.burst.unwrap_or(self.per_minute);
+        (burst > 0 && self.per_minute > 0).then_some((burst, self.per_minute))
+    }
+}
+
+/// `[cache]`: the exact response cache (see `cache`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// TTL when the request names none; 0 = cache only when the request asks.
+    pub default_ttl_seconds: u64,
+    /// Upper bound of stored answers (bytes); least recently used go first.
+    pub max_bytes: u64,
+    /// The largest single answer stored.
+    pub max_entry_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            default_ttl_seconds: 0,
+            max_bytes: 256 * 1024 * 1024,
+            max_entry_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -268,6 +338,9 @@ pub struct ProviderConfig {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub rpm: u32,
+    /// Provider-wide token-per-minute ceiling (optional, 0 = none).
+    #[serde(default)]
+    pub tpm: u32,
     /// Simulated providers are labelled as such in `/v1/models` and logs.
     #[serde(default)]
     pub simulated: bool,
@@ -322,6 +395,9 @@ pub struct ModelConfig {
     pub daily_limit: u32,
     #[serde(default)]
     pub rpm: u32,
+    /// Token-per-minute ceiling (optional, 0 = none).
+    #[serde(default)]
+    pub tpm: u32,
     #[serde(default = "default_tier")]
     pub tier: Tier,
     #[serde(default = "default_true")]
@@ -579,6 +655,7 @@ impl Config {
             }
         }
         self.validate_embeddings()?;
+        self.validate_limits_and_cache()?;
         self.validate_routes()
     }
 
@@ -634,6 +711,40 @@ impl Config {
                     format!("`{d}` is not a configured embedding model (type = \"embedding\")"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_limits_and_cache(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (key, b) in [("limits.per_ip", &l.per_ip), ("limits.per_key", &l.per_key)] {
+            if b.burst.is_some_and(|n| n > 0) && b.per_minute == 0 {
+                return Err(err(
+                    format!("{key}.per_minute"),
+                    "set a refill rate above 0 for the burst (per_minute = 0 disables the limit)",
+                ));
+            }
+        }
+        for (i, p) in l.trusted_proxies.iter().enumerate() {
+            crate::limits::client_ip::IpNet::parse(p)
+                .map_err(|m| err(format!("limits.trusted_proxies[{i}]"), m))?;
+        }
+        let c = &self.cache;
+        if c.enabled && c.max_bytes == 0 {
+            return Err(err(
+                "cache.max_bytes",
+                "must be above 0 (set cache.enabled = false to turn the cache off)",
+            ));
+        }
+        if c.max_entry_bytes == 0 {
+            return Err(err("cache.max_entry_bytes", "must be above 0"));
+        }
+        let url = &self.storage.redis_url;
+        if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(err(
+                "storage.redis_url",
+                format!("`{url}` must start with redis:// or rediss://"),
+            ));
         }
         Ok(())
     }
@@ -895,6 +1006,30 @@ base_url = "http://127.0.0.1:1"
         ))
         .unwrap_err();
         assert_eq!(e.key, "embeddings.default");
+    }
+
+    #[test]
+    fn limits_and_cache_are_typed_with_named_errors() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.limits.per_ip.enabled(), Some((10, 20)));
+        assert_eq!(c.limits.per_key.enabled(), None);
+        let c =
+            Config::parse("[limits]\nper_ip = { per_minute = 0 }\nper_key = { per_minute = 6 }\n")
+                .unwrap();
+        assert_eq!(c.limits.per_ip.enabled(), None);
+        assert_eq!(c.limits.per_key.enabled(), Some((6, 6)));
+        let e = Config::parse("[limits]\nper_ip = { burst = 5 }\n").unwrap_err();
+        assert_eq!(e.key, "limits.per_ip.per_minute", "{e}");
+        let e = Config::parse("[limits]\nper_ip = { burst = \"x\" }\n").unwrap_err();
+        assert_eq!(e.key, "limits.per_ip.burst", "{e}");
+        let e = Config::parse("[limits]\ntrusted_proxies = [\"10.0.0.0/99\"]\n").unwrap_err();
+        assert_eq!(e.key, "limits.trusted_proxies[0]", "{e}");
+        let e = Config::parse("[cache]\nmax_bytes = 0\n").unwrap_err();
+        assert_eq!(e.key, "cache.max_bytes", "{e}");
+        let e = Config::parse("[cache]\nttl = 5\n").unwrap_err();
+        assert!(e.message.contains("ttl"), "{e}");
+        let e = Config::parse("[storage]\nredis_url = \"localhost:6379\"\n").unwrap_err();
+        assert_eq!(e.key, "storage.redis_url", "{e}");
     }
 
     #[test]

@@ -27,6 +27,14 @@ upgrade_sock = "/tmp/freeway-demo-upgrade.sock"
 [storage]
 path = "{storage}"
 
+# Generous per-IP limit so scripted tries stay under it; answers still show the headers.
+[limits]
+per_ip = { burst = 600, per_minute = 600 }
+
+# Cache on request: send `x-gateway-cache-ttl: 60` and repeat to see HIT.
+[cache]
+default_ttl_seconds = 0
+
 # No [auth] keys: the demo is open on loopback (the gateway warns about it at start).
 
 # Two healthy providers serving the same model under the alias "echo".

@@ -6,13 +6,16 @@
 //! builds; `sim` is the simulated provider used by `freeway demo` and the tests.
 
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod limits;
 pub mod multipart;
 pub mod observe;
 pub mod providers;
 pub mod proxy;
+pub mod redis_link;
 pub mod reload;
 pub mod request;
 pub mod responses;

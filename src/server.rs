@@ -69,9 +69,16 @@ pub fn build(
     };
     let (observer, log_writer) = Observer::new(&config);
     let metrics_listen = config.metrics.listen.clone();
+    let guards = match crate::proxy::guard::Guards::build(&config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("freeway: {e}");
+            std::process::exit(1);
+        }
+    };
     let state = State::new(config, &board);
     log_startup(&state);
-    let gw = Gateway::new(state, board.clone(), Arc::new(observer));
+    let mut gw = Gateway::new(state, board.clone(), Arc::new(observer));
     metrics::register_model_state(gw.state.clone());
     let upkeep = Upkeep {
         path: config_path,
@@ -80,6 +87,7 @@ pub fn build(
         dns_every: Duration::from_secs(60),
     };
 
+    guards.install(&mut gw, &mut server, &board);
     let mut gateway =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gw, "freeway");
     for addr in &listen {

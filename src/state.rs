@@ -23,6 +23,8 @@ pub struct State {
     pub models: Vec<Arc<ModelState>>,
     pub auth: Auth,
     pub router: Router,
+    /// Request/token rate estimates (shared with the board, across config generations).
+    pub pace: Arc<crate::limits::pace::Pace>,
 }
 
 impl State {
@@ -55,6 +57,7 @@ impl State {
             models,
             auth,
             router,
+            pace: board.pace.clone(),
         }
     }
 
@@ -63,6 +66,8 @@ impl State {
         LiveBoard {
             models: &self.models,
             providers: &self.providers,
+            catalog: &self.catalog,
+            pace: &self.pace,
         }
     }
 }

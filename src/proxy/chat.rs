@@ -55,6 +55,10 @@ pub async fn handle(
         Ok(m) => m,
         Err(e) => return send_error(session, ctx, &e).await,
     };
+    let Some(ticket) = super::guard::cache_gate(gw, state, session, ctx, api, &raw, &req).await
+    else {
+        return; // answered from the cache
+    };
     let ask = Ask {
         model: req.model.as_deref(),
         needs: &req.needs,
@@ -111,13 +115,17 @@ pub async fn handle(
             include_usage: req.include_usage,
             timeouts,
             responses: responses.clone(),
+            capture: ticket.capture(),
         };
         let attempt_start = Instant::now();
+        let reserved = gw.board.pace.reserve(model, &req.needs);
         match exchange.run(session, ctx).await {
             Outcome::Answered(answer) => {
+                gw.board.pace.settle_answer(model, reserved, answer.usage);
                 ctx.usage = answer.usage;
                 ctx.ttft = Some(attempt_start.duration_since(ctx.start) + answer.first_content);
                 metrics::attempt(&model.provider_name, &model.id, attempt_outcome(&answer));
+                ticket.store(gw, ctx, &answer).await;
                 live.count_request();
                 live.report(&if answer.broken {
                     Report::Failed {
@@ -135,6 +143,7 @@ pub async fn handle(
             }
             Outcome::Retry(failure) => {
                 metrics::attempt(&model.provider_name, &model.id, failure_outcome(&failure));
+                gw.board.pace.release(model, reserved);
                 log::warn!("{}: {} failed: {failure}", ctx.id, model.qualified);
                 record_failure(state, idx, &failure);
                 ctx.failures.push(format!("{}: {failure}", model.qualified));

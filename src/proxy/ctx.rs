@@ -44,6 +44,8 @@ pub struct RequestCtx {
     pub response_bytes: u64,
     /// Counts the request in `freeway_inflight_requests` until the context is dropped.
     pub inflight: InflightGuard,
+    /// Cache status and rate-limit headers (`guard`).
+    pub stamp: super::guard::Stamp,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -82,6 +84,7 @@ impl RequestCtx {
             price: None,
             response_bytes: 0,
             inflight: InflightGuard::new(),
+            stamp: Default::default(),
         }
     }
 

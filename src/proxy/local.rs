@@ -20,7 +20,7 @@ fn to_bytes(v: &Value) -> Bytes {
 }
 
 /// `GET /health`: 200 when at least one model is routable, 503 otherwise.
-pub fn health(state: &State) -> (u16, Bytes) {
+pub fn health(state: &State, storage: Value) -> (u16, Bytes) {
     let routable = state.catalog.routable_count();
     let ready = routable > 0;
     let body = json!({
@@ -30,6 +30,7 @@ pub fn health(state: &State) -> (u16, Bytes) {
         "routable_models": routable,
         "configured_providers": state.upstreams.iter().filter(|u| u.unavailable.is_none()).count(),
         "simulated": state.upstreams.iter().any(|u| u.simulated && u.unavailable.is_none()),
+        "storage": storage,
     });
     (if ready { 200 } else { 503 }, to_bytes(&body))
 }

@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod ctx;
+pub mod guard;
 pub mod local;
 pub mod media;
 pub mod passthrough;
@@ -38,6 +39,10 @@ pub struct Gateway {
     pub connector: Connector,
     /// Metrics and the request log.
     pub observer: Arc<Observer>,
+    /// Per-client limits, the response cache and the optional Redis link (see `guard`).
+    pub limiter: Arc<crate::limits::Limiter>,
+    pub cache: Arc<crate::cache::Cache>,
+    pub redis: Option<Arc<crate::redis_link::RedisLink>>,
 }
 
 impl Gateway {
@@ -47,6 +52,9 @@ impl Gateway {
             board,
             connector: Connector::new(None),
             observer,
+            limiter: Arc::new(crate::limits::Limiter::new(None)),
+            cache: Arc::new(crate::cache::Cache::in_memory(&Default::default())),
+            redis: None,
         }
     }
 
@@ -131,6 +139,10 @@ impl ProxyHttp for Gateway {
             }
         }
 
+        if !guard::admit(self, &state, session, ctx, &path).await {
+            return Ok(true); // over a per-client limit: 429 sent
+        }
+
         if path.starts_with("/providers/") {
             let query = session.req_header().uri.query().map(str::to_string);
             match passthrough::target(&state, &path, query.as_deref()).await {
@@ -159,7 +171,7 @@ impl ProxyHttp for Gateway {
                 respond::send_json(session, ctx, 200, local::routing_status(&state)).await
             }
             Endpoint::Health => {
-                let (status, body) = local::health(&state);
+                let (status, body) = local::health(&state, guard::storage_health(self));
                 respond::send_json(session, ctx, status, body).await
             }
             Endpoint::Analytics | Endpoint::AnalyticsFailures => {

@@ -121,10 +121,12 @@ pub struct Exchange<'a> {
     pub timeouts: Timeouts,
     /// Set for `/v1/responses`: the chat answer is reshaped into the Responses API.
     pub responses: Option<Arc<responses::Meta>>,
+    /// Keep the complete answer (`Answer::completion`) for the response cache.
+    pub capture: bool,
 }
 
 /// What an answered attempt produced, for health tracking and the request log.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Answer {
     pub status: u16,
     /// Time from sending the request to the first content (stream) or the whole answer.
@@ -132,6 +134,8 @@ pub struct Answer {
     pub usage: Option<Usage>,
     /// The answer broke off after it started (a stream that failed mid-way).
     pub broken: bool,
+    /// The complete `chat.completion` JSON, when `Exchange::capture` asked for it (cache).
+    pub completion: Option<Bytes>,
 }
 
 /// How one attempt ended.
@@ -255,6 +259,8 @@ impl Exchange<'_> {
         }
         let first_content = started.elapsed();
         let status = http.response_header().map_or(200, |h| h.status.as_u16());
+        let completion =
+            (self.capture && self.responses.is_none()).then(|| translated.body.clone());
         self.release(http, peer).await;
         send(
             session,
@@ -270,6 +276,7 @@ impl Exchange<'_> {
             first_content,
             usage: translated.usage,
             broken: false,
+            completion,
         })
     }
 
@@ -295,6 +302,8 @@ impl Exchange<'_> {
         }
         let mut out = Vec::new();
         let mut ended = false;
+        let mut assembled =
+            (self.capture && self.responses.is_none()).then(crate::cache::sse::Assembler::default);
         // The failover gate: nothing reaches the client before the first content.
         while !tr.started() {
             match read_chunk(&mut http, ctx).await {
@@ -351,6 +360,9 @@ impl Exchange<'_> {
         loop {
             if !out.is_empty() {
                 let events = Bytes::from(std::mem::take(&mut out));
+                if let Some(a) = &mut assembled {
+                    a.feed(&events);
+                }
                 if session
                     .write_response_body(Some(events), false)
                     .await
@@ -399,6 +411,7 @@ impl Exchange<'_> {
         let _ = session.write_response_body(None, true).await;
         self.release(http, peer).await;
         answer.usage = tr.usage();
+        answer.completion = assembled.and_then(|a| a.finish());
         Outcome::Answered(answer)
     }
 

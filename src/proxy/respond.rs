@@ -17,8 +17,7 @@ pub fn gateway_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
     if let Some(m) = &ctx.model {
         let _ = resp.insert_header("x-gateway-model", m.as_str());
     }
-    // The response cache is not in this build: nothing is looked up.
-    let _ = resp.insert_header("x-gateway-cache-status", "BYPASS");
+    ctx.stamp.write(resp);
     let overhead = ctx.overhead().as_secs_f64() * 1000.0;
     let _ = resp.insert_header("x-gateway-overhead-ms", format!("{overhead:.3}"));
 }

@@ -2,7 +2,9 @@
 //! (keyed by `provider/model`), and persists daily counts to the store every second.
 
 use super::health::{Gate, Health, Report};
-use super::{Live, Snapshot};
+use super::{Catalog, Live, Snapshot};
+use crate::limits::pace::Pace;
+use crate::redis_link::RedisLink;
 use crate::store::Store;
 use crate::time::{day_string, utc_day};
 use parking_lot::Mutex;
@@ -20,6 +22,10 @@ pub struct ModelState {
     used: AtomicU64,
     /// Counted but not yet written to the store.
     pending: AtomicU64,
+    /// Counted but not yet added to the shared (Redis) count.
+    shared_pending: AtomicU64,
+    /// Counted today by this process (to restore a shared count Redis lost).
+    own: AtomicU64,
 }
 
 impl ModelState {
@@ -31,6 +37,8 @@ impl ModelState {
     pub fn count_request(&self) {
         self.used.fetch_add(1, Ordering::Relaxed);
         self.pending.fetch_add(1, Ordering::Relaxed);
+        self.shared_pending.fetch_add(1, Ordering::Relaxed);
+        self.own.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn report(&self, report: &Report) {
@@ -76,6 +84,8 @@ pub struct Board {
     /// Counts loaded from the store at start, for models not created yet.
     loaded: Mutex<HashMap<String, u64>>,
     today: AtomicU64,
+    /// Request and token rate estimates per model and provider, for the router.
+    pub pace: Arc<Pace>,
 }
 
 impl Board {
@@ -102,6 +112,7 @@ impl Board {
             models: Mutex::new(HashMap::new()),
             loaded: Mutex::new(loaded),
             today: AtomicU64::new(today),
+            pace: Arc::new(Pace::default()),
         }
     }
 
@@ -158,8 +169,64 @@ impl Board {
             self.today.store(now_day, Ordering::Relaxed);
             for (_, m) in &models {
                 m.used.store(0, Ordering::Relaxed);
+                m.shared_pending.store(0, Ordering::Relaxed);
+                m.own.store(0, Ordering::Relaxed);
             }
             self.loaded.lock().clear();
+        }
+    }
+}
+
+impl Board {
+    /// Shared mode: adds this process's new requests to today's count in Redis and takes
+    /// every model's total from there (other instances count too). A count Redis lost (it
+    /// restarted empty) is restored from what this process counted today. On failure the
+    /// deltas stay pending and go out once Redis is back.
+    pub async fn sync_shared(&self, link: &RedisLink) {
+        let day = day_string(self.today.load(Ordering::Relaxed));
+        let key = format!("fw:daily:{day}");
+        let models: Vec<(String, Arc<ModelState>)> = self
+            .models
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let deltas: Vec<u64> = models
+            .iter()
+            .map(|(_, m)| m.shared_pending.swap(0, Ordering::Relaxed))
+            .collect();
+        let pushed = link
+            .call("daily counts", |mut c| {
+                let mut pipe = redis::pipe();
+                for ((name, _), n) in models.iter().zip(&deltas) {
+                    if *n > 0 {
+                        pipe.hincr(&key, name, *n).ignore();
+                    }
+                }
+                pipe.expire(&key, 3 * 86_400).ignore();
+                pipe.hgetall(&key);
+                async move {
+                    let (all,): (HashMap<String, u64>,) = pipe.query_async(&mut c).await?;
+                    Ok(all)
+                }
+            })
+            .await;
+        let Some(all) = pushed else {
+            for ((_, m), n) in models.iter().zip(&deltas) {
+                m.shared_pending.fetch_add(*n, Ordering::Relaxed);
+            }
+            return;
+        };
+        for (name, m) in &models {
+            let remote = all.get(name).copied().unwrap_or(0);
+            let own = m.own.load(Ordering::Relaxed);
+            let pending = m.shared_pending.load(Ordering::Relaxed);
+            if remote + pending < own {
+                // Redis forgot part of today's count: give back what this process knows.
+                m.shared_pending
+                    .fetch_add(own - remote - pending, Ordering::Relaxed);
+            }
+            m.used.store(remote.max(own) + pending, Ordering::Relaxed);
         }
     }
 }
@@ -192,6 +259,9 @@ pub struct LiveBoard<'a> {
     pub models: &'a [Arc<ModelState>],
     /// Indexed like the config's providers.
     pub providers: &'a [ProviderState],
+    /// The models' names and rate ceilings, and the rate estimates read against them.
+    pub catalog: &'a Catalog,
+    pub pace: &'a Pace,
 }
 
 impl Live for LiveBoard<'_> {
@@ -199,7 +269,14 @@ impl Live for LiveBoard<'_> {
         let state = &self.models[model];
         let h = state.health.lock();
         let gate = h.gate(now);
+        let m = &self.catalog.models[model];
+        let load = if m.ceilings().iter().any(|&c| c > 0) {
+            self.pace.load(&m.qualified, &m.provider_name)
+        } else {
+            Default::default()
+        };
         Snapshot {
+            load,
             gate,
             success: h.smoothed_success(),
             latency_ms: h.ewma_latency_ms,

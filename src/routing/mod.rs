@@ -98,6 +98,11 @@ pub struct ModelEntry {
     pub auto: bool,
     pub daily_limit: u32,
     pub rpm: u32,
+    /// Token-per-minute ceiling (0 = none).
+    pub tpm: u32,
+    /// The provider-wide ceilings (0 = none).
+    pub provider_rpm: u32,
+    pub provider_tpm: u32,
     pub cost: Cost,
     /// Embedding models: the vector space they write into (see `ModelConfig::space`).
     pub space: String,
@@ -106,6 +111,11 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
+    /// `[rpm, tpm, provider rpm, provider tpm]`, 0 where none is configured.
+    pub fn ceilings(&self) -> [u32; 4] {
+        [self.rpm, self.tpm, self.provider_rpm, self.provider_tpm]
+    }
+
     /// Why this model cannot serve a request with these needs, if it cannot.
     pub fn unfit(&self, needs: &Needs) -> Option<String> {
         if self.model_type != needs.model_type {
@@ -192,6 +202,9 @@ impl Catalog {
                     auto: m.auto,
                     daily_limit: m.daily_limit,
                     rpm: m.rpm,
+                    tpm: m.tpm,
+                    provider_rpm: p.rpm,
+                    provider_tpm: p.tpm,
                     cost: m.cost,
                     space: m.space().to_string(),
                     unavailable: unavailable.get(pi).cloned().flatten(),
@@ -276,6 +289,9 @@ pub struct Snapshot {
     pub blocked: Option<String>,
     /// The failure behind a cooldown.
     pub last_error: Option<String>,
+    /// Estimated requests and tokens in the last minute (read only for models with an
+    /// `rpm`/`tpm` ceiling on them or their provider).
+    pub load: crate::limits::pace::Load,
 }
 
 impl Default for Snapshot {
@@ -287,6 +303,7 @@ impl Default for Snapshot {
             daily_used: 0,
             blocked: None,
             last_error: None,
+            load: Default::default(),
         }
     }
 }
@@ -337,11 +354,14 @@ fn unavailable_now(m: &ModelEntry, s: &Snapshot, now: Instant) -> Option<String>
 /// way from what remains), which spreads load over good models instead of driving the best
 /// one into its rate limit:
 ///
-/// `weight = success⁴ × speed × headroom × tier_fit`
+/// `weight = success⁴ × speed × headroom × pace × tier_fit`
 /// - `success`: Laplace-smoothed success rate over the last 100 attempts. The fourth power
 ///   makes a model failing half its requests ~16× less likely than a healthy one.
 /// - `speed = 1 / (1 + ewma_latency_seconds)`: 1.0 for instant answers, 0.5 at 1 s.
 /// - `headroom = 1 − used/daily_limit` (1.0 when unlimited), floored at 0.01.
+/// - `pace`: 1.0 until the model's or its provider's estimated requests or tokens in the
+///   last minute pass 80 % of an `rpm`/`tpm` ceiling, then falling to 0.02 at the ceiling
+///   (`limits::pace`), so the draw moves away before the provider answers 429.
 /// - `tier_fit`: with `reasoning_effort`, 1.0 for the matching tier, 0.5 one tier away,
 ///   0.25 two away; 1.0 without it.
 ///
@@ -368,7 +388,8 @@ pub fn weight(m: &ModelEntry, s: &Snapshot, needs: &Needs) -> f64 {
     if s.gate == Gate::ProbeFree {
         return f64::INFINITY;
     }
-    (success * speed * headroom * tier_fit).max(1e-9)
+    let pace = crate::limits::pace::headroom_factor(&s.load, m.ceilings());
+    (success * speed * headroom * pace * tier_fit).max(1e-9)
 }
 
 /// Plans the candidates of chat requests.
@@ -827,6 +848,62 @@ base_url = "http://127.0.0.1:2"
             ..Snapshot::default()
         };
         assert!((weight(m, &half, &Needs::default()) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_model_near_its_rpm_ceiling_is_drawn_less_often() {
+        use crate::limits::pace::{Load, Pace};
+        let mut cat = catalog();
+        let busy = cat.by_qualified["a/vision"];
+        cat.models[busy].rpm = 30;
+        // The estimate comes from the request rate the gateway sent (pingora-limits).
+        let pace = Pace::default();
+        for _ in 0..29 {
+            pace.admit("a/vision", "a", 10);
+        }
+        let board = board::Board::in_memory();
+        let states: Vec<_> = cat
+            .models
+            .iter()
+            .map(|m| board.model(&m.qualified))
+            .collect();
+        let providers = vec![
+            board::ProviderState::default(),
+            board::ProviderState::default(),
+        ];
+        let live = board::LiveBoard {
+            models: &states,
+            providers: &providers,
+            catalog: &cat,
+            pace: &pace,
+        };
+        let s = live.snapshot(busy, 0, Instant::now());
+        assert_eq!(s.load.model_rpm, 29.0);
+        // 29/30 of the ceiling: (1 - 0.967) / 0.2 ≈ 0.17 of a free model's weight.
+        let idle = Snapshot {
+            load: Default::default(),
+            ..s.clone()
+        };
+        let ratio = weight(&cat.models[busy], &s, &Needs::default())
+            / weight(&cat.models[busy], &idle, &Needs::default());
+        assert!((ratio - (1.0 - 29.0 / 30.0) / 0.2).abs() < 1e-9, "{ratio}");
+        let fixed = Fixed(HashMap::from([(
+            busy,
+            Snapshot {
+                load: Load {
+                    model_rpm: 29.0,
+                    ..Load::default()
+                },
+                ..Snapshot::default()
+            },
+        )]));
+        let mut first_busy = 0;
+        for _ in 0..3000 {
+            first_busy += usize::from(plan_live(&cat, &fixed, None).unwrap()[0] == busy);
+        }
+        // weights 1 : 1 : 0.17 → about 7.7 % first (vs 33 % unloaded).
+        assert!(first_busy < 400, "{first_busy}");
+        assert!(first_busy > 80, "{first_busy}");
     }
 
     #[test]

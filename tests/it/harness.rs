@@ -161,17 +161,33 @@ pub fn start_sim() -> Proc {
 
 /// The gateway with `[server]` filled in and `body` (providers, auth…) appended.
 /// `{sim}` in `body` is replaced by `sim_addr`. The metrics listener is off unless `body`
-/// has its own `[metrics]` (parallel tests would collide on the default port).
+/// has its own `[metrics]` (parallel tests would collide on the default port); the per-IP
+/// limit is off unless `body` has its own `[limits]`.
 pub fn start_gateway(body: &str, sim_addr: &str) -> Proc {
     start_gateway_with(&[], body, sim_addr)
 }
 
 /// Like `start_gateway`, with some `[server]` keys overridden (`("grace_period_seconds", "5")`).
 pub fn start_gateway_with(server: &[(&str, &str)], body: &str, sim_addr: &str) -> Proc {
+    start_gateway_full(server, body, sim_addr, "")
+}
+
+/// Like `start_gateway`, with `storage` lines added to `[storage]` (e.g. a `redis_url`).
+pub fn start_gateway_shared(body: &str, sim_addr: &str, storage: &str) -> Proc {
+    start_gateway_full(&[], body, sim_addr, storage)
+}
+
+fn start_gateway_full(server: &[(&str, &str)], body: &str, sim_addr: &str, storage: &str) -> Proc {
     let addr = format!("127.0.0.1:{}", free_port());
     let dir = scratch_dir();
     let path = dir.join("freeway.toml");
-    std::fs::write(&path, gateway_config(&addr, &dir, server, body, sim_addr)).unwrap();
+    // Extra `[storage]` lines (a `redis_url`) go right under the store path.
+    let config = gateway_config(&addr, &dir, server, body, sim_addr).replacen(
+        "freeway.db\"\n",
+        &format!("freeway.db\"\n{storage}\n"),
+        1,
+    );
+    std::fs::write(&path, config).unwrap();
     spawn(
         &["--config", path.to_str().unwrap()],
         addr.clone(),
@@ -219,8 +235,14 @@ pub fn gateway_config(
     } else {
         "[metrics]\nlisten = \"\"\n"
     };
+    // No per-IP limit unless a test asks: the default (20/min) would throttle the suite.
+    let limits = if body.contains("[limits]") {
+        ""
+    } else {
+        "[limits]\nper_ip = { per_minute = 0 }\n"
+    };
     format!(
-        "[server]\n{server}[storage]\npath = \"{}/freeway.db\"\n{metrics}{}\n",
+        "[server]\n{server}[storage]\npath = \"{}/freeway.db\"\n{metrics}{limits}{}\n",
         dir.display(),
         body.replace("{sim}", sim_addr)
     )

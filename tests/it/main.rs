@@ -1,13 +1,16 @@
 //! The one integration-test crate: real freeway processes on loopback.
 
+mod cache;
 mod core;
 mod errors;
 mod harness;
+mod limits;
 mod media;
 mod native;
 mod observe;
 mod ops;
 mod passthrough;
+mod redis_proc;
 mod responses;
 mod routing;
 mod sdk;

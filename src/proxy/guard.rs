@@ -1,0 +1,366 @@
+//! What runs between authentication and routing: the per-client limits (charged once per
+//! client request) and the response cache (lookup, coalescing, storing). The logic lives
+//! in `crate::limits` and `crate::cache`; this file only connects it to the session.
+
+use super::chat::Api;
+use super::ctx::RequestCtx;
+use super::relay::Answer;
+use super::respond::{send, send_error};
+use super::Gateway;
+use crate::cache::{self, sse, Cached, Key, LeadGuard, Turn};
+use crate::errors::ApiError;
+use crate::limits::bucket::Rule;
+use crate::limits::client_ip::{bucket_id, client_ip, IpNet};
+use crate::limits::{Charge, Verdict};
+use crate::request::ChatRequest;
+use crate::state::State;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the limits and the cache add to a response's headers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stamp {
+    /// `HIT`, `MISS`; `BYPASS` when unset.
+    pub cache: Option<&'static str>,
+    pub limit: Option<Verdict>,
+}
+
+impl Stamp {
+    pub fn write(&self, resp: &mut ResponseHeader) {
+        let _ = resp.insert_header("x-gateway-cache-status", self.cache.unwrap_or("BYPASS"));
+        if let Some(v) = &self.limit {
+            let _ = resp.insert_header("x-ratelimit-limit", v.limit);
+            let _ = resp.insert_header("x-ratelimit-remaining", v.remaining);
+        }
+    }
+}
+
+/// Requests the per-client limits apply to: model calls and native passthrough. Local
+/// endpoints (health, models, status) are not limited, so probes never eat a client's budget.
+fn is_limited(path: &str) -> bool {
+    matches!(
+        path,
+        "/v1/chat/completions" | "/chat/completions" | "/v1/responses" | "/responses"
+    ) || path.starts_with("/providers/")
+}
+
+/// Charges the request against its client's buckets. `false` when it was refused (a 429
+/// has been sent).
+pub async fn admit(
+    gw: &Gateway,
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    path: &str,
+) -> bool {
+    if !is_limited(path) {
+        return true;
+    }
+    let limits = &state.config.limits;
+    let mut charges = Vec::with_capacity(2);
+    if let Some((burst, per_minute)) = limits.per_ip.enabled() {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted: Vec<IpNet> = limits
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| IpNet::parse(p).ok())
+            .collect();
+        let forwarded = session.req_header().headers.get_all("x-forwarded-for");
+        let ip = client_ip(
+            peer,
+            forwarded.iter().filter_map(|v| v.to_str().ok()),
+            limits.trust_forwarded_for,
+            &trusted,
+        );
+        if let Some(ip) = ip {
+            charges.push(Charge {
+                scope: "ip",
+                id: format!("ip:{}", bucket_id(ip)),
+                rule: Rule { burst, per_minute },
+            });
+        }
+    }
+    if let (Some((burst, per_minute)), Some(label)) = (limits.per_key.enabled(), &ctx.key_label) {
+        charges.push(Charge {
+            scope: "key",
+            id: format!("key:{label}"),
+            rule: Rule { burst, per_minute },
+        });
+    }
+    let Some(verdict) = gw.limiter.charge(&charges).await else {
+        return true;
+    };
+    ctx.stamp.limit = Some(verdict);
+    if verdict.admitted {
+        return true;
+    }
+    let who = if verdict.scope == "key" {
+        "gateway key"
+    } else {
+        "client IP"
+    };
+    let err = ApiError {
+        status: 429,
+        kind: "rate_limit_error",
+        code: Some("rate_limit_exceeded"),
+        param: None,
+        message: format!(
+            "Rate limit reached for this {who} ({} requests burst, [limits].per_{}). Retry after {} s.",
+            verdict.limit,
+            verdict.scope,
+            verdict.retry_after_secs()
+        ),
+        retry_after: Some(verdict.retry_after_secs()),
+    };
+    log::info!("{}: refused by the per-{} limit", ctx.id, verdict.scope);
+    send_error(session, ctx, &err).await;
+    false
+}
+
+/// A request that goes upstream, and what to do with its answer.
+pub struct Ticket {
+    key: Option<Key>,
+    ttl: Duration,
+    /// Held while this request fetches the key: identical requests wait for it.
+    _lead: Option<LeadGuard>,
+}
+
+impl Ticket {
+    fn bypass() -> Ticket {
+        Ticket {
+            key: None,
+            ttl: Duration::ZERO,
+            _lead: None,
+        }
+    }
+
+    /// Whether the answer should be kept (the relay then assembles streams).
+    pub fn capture(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Stores a successful, complete answer (before the lead is released).
+    pub async fn store(&self, gw: &Gateway, ctx: &RequestCtx, answer: &Answer) {
+        let (Some(key), Some(body)) = (self.key, &answer.completion) else {
+            return;
+        };
+        if answer.broken || !(200..300).contains(&answer.status) {
+            return;
+        }
+        let cached = Cached {
+            provider: ctx.provider.clone().unwrap_or_default(),
+            model: ctx.model.clone().unwrap_or_default(),
+            body: body.clone(),
+        };
+        gw.cache.put(key, cached, self.ttl).await;
+    }
+}
+
+fn header<'a>(session: &'a Session, names: [&str; 2]) -> Option<&'a str> {
+    names
+        .into_iter()
+        .find_map(|n| session.req_header().headers.get(n)?.to_str().ok())
+}
+
+/// Looks the request up in the cache. `None` when it was answered (a HIT, or a bad cache
+/// header); otherwise the ticket for the upstream attempt.
+pub async fn cache_gate(
+    gw: &Gateway,
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    api: Api,
+    raw: &[u8],
+    req: &ChatRequest<'_>,
+) -> Option<Ticket> {
+    let cfg = &gw.cache.config;
+    // The Responses API is reshaped per request; only chat completions are cached.
+    if !cfg.enabled || api != Api::Chat {
+        return Some(Ticket::bypass());
+    }
+    let skip = header(session, ["x-gateway-skip-cache", "cf-aig-skip-cache"])
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true") || v.trim() == "1");
+    if skip {
+        return Some(Ticket::bypass());
+    }
+    let ttl = match header(session, ["x-gateway-cache-ttl", "cf-aig-cache-ttl"]) {
+        None => cfg.default_ttl_seconds,
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(s) => s,
+            Err(_) => {
+                let e = ApiError::invalid(format!(
+                    "x-gateway-cache-ttl must be a whole number of seconds, not `{v}`."
+                ));
+                send_error(session, ctx, &e).await;
+                return None;
+            }
+        },
+    };
+    if ttl == 0 {
+        return Some(Ticket::bypass());
+    }
+    let client_key = header(session, ["x-gateway-cache-key", "cf-aig-cache-key"]);
+    let model = req.model.as_deref().unwrap_or("auto");
+    let Ok(key) = cache::key("chat", model, raw, client_key) else {
+        return Some(Ticket::bypass());
+    };
+    let ttl = Duration::from_secs(ttl);
+    let deadline = Instant::now() + Duration::from_millis(state.config.server.upstream_timeout_ms);
+    let mut waited = false;
+    loop {
+        if let Some(hit) = gw.cache.get(&key).await {
+            if serve_hit(session, ctx, req, &hit).await {
+                return None;
+            }
+        }
+        if waited {
+            // The request we waited for stored nothing: go upstream ourselves rather than
+            // queue behind another leader.
+            ctx.stamp.cache = Some("MISS");
+            return Some(Ticket {
+                key: Some(key),
+                ttl,
+                _lead: None,
+            });
+        }
+        match gw.cache.turn(&key) {
+            Turn::Lead(lead) => {
+                ctx.stamp.cache = Some("MISS");
+                return Some(Ticket {
+                    key: Some(key),
+                    ttl,
+                    _lead: Some(lead),
+                });
+            }
+            Turn::Follow(mut done) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = tokio::time::timeout(left, done.changed()).await;
+                waited = true;
+            }
+        }
+    }
+}
+
+/// Answers from the cache; `false` if the entry could not be rendered (treated as a miss).
+async fn serve_hit(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    req: &ChatRequest<'_>,
+    hit: &Arc<Cached>,
+) -> bool {
+    let (content_type, body): (&str, Bytes) = if req.stream {
+        match sse::replay(&hit.body, req.include_usage) {
+            Ok(b) => ("text/event-stream", b),
+            Err(e) => {
+                log::warn!("{}: unreadable cache entry ignored: {e}", ctx.id);
+                return false;
+            }
+        }
+    } else {
+        ("application/json", hit.body.clone())
+    };
+    ctx.stamp.cache = Some("HIT");
+    ctx.provider = Some(hit.provider.clone());
+    ctx.model = Some(hit.model.clone());
+    ctx.streamed = req.stream;
+    send(session, ctx, 200, content_type, body, &[]).await;
+    true
+}
+
+/// `/health`'s `storage` field: the Redis link and the cache.
+pub fn storage_health(gw: &Gateway) -> serde_json::Value {
+    let (entries, bytes) = gw.cache.usage();
+    let redis = match &gw.redis {
+        None => serde_json::json!({"configured": false}),
+        Some(link) => {
+            let (up, error) = link.status();
+            serde_json::json!({
+                "configured": true, "up": up, "error": error,
+                "mode": if up { "shared" } else { "local fallback" },
+            })
+        }
+    };
+    serde_json::json!({
+        "redis": redis,
+        "cache": {"enabled": gw.cache.config.enabled, "entries": entries, "bytes": bytes},
+    })
+}
+
+/// The limiter, cache and Redis link built from the config, before the server starts.
+pub struct Guards {
+    limiter: Arc<crate::limits::Limiter>,
+    cache: Arc<cache::Cache>,
+    redis: Option<Arc<crate::redis_link::RedisLink>>,
+}
+
+impl Guards {
+    /// Opens the cache (loading stored entries; the SQLite connection is closed again
+    /// before the fork). The Redis link connects later, in its keeper task.
+    pub fn build(config: &crate::config::Config) -> Result<Guards, String> {
+        let url = &config.storage.redis_url;
+        let redis = (!url.is_empty()).then(|| crate::redis_link::RedisLink::new(url));
+        let cache = cache::Cache::open(
+            std::path::Path::new(&config.storage.path),
+            &config.cache,
+            redis.clone(),
+        )
+        .map_err(|e| format!("config error at `storage.path`: the cache cannot load: {e}"))?;
+        Ok(Guards {
+            limiter: Arc::new(crate::limits::Limiter::new(redis.clone())),
+            cache: Arc::new(cache),
+            redis,
+        })
+    }
+
+    /// Hands them to the gateway and adds their background tasks to the server.
+    pub fn install(
+        self,
+        gw: &mut Gateway,
+        server: &mut pingora::server::Server,
+        board: &Arc<crate::routing::board::Board>,
+    ) {
+        use pingora::services::background::background_service;
+        if let Some(link) = &self.redis {
+            log::info!("shared mode: limits, daily counts and the cache live in Redis");
+            server.add_service(background_service(
+                "redis link",
+                crate::redis_link::RedisKeeper {
+                    link: link.clone(),
+                    board: board.clone(),
+                },
+            ));
+        }
+        server.add_service(background_service(
+            "limit sweeper",
+            Sweeper {
+                limiter: self.limiter.clone(),
+            },
+        ));
+        gw.limiter = self.limiter;
+        gw.cache = self.cache;
+        gw.redis = self.redis;
+    }
+}
+
+/// Forgets idle in-process buckets every minute.
+struct Sweeper {
+    limiter: Arc<crate::limits::Limiter>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Sweeper {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(60)) => self.limiter.sweep(),
+            }
+        }
+    }
+}
