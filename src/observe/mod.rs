@@ -105,8 +105,18 @@ impl Observer {
             .with_label_values(&[endpoint])
             .observe(elapsed.as_secs_f64());
         m.overhead.observe(overhead.as_secs_f64());
+        if let Some(v) = ctx.stamp.limit.filter(|v| !v.admitted) {
+            metrics::rate_limited(v.scope);
+        }
+        if ctx.attempts > 0 || ctx.stamp.cache.is_some() {
+            let cache = match ctx.stamp.cache {
+                Some("HIT") => "hit",
+                Some("MISS") => "miss",
+                _ => "bypass",
+            };
+            m.cache.with_label_values(&[cache]).inc();
+        }
         if ctx.attempts > 0 {
-            m.cache.with_label_values(&["bypass"]).inc();
             if status == 429 {
                 metrics::rate_limited("upstream");
             }
@@ -157,7 +167,7 @@ impl Observer {
             attempts: ctx.attempts,
             failures: std::mem::take(&mut ctx.failures),
             status,
-            cache_status: "BYPASS",
+            cache_status: ctx.stamp.cache.unwrap_or("BYPASS"),
             streamed: ctx.streamed,
             prompt_tokens: prompt,
             completion_tokens: completion,
