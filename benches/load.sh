@@ -45,6 +45,9 @@ listen = ""
 path = "$TMP/freeway.db"
 [observability]
 request_log = ${REQUEST_LOG:-true}
+# The bench measures the proxy path: no per-client limit (wrk is one client).
+[limits]
+per_ip = { per_minute = 0 }
 [[providers]]
 name = "mock"
 kind = "openai"
