@@ -208,7 +208,7 @@ pub fn gateway_config(
         ("listen", format!("[\"{addr}\"]")),
         ("threads", "2".into()),
         ("grace_period_seconds", "0".into()),
-        ("graceful_shutdown_timeout_seconds", "1".into()),
+        ("graceful_shutdown_timeout_seconds", "5".into()),
         ("upstream_timeout_ms", "5000".into()),
         ("stream_idle_timeout_ms", "3000".into()),
         ("connect_timeout_ms", "1000".into()),
