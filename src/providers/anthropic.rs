@@ -7,7 +7,9 @@
 //! client the gateway sends [`DEFAULT_MAX_TOKENS`]. Temperatures above Anthropic's maximum
 //! of 1.0 are clamped. JSON mode has no native switch: it becomes a system instruction.
 
-use super::common::{self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice};
+use super::common::{
+    self, ChunkWriter, EventTranslator, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
+};
 use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
 use crate::request::ChatRequest;
@@ -391,7 +393,7 @@ impl AnthropicStream {
         }
     }
 
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+    fn handle(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
         if self.done {
             return Ok(());
         }
@@ -496,22 +498,23 @@ impl AnthropicStream {
     }
 }
 
+impl EventTranslator for AnthropicStream {
+    fn parts(&mut self) -> (&mut SseReader, &mut SseEvent) {
+        (&mut self.reader, &mut self.scratch)
+    }
+
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        self.handle(data, out)
+    }
+}
+
 impl StreamTranslator for AnthropicStream {
     fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.reader.push(chunk);
-        let mut ev = std::mem::take(&mut self.scratch);
-        let mut result = Ok(());
-        while result.is_ok() && self.reader.next_event_into(&mut ev) {
-            result = self.event(&ev.data, out);
-        }
-        self.scratch = ev;
-        result
+        self.feed_events(chunk, out)
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        if let Some(ev) = self.reader.finish() {
-            self.event(&ev.data, out)?;
-        }
+        self.flush_events(out)?;
         if !self.done {
             return Err(StreamError::Malformed(
                 "the Anthropic stream ended without message_stop".into(),

@@ -8,7 +8,9 @@
 //! name through the assistant message that made the call.
 //! JSON schemas are reduced to Gemini's OpenAPI-subset `Schema` dialect.
 
-use super::common::{self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice};
+use super::common::{
+    self, ChunkWriter, EventTranslator, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
+};
 use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
 use crate::request::ChatRequest;
@@ -486,7 +488,7 @@ impl GeminiStream {
         }
     }
 
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+    fn handle(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
         let r: Response = serde_json::from_slice(data)
             .map_err(|e| StreamError::Malformed(format!("bad Gemini stream event: {e}")))?;
         if let Some(e) = r.error {
@@ -538,22 +540,23 @@ impl GeminiStream {
     }
 }
 
+impl EventTranslator for GeminiStream {
+    fn parts(&mut self) -> (&mut SseReader, &mut SseEvent) {
+        (&mut self.reader, &mut self.scratch)
+    }
+
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        self.handle(data, out)
+    }
+}
+
 impl StreamTranslator for GeminiStream {
     fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.reader.push(chunk);
-        let mut ev = std::mem::take(&mut self.scratch);
-        let mut result = Ok(());
-        while result.is_ok() && self.reader.next_event_into(&mut ev) {
-            result = self.event(&ev.data, out);
-        }
-        self.scratch = ev;
-        result
+        self.feed_events(chunk, out)
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        if let Some(ev) = self.reader.finish() {
-            self.event(&ev.data, out)?;
-        }
+        self.flush_events(out)?;
         let Some(reason) = self.finish else {
             return Err(StreamError::Malformed(
                 "the Gemini stream ended without a finish reason".into(),

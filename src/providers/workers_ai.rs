@@ -7,7 +7,7 @@
 //! by `data: [DONE]`. Tool calls arrive either in the legacy `{name, arguments: {…}}` shape or
 //! OpenAI's `{id, type, function: {name, arguments: "…"}}`; both are read.
 
-use super::common::{self, ChunkWriter, Image, Meta, OutToolCall, Part};
+use super::common::{self, ChunkWriter, EventTranslator, Image, Meta, OutToolCall, Part};
 use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
 use crate::request::ChatRequest;
@@ -324,7 +324,7 @@ impl WorkersAiStream {
         }
     }
 
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+    fn handle(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
         if self.done {
             return Ok(());
         }
@@ -402,22 +402,23 @@ impl WorkersAiStream {
     }
 }
 
+impl EventTranslator for WorkersAiStream {
+    fn parts(&mut self) -> (&mut SseReader, &mut SseEvent) {
+        (&mut self.reader, &mut self.scratch)
+    }
+
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        self.handle(data, out)
+    }
+}
+
 impl StreamTranslator for WorkersAiStream {
     fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.reader.push(chunk);
-        let mut ev = std::mem::take(&mut self.scratch);
-        let mut result = Ok(());
-        while result.is_ok() && self.reader.next_event_into(&mut ev) {
-            result = self.event(&ev.data, out);
-        }
-        self.scratch = ev;
-        result
+        self.feed_events(chunk, out)
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        if let Some(ev) = self.reader.finish() {
-            self.event(&ev.data, out)?;
-        }
+        self.flush_events(out)?;
         if !self.done {
             return Err(StreamError::Malformed(
                 "the Workers AI stream ended without [DONE]".into(),

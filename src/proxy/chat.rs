@@ -30,7 +30,7 @@ pub async fn handle(
     ctx: &mut RequestCtx,
     api: Api,
 ) {
-    let raw = match read_body(session, state.config.server.max_body_bytes).await {
+    let raw = match read_body(session, state.config.server.max_body_bytes, None).await {
         Ok(b) => b,
         Err(e) => {
             // The rest of the body was not read: the connection cannot be reused.
@@ -246,15 +246,18 @@ pub(super) fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str
     session.req_header().headers.get(name)?.to_str().ok()
 }
 
-/// Reads the whole request body, refusing more than `max` bytes.
-async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, ApiError> {
+/// Reads the whole body into one buffer (sized from `content-length`, so a large upload is
+/// allocated once), feeding a multipart scanner as it grows.
+pub(super) async fn read_body(
+    session: &mut Session,
+    max: usize,
+    mut scanner: Option<&mut crate::multipart::Scanner>,
+) -> Result<Bytes, ApiError> {
     let declared = header_str(session, "content-length").and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > max) {
         return Err(ApiError::body_too_large(max));
     }
-    let expects_continue =
-        header_str(session, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-    if expects_continue {
+    if header_str(session, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
         session
             .write_continue_response()
             .await
@@ -268,6 +271,11 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, ApiError>
                     return Err(ApiError::body_too_large(max));
                 }
                 body.extend_from_slice(&chunk);
+                if let Some(s) = scanner.as_deref_mut() {
+                    s.feed(&body).map_err(|e| {
+                        ApiError::invalid(format!("The multipart body is malformed: {e}."))
+                    })?;
+                }
             }
             Ok(None) => return Ok(body.freeze()),
             Err(e) => {

@@ -27,7 +27,7 @@ use crate::request::parse_chat;
 use crate::routing::health::Report;
 use crate::routing::{Ask, ModelEntry, Needs};
 use crate::state::State;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -75,7 +75,8 @@ async fn embeddings_endpoint(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) {
-    let raw = match read_body(session, state.config.server.max_body_bytes, None).await {
+    let raw = match super::chat::read_body(session, state.config.server.max_body_bytes, None).await
+    {
         Ok(b) => b,
         Err(e) => return refuse_unread(session, ctx, &e).await,
     };
@@ -186,7 +187,8 @@ async fn transcribe(
 }
 
 async fn speech_endpoint(gw: &Gateway, state: &State, session: &mut Session, ctx: &mut RequestCtx) {
-    let raw = match read_body(session, state.config.server.max_body_bytes, None).await {
+    let raw = match super::chat::read_body(session, state.config.server.max_body_bytes, None).await
+    {
         Ok(b) => b,
         Err(e) => return refuse_unread(session, ctx, &e).await,
     };
@@ -879,7 +881,7 @@ async fn read_form(session: &mut Session, state: &State) -> Result<Form, ApiErro
         .to_string();
     let boundary = multipart::boundary(&ctype).map_err(ApiError::invalid)?;
     let mut scanner = multipart::Scanner::new(&boundary);
-    let body = read_body(
+    let body = super::chat::read_body(
         session,
         state.config.server.max_body_bytes,
         Some(&mut scanner),
@@ -888,47 +890,6 @@ async fn read_form(session: &mut Session, state: &State) -> Result<Form, ApiErro
     scanner
         .finish(body)
         .map_err(|e| ApiError::invalid(format!("The multipart body is malformed: {e}.")))
-}
-
-/// Reads the whole body into one buffer (sized from `content-length`, so a large upload is
-/// allocated once), feeding a multipart scanner as it grows.
-async fn read_body(
-    session: &mut Session,
-    max: usize,
-    mut scanner: Option<&mut multipart::Scanner>,
-) -> Result<Bytes, ApiError> {
-    let declared = header_str(session, "content-length").and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(ApiError::body_too_large(max));
-    }
-    if header_str(session, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
-        session
-            .write_continue_response()
-            .await
-            .map_err(|e| ApiError::invalid(format!("could not answer Expect: {e}")))?;
-    }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(16 * 1024));
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > max {
-                    return Err(ApiError::body_too_large(max));
-                }
-                body.extend_from_slice(&chunk);
-                if let Some(s) = scanner.as_deref_mut() {
-                    s.feed(&body).map_err(|e| {
-                        ApiError::invalid(format!("The multipart body is malformed: {e}."))
-                    })?;
-                }
-            }
-            Ok(None) => return Ok(body.freeze()),
-            Err(e) => {
-                return Err(ApiError::invalid(format!(
-                    "The request body could not be read: {e}"
-                )))
-            }
-        }
-    }
 }
 
 /// Text for a header: URL-encoded (RFC 3986 unreserved characters kept), at most
