@@ -1,7 +1,7 @@
 //! `POST /v1/chat/completions`: read the body once, route, and run the attempt loop.
 
 use super::ctx::RequestCtx;
-use super::relay::{answer_exhausted, Answer, Exchange, Failure, Outcome, Timeouts};
+use super::relay::{answer_exhausted, Answer, Exchange, Failure, Keep, Outcome, Timeouts};
 use super::respond::send_error;
 use super::Gateway;
 use crate::errors::ApiError;
@@ -115,7 +115,10 @@ pub async fn handle(
             include_usage: req.include_usage,
             timeouts,
             responses: responses.clone(),
-            capture: ticket.capture(),
+            keep: Some(Keep {
+                cache: &gw.cache,
+                ticket: &ticket,
+            }),
         };
         let attempt_start = Instant::now();
         let reserved = gw.board.pace.reserve(model, &req.needs);
@@ -125,7 +128,6 @@ pub async fn handle(
                 ctx.usage = answer.usage;
                 ctx.ttft = Some(attempt_start.duration_since(ctx.start) + answer.first_content);
                 metrics::attempt(&model.provider_name, &model.id, attempt_outcome(&answer));
-                ticket.store(gw, ctx, &answer).await;
                 live.count_request();
                 live.report(&if answer.broken {
                     Report::Failed {

@@ -4,10 +4,9 @@
 
 use super::chat::Api;
 use super::ctx::RequestCtx;
-use super::relay::Answer;
 use super::respond::{send, send_error};
 use super::Gateway;
-use crate::cache::{self, sse, Cached, Key, LeadGuard, Turn};
+use crate::cache::{self, sse, Cache, Cached, Key, LeadGuard, Turn};
 use crate::errors::ApiError;
 use crate::limits::bucket::Rule;
 use crate::limits::client_ip::{bucket_id, client_ip, IpNet};
@@ -146,19 +145,16 @@ impl Ticket {
     }
 
     /// Stores a successful, complete answer (before the lead is released).
-    pub async fn store(&self, gw: &Gateway, ctx: &RequestCtx, answer: &Answer) {
-        let (Some(key), Some(body)) = (self.key, &answer.completion) else {
+    pub async fn store(&self, cache: &Cache, ctx: &RequestCtx, body: Bytes) {
+        let Some(key) = self.key else {
             return;
         };
-        if answer.broken || !(200..300).contains(&answer.status) {
-            return;
-        }
         let cached = Cached {
             provider: ctx.provider.clone().unwrap_or_default(),
             model: ctx.model.clone().unwrap_or_default(),
-            body: body.clone(),
+            body,
         };
-        gw.cache.put(key, cached, self.ttl).await;
+        cache.put(key, cached, self.ttl).await;
     }
 }
 

@@ -121,8 +121,16 @@ pub struct Exchange<'a> {
     pub timeouts: Timeouts,
     /// Set for `/v1/responses`: the chat answer is reshaped into the Responses API.
     pub responses: Option<Arc<responses::Meta>>,
-    /// Keep the complete answer (`Answer::completion`) for the response cache.
-    pub capture: bool,
+    /// Where a complete answer is cached: it is stored *before* its last bytes reach the
+    /// client, so a client that got the answer finds it cached on every instance.
+    pub keep: Option<Keep<'a>>,
+}
+
+/// The response cache and this request's ticket for it.
+#[derive(Clone, Copy)]
+pub struct Keep<'a> {
+    pub cache: &'a crate::cache::Cache,
+    pub ticket: &'a super::guard::Ticket,
 }
 
 /// What an answered attempt produced, for health tracking and the request log.
@@ -134,8 +142,6 @@ pub struct Answer {
     pub usage: Option<Usage>,
     /// The answer broke off after it started (a stream that failed mid-way).
     pub broken: bool,
-    /// The complete `chat.completion` JSON, when `Exchange::capture` asked for it (cache).
-    pub completion: Option<Bytes>,
 }
 
 /// How one attempt ended.
@@ -259,9 +265,8 @@ impl Exchange<'_> {
         }
         let first_content = started.elapsed();
         let status = http.response_header().map_or(200, |h| h.status.as_u16());
-        let completion =
-            (self.capture && self.responses.is_none()).then(|| translated.body.clone());
         self.release(http, peer).await;
+        self.keep(ctx, Some(translated.body.clone())).await;
         send(
             session,
             ctx,
@@ -276,7 +281,6 @@ impl Exchange<'_> {
             first_content,
             usage: translated.usage,
             broken: false,
-            completion,
         })
     }
 
@@ -302,8 +306,7 @@ impl Exchange<'_> {
         }
         let mut out = Vec::new();
         let mut ended = false;
-        let mut assembled =
-            (self.capture && self.responses.is_none()).then(crate::cache::sse::Assembler::default);
+        let mut assembled = self.capturing().then(crate::cache::sse::Assembler::default);
         // The failover gate: nothing reaches the client before the first content.
         while !tr.started() {
             match read_chunk(&mut http, ctx).await {
@@ -363,6 +366,10 @@ impl Exchange<'_> {
                 if let Some(a) = &mut assembled {
                     a.feed(&events);
                 }
+                if ended {
+                    self.keep(ctx, assembled.take().and_then(|a| a.finish()))
+                        .await;
+                }
                 if session
                     .write_response_body(Some(events), false)
                     .await
@@ -408,11 +415,24 @@ impl Exchange<'_> {
             answer.broken = true;
             return Outcome::Answered(answer);
         }
+        self.keep(ctx, assembled.and_then(|a| a.finish())).await;
         let _ = session.write_response_body(None, true).await;
         self.release(http, peer).await;
         answer.usage = tr.usage();
-        answer.completion = assembled.and_then(|a| a.finish());
         Outcome::Answered(answer)
+    }
+
+    /// Whether the complete answer is wanted for the cache (Responses API answers are
+    /// reshaped per request and never cached).
+    fn capturing(&self) -> bool {
+        self.responses.is_none() && self.keep.is_some_and(|k| k.ticket.capture())
+    }
+
+    /// Caches a complete, successful chat completion.
+    async fn keep(&self, ctx: &RequestCtx, completion: Option<Bytes>) {
+        if let (Some(k), Some(body), true) = (self.keep, completion, self.capturing()) {
+            k.ticket.store(k.cache, ctx, body).await;
+        }
     }
 
     async fn release(&self, mut http: HttpSession, peer: &HttpPeer) {
