@@ -1,11 +1,19 @@
-//! The request log's table in the embedded SQLite store (the same file as the daily
+//! The request log's tables in the embedded SQLite store (the same file as the daily
 //! counters, its own connections): schema, batched inserts, retention, and the analytics
 //! queries. Every call blocks: run them on the writer thread or `spawn_blocking`.
+//!
+//! Two tables: `request_log`, one row per request, and `request_hourly`, the same requests
+//! summed per (hour, provider, model, key) with a latency histogram, written in the same
+//! transaction. Analytics reads whole hours from the rollup and only the partial hours at
+//! the ends of a range from the raw rows, so a 30-day query reads ~100k summary rows
+//! instead of every request (and the raw table needs no wide covering index, which keeps
+//! the writer cheap).
 
 use super::record::RequestRecord;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::path::Path;
 
 const SCHEMA: &str = "
@@ -36,17 +44,40 @@ CREATE TABLE IF NOT EXISTS request_log (
     cost_usd REAL NOT NULL,
     metadata TEXT
 );
--- Covering index: every analytics aggregate is a range scan of this index alone.
-CREATE INDEX IF NOT EXISTS request_log_time ON request_log (
-    ts_ms, provider, model, key_label, status, cache_status, attempts, lat_bucket,
-    prompt_tokens, completion_tokens, cost_usd, overhead_ms
-);
+-- (Stores from before the rollup had a wide covering index under another name.)
+DROP INDEX IF EXISTS request_log_time;
+CREATE INDEX IF NOT EXISTS request_log_ts ON request_log (ts_ms);
 -- Recent failures (errors and failed-over attempts) without scanning the successes.
 CREATE INDEX IF NOT EXISTS request_log_failed ON request_log (ts_ms)
     WHERE status >= 400 OR failures IS NOT NULL;
 ";
 
-/// Opens a connection to the store at `path` (WAL) and makes sure the table exists.
+/// The rollup: one row per (hour, provider, model, key). `hist` is the latency histogram,
+/// `(lat_bucket: u8, count: LEB128)` pairs in bucket order.
+const ROLLUP_SCHEMA: &str = "
+CREATE TABLE request_hourly (
+    hour_ms INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    key_label TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    limited INTEGER NOT NULL,
+    failovers INTEGER NOT NULL,
+    prompt INTEGER NOT NULL,
+    completion INTEGER NOT NULL,
+    cost REAL NOT NULL,
+    hits INTEGER NOT NULL,
+    overhead REAL NOT NULL,
+    hist BLOB NOT NULL,
+    PRIMARY KEY (hour_ms, provider, model, key_label)
+) WITHOUT ROWID;
+";
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Opens a connection to the store at `path` (WAL) and makes sure the tables exist. The
+/// first open after an upgrade from a store without the rollup builds it from the raw rows.
 pub fn open(path: &Path) -> Result<Connection, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -58,6 +89,7 @@ pub fn open(path: &Path) -> Result<Connection, String> {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
     )
     .and_then(|_| conn.execute_batch(SCHEMA))
+    .and_then(|_| ensure_rollup(&conn))
     .map_err(|e| {
         format!(
             "cannot initialise the request log in {}: {e}",
@@ -65,6 +97,53 @@ pub fn open(path: &Path) -> Result<Connection, String> {
         )
     })?;
     Ok(conn)
+}
+
+/// Creates the rollup if missing and fills it from the raw rows, atomically (readers and the
+/// writer may open the store at the same time; exactly one of them builds it).
+fn ensure_rollup(conn: &Connection) -> rusqlite::Result<()> {
+    let exists = |c: &Connection| -> rusqlite::Result<bool> {
+        c.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'request_hourly'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    if exists(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let built = (|| {
+        if exists(conn)? {
+            return Ok(());
+        }
+        conn.execute_batch(ROLLUP_SCHEMA)?;
+        let mut cells: HashMap<CellKey<String>, Aggregate> = HashMap::new();
+        let mut stmt = conn.prepare(
+            "SELECT ts_ms / 3600000 * 3600000, provider, model, key_label, lat_bucket, count(*),
+                    sum(status < 400), sum(status = 429), sum(attempts > 1 AND status < 400),
+                    sum(prompt_tokens), sum(completion_tokens), sum(cost_usd),
+                    sum(cache_status = 'HIT'), sum(overhead_ms)
+             FROM request_log GROUP BY 1, 2, 3, 4, 5",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let key: CellKey<String> = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            let row = row_at(r, Some(4), 5)?;
+            cells.entry(key).or_default().add(&row);
+        }
+        drop(rows);
+        drop(stmt);
+        upsert_cells(conn, cells)
+    })();
+    match built {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// Latency bucket: 16 per e-fold of (1 + ms), about 6% wide. Percentiles are read from
@@ -120,7 +199,70 @@ pub fn insert(conn: &mut Connection, records: &[RequestRecord]) -> rusqlite::Res
             ])?;
         }
     }
+    let mut cells: HashMap<CellKey<&str>, Aggregate> = HashMap::new();
+    for r in records {
+        let hour = r.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
+        let key = (
+            hour,
+            r.provider.as_str(),
+            r.model.as_str(),
+            r.key_label.as_str(),
+        );
+        cells.entry(key).or_default().add(&Row::of(r));
+    }
+    upsert_cells(&tx, cells)?;
     tx.commit()
+}
+
+/// (hour_ms, provider, model, key_label): one rollup row.
+type CellKey<S> = (i64, S, S, S);
+
+/// Adds `cells` to the rollup rows they belong to.
+fn upsert_cells<S: AsRef<str> + Eq + Hash>(
+    conn: &Connection,
+    cells: HashMap<CellKey<S>, Aggregate>,
+) -> rusqlite::Result<()> {
+    let mut read = conn.prepare_cached(
+        "SELECT n, ok, limited, failovers, prompt, completion, cost, hits, overhead, hist
+         FROM request_hourly
+         WHERE hour_ms = ?1 AND provider = ?2 AND model = ?3 AND key_label = ?4",
+    )?;
+    let mut write = conn.prepare_cached(
+        "INSERT OR REPLACE INTO request_hourly (hour_ms, provider, model, key_label, n, ok,
+            limited, failovers, prompt, completion, cost, hits, overhead, hist)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    for ((hour, provider, model, key), mut cell) in cells {
+        let (p, m, k) = (provider.as_ref(), model.as_ref(), key.as_ref());
+        let old = read
+            .query_row(params![hour, p, m, k], |r| {
+                let mut a = Aggregate::default();
+                a.add_sums(&row_at(r, None, 0)?);
+                a.add_hist(r.get_ref(9)?.as_blob()?);
+                Ok(a)
+            })
+            .optional()?;
+        if let Some(old) = old {
+            cell.merge(&old);
+        }
+        write.execute(params![
+            hour,
+            p,
+            m,
+            k,
+            cell.requests as i64,
+            cell.success as i64,
+            cell.rate_limited as i64,
+            cell.failovers as i64,
+            cell.prompt_tokens as i64,
+            cell.completion_tokens as i64,
+            cell.cost_usd,
+            cell.cache_hits as i64,
+            cell.overhead_sum,
+            cell.encode_hist(),
+        ])?;
+    }
+    Ok(())
 }
 
 /// Deletes records older than `cutoff_ms` and beyond the newest `max_rows` (0 = no cap).
@@ -148,6 +290,18 @@ pub fn retain(conn: &Connection, cutoff_ms: Option<i64>, max_rows: u64) -> rusql
         if let Some(max_id) = max_id {
             let keep_from = max_id - max_rows as i64 + 1;
             deleted += conn.execute("DELETE FROM request_log WHERE id < ?1", [keep_from])?;
+        }
+    }
+    if deleted > 0 {
+        // Whole hours before the oldest raw row left (or before the age cutoff when none is
+        // left) go from the rollup too.
+        let oldest: Option<i64> =
+            conn.query_row("SELECT min(ts_ms) FROM request_log", [], |r| r.get(0))?;
+        if let Some(bound) = oldest.or(cutoff_ms) {
+            conn.execute(
+                "DELETE FROM request_hourly WHERE hour_ms + ?1 <= ?2",
+                params![HOUR_MS, bound],
+            )?;
         }
     }
     Ok(deleted)
@@ -191,16 +345,17 @@ impl GroupBy {
         }
     }
 
-    /// Two SQL expressions naming the group (the second only used by `model`).
-    fn columns(self) -> (&'static str, &'static str) {
+    /// Two SQL expressions naming the group (the second only used by `model`), over a table
+    /// whose time column (Unix ms) is `time`.
+    fn columns(self, time: &str) -> (String, &'static str) {
         match self {
-            GroupBy::None => ("''", "''"),
-            GroupBy::Provider => ("provider", "''"),
-            GroupBy::Model => ("provider", "model"),
-            GroupBy::Key => ("key_label", "''"),
-            GroupBy::Day => ("ts_ms / 86400000 * 86400", "''"),
-            GroupBy::Hour => ("ts_ms / 3600000 * 3600", "''"),
-            GroupBy::Minute => ("ts_ms / 60000 * 60", "''"),
+            GroupBy::None => ("''".into(), "''"),
+            GroupBy::Provider => ("provider".into(), "''"),
+            GroupBy::Model => ("provider".into(), "model"),
+            GroupBy::Key => ("key_label".into(), "''"),
+            GroupBy::Day => (format!("{time} / 86400000 * 86400"), "''"),
+            GroupBy::Hour => (format!("{time} / 3600000 * 3600"), "''"),
+            GroupBy::Minute => (format!("{time} / 60000 * 60"), "''"),
         }
     }
 }
@@ -237,10 +392,16 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
+    /// Adds requests that share one latency bucket.
     fn add(&mut self, row: &Row) {
+        self.add_sums(row);
+        self.add_bucket(row.bucket, row.n);
+    }
+
+    fn add_sums(&mut self, row: &Row) {
         self.requests += row.n;
         self.success += row.ok;
-        self.failure += row.n - row.ok;
+        self.failure += row.n.saturating_sub(row.ok);
         self.rate_limited += row.limited;
         self.failovers += row.failovers;
         self.prompt_tokens += row.prompt;
@@ -248,9 +409,68 @@ impl Aggregate {
         self.cost_usd += row.cost;
         self.cache_hits += row.hits;
         self.overhead_sum += row.overhead;
-        match self.buckets.binary_search_by_key(&row.bucket, |b| b.0) {
-            Ok(i) => self.buckets[i].1 += row.n,
-            Err(i) => self.buckets.insert(i, (row.bucket, row.n)),
+    }
+
+    fn add_bucket(&mut self, bucket: i64, n: u64) {
+        // Buckets beyond 255 (answers over ~2.4 hours) share the last one.
+        let bucket = bucket.clamp(0, 255);
+        match self.buckets.binary_search_by_key(&bucket, |b| b.0) {
+            Ok(i) => self.buckets[i].1 += n,
+            Err(i) => self.buckets.insert(i, (bucket, n)),
+        }
+    }
+
+    fn merge(&mut self, other: &Aggregate) {
+        self.requests += other.requests;
+        self.success += other.success;
+        self.failure += other.failure;
+        self.rate_limited += other.rate_limited;
+        self.failovers += other.failovers;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cost_usd += other.cost_usd;
+        self.cache_hits += other.cache_hits;
+        self.overhead_sum += other.overhead_sum;
+        for &(b, n) in &other.buckets {
+            self.add_bucket(b, n);
+        }
+    }
+
+    /// The histogram as stored in the rollup: `(bucket: u8, count: LEB128)` pairs.
+    fn encode_hist(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.buckets.len() * 2);
+        for &(b, mut n) in &self.buckets {
+            out.push(b as u8);
+            loop {
+                let byte = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    out.push(byte);
+                    break;
+                }
+                out.push(byte | 0x80);
+            }
+        }
+        out
+    }
+
+    /// Adds a histogram written by [`Aggregate::encode_hist`] (a truncated tail is ignored).
+    fn add_hist(&mut self, mut blob: &[u8]) {
+        while let [b, rest @ ..] = blob {
+            let (mut n, mut shift, mut used) = (0u64, 0u32, 0);
+            for &byte in rest {
+                used += 1;
+                n |= u64::from(byte & 0x7f) << shift.min(63);
+                shift += 7;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+            if used == 0 {
+                return;
+            }
+            self.add_bucket(i64::from(*b), n);
+            blob = &rest[used..];
         }
     }
 
@@ -279,6 +499,7 @@ impl Aggregate {
     }
 }
 
+/// Requests that share one latency bucket, summed.
 struct Row {
     bucket: i64,
     n: u64,
@@ -292,6 +513,45 @@ struct Row {
     overhead: f64,
 }
 
+impl Row {
+    fn of(r: &RequestRecord) -> Row {
+        let ok = r.status < 400;
+        Row {
+            bucket: lat_bucket(r.duration_ms),
+            n: 1,
+            ok: ok.into(),
+            limited: (r.status == 429).into(),
+            failovers: (ok && r.attempts > 1).into(),
+            prompt: r.prompt_tokens,
+            completion: r.completion_tokens,
+            cost: r.cost_usd,
+            hits: (r.cache_status == "HIT").into(),
+            overhead: r.overhead_ms,
+        }
+    }
+}
+
+/// Reads `n, ok, limited, failovers, prompt, completion, cost, hits, overhead` from column
+/// `at` on, and the latency bucket from column `bucket` (if any).
+fn row_at(r: &rusqlite::Row<'_>, bucket: Option<usize>, at: usize) -> rusqlite::Result<Row> {
+    let count = |i: usize| r.get::<_, i64>(at + i).map(|v| v.max(0) as u64);
+    Ok(Row {
+        bucket: match bucket {
+            Some(i) => r.get(i)?,
+            None => 0,
+        },
+        n: count(0)?,
+        ok: count(1)?,
+        limited: count(2)?,
+        failovers: count(3)?,
+        prompt: count(4)?,
+        completion: count(5)?,
+        cost: r.get(at + 6)?,
+        hits: count(7)?,
+        overhead: r.get(at + 8)?,
+    })
+}
+
 /// The totals and per-group aggregates for `[from_ms, to_ms)`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Analytics {
@@ -300,14 +560,82 @@ pub struct Analytics {
     pub groups: BTreeMap<String, Aggregate>,
 }
 
-/// One pass over the covering index: counts per (group, latency bucket), folded here.
+impl Analytics {
+    /// The aggregate of the group named by columns 0 and 1 of `r`.
+    fn group(
+        &mut self,
+        group: GroupBy,
+        r: &rusqlite::Row<'_>,
+        name: &mut String,
+    ) -> rusqlite::Result<Option<&mut Aggregate>> {
+        use rusqlite::types::ValueRef;
+        use std::fmt::Write;
+        if group == GroupBy::None {
+            return Ok(None);
+        }
+        fn push(name: &mut String, v: ValueRef<'_>) {
+            match v {
+                ValueRef::Text(t) => name.push_str(&String::from_utf8_lossy(t)),
+                ValueRef::Integer(i) => {
+                    let _ = write!(name, "{i}");
+                }
+                _ => {}
+            }
+        }
+        name.clear();
+        push(name, r.get_ref(0)?);
+        if group == GroupBy::Model {
+            name.push('/');
+            push(name, r.get_ref(1)?);
+        }
+        if name.is_empty() || name == "/" {
+            name.clear();
+            name.push_str("(none)");
+        }
+        if !self.groups.contains_key(name.as_str()) {
+            self.groups.insert(name.clone(), Aggregate::default());
+        }
+        Ok(self.groups.get_mut(name.as_str()))
+    }
+}
+
+/// The totals and groups for `[from_ms, to_ms)`: whole hours from the rollup, the partial
+/// hours at either end from the raw rows (`minute` groups always from the raw rows).
 pub fn analytics(
     conn: &Connection,
     from_ms: i64,
     to_ms: i64,
     group: GroupBy,
 ) -> rusqlite::Result<Analytics> {
-    let (g1, g2) = group.columns();
+    let mut out = Analytics::default();
+    let first_hour = (from_ms + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS;
+    let last_hour = to_ms.div_euclid(HOUR_MS) * HOUR_MS;
+    if group == GroupBy::Minute || first_hour >= last_hour {
+        raw_analytics(conn, from_ms, to_ms, group, &mut out)?;
+    } else {
+        raw_analytics(conn, from_ms, first_hour, group, &mut out)?;
+        hourly_analytics(conn, first_hour, last_hour, group, &mut out)?;
+        raw_analytics(conn, last_hour, to_ms, group, &mut out)?;
+    }
+    out.totals.finish();
+    for a in out.groups.values_mut() {
+        a.finish();
+    }
+    Ok(out)
+}
+
+/// Raw rows in `[from_ms, to_ms)`, counted per (group, latency bucket) by SQL.
+fn raw_analytics(
+    conn: &Connection,
+    from_ms: i64,
+    to_ms: i64,
+    group: GroupBy,
+    out: &mut Analytics,
+) -> rusqlite::Result<()> {
+    if from_ms >= to_ms {
+        return Ok(());
+    }
+    let (g1, g2) = group.columns("ts_ms");
     let sql = format!(
         "SELECT {g1}, {g2}, lat_bucket, count(*), sum(status < 400), sum(status = 429),
                 sum(attempts > 1 AND status < 400), sum(prompt_tokens), sum(completion_tokens),
@@ -317,42 +645,45 @@ pub fn analytics(
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(params![from_ms, to_ms])?;
-    let mut out = Analytics::default();
-    let text = |v: rusqlite::types::ValueRef<'_>| match v {
-        rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-        rusqlite::types::ValueRef::Integer(i) => i.to_string(),
-        _ => String::new(),
-    };
+    let mut name = String::new();
     while let Some(r) = rows.next()? {
-        let row = Row {
-            bucket: r.get(2)?,
-            n: r.get::<_, i64>(3)?.max(0) as u64,
-            ok: r.get::<_, i64>(4)?.max(0) as u64,
-            limited: r.get::<_, i64>(5)?.max(0) as u64,
-            failovers: r.get::<_, i64>(6)?.max(0) as u64,
-            prompt: r.get::<_, i64>(7)?.max(0) as u64,
-            completion: r.get::<_, i64>(8)?.max(0) as u64,
-            cost: r.get::<_, f64>(9)?,
-            hits: r.get::<_, i64>(10)?.max(0) as u64,
-            overhead: r.get::<_, f64>(11)?,
-        };
+        let row = row_at(r, Some(2), 3)?;
         out.totals.add(&row);
-        if group != GroupBy::None {
-            let mut key = text(r.get_ref(0)?);
-            if group == GroupBy::Model {
-                key = format!("{key}/{}", text(r.get_ref(1)?));
-            }
-            if key.is_empty() || key == "/" {
-                key = "(none)".into();
-            }
-            out.groups.entry(key).or_default().add(&row);
+        if let Some(g) = out.group(group, r, &mut name)? {
+            g.add(&row);
         }
     }
-    out.totals.finish();
-    for a in out.groups.values_mut() {
-        a.finish();
+    Ok(())
+}
+
+/// Rollup rows for the whole hours in `[from_ms, to_ms)`, folded here.
+fn hourly_analytics(
+    conn: &Connection,
+    from_ms: i64,
+    to_ms: i64,
+    group: GroupBy,
+    out: &mut Analytics,
+) -> rusqlite::Result<()> {
+    let (g1, g2) = group.columns("hour_ms");
+    let sql = format!(
+        "SELECT {g1}, {g2}, n, ok, limited, failovers, prompt, completion, cost, hits, overhead,
+                hist
+         FROM request_hourly WHERE hour_ms >= ?1 AND hour_ms < ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params![from_ms, to_ms])?;
+    let mut name = String::new();
+    while let Some(r) = rows.next()? {
+        let row = row_at(r, None, 2)?;
+        let hist = r.get_ref(11)?.as_blob()?;
+        out.totals.add_sums(&row);
+        out.totals.add_hist(hist);
+        if let Some(g) = out.group(group, r, &mut name)? {
+            g.add_sums(&row);
+            g.add_hist(hist);
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A failed request, or one that needed failover, for the dashboard.
@@ -484,5 +815,133 @@ mod tests {
             .query_row("SELECT min(ts_ms) FROM request_log", [], |r| r.get(0))
             .unwrap();
         assert_eq!(min_ts, 3500);
+    }
+
+    /// The whole range from raw rows alone: what the rollup must reproduce.
+    fn raw_only(c: &Connection, from: i64, to: i64, group: GroupBy) -> Analytics {
+        let mut a = Analytics::default();
+        raw_analytics(c, from, to, group, &mut a).unwrap();
+        a.totals.finish();
+        for g in a.groups.values_mut() {
+            g.finish();
+        }
+        a
+    }
+
+    fn assert_same(a: &Analytics, b: &Analytics) {
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(1.0);
+        let same = |x: &Aggregate, y: &Aggregate| {
+            let mut x = x.clone();
+            let mut y = y.clone();
+            assert!(close(x.cost_usd, y.cost_usd), "{x:?} {y:?}");
+            assert!(close(x.avg_overhead_ms, y.avg_overhead_ms), "{x:?} {y:?}");
+            (x.cost_usd, x.avg_overhead_ms, x.overhead_sum) = (0.0, 0.0, 0.0);
+            (y.cost_usd, y.avg_overhead_ms, y.overhead_sum) = (0.0, 0.0, 0.0);
+            assert_eq!(x, y);
+        };
+        same(&a.totals, &b.totals);
+        assert_eq!(
+            a.groups.keys().collect::<Vec<_>>(),
+            b.groups.keys().collect::<Vec<_>>()
+        );
+        for (k, g) in &a.groups {
+            same(g, &b.groups[k]);
+        }
+    }
+
+    /// Records over ~5 hours from several providers, keys and statuses, written in batches
+    /// so rollup rows are merged across transactions.
+    fn spread(c: &mut Connection) {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let all: Vec<RequestRecord> = (0..3000)
+            .map(|i| {
+                let mut r = rec(
+                    i * 6_000 + rng.i64(0..5_000),
+                    ["a", "b", "c"][rng.usize(..3)],
+                    [200, 200, 200, 429, 502][rng.usize(..5)],
+                    rng.f64() * 20_000.0,
+                );
+                r.key_label = format!("k{}", rng.u32(..3));
+                r.attempts = 1 + u32::from(rng.bool());
+                r.cache_status = if rng.u32(..4) == 0 { "HIT" } else { "MISS" };
+                r.cost_usd = rng.f64() / 1000.0;
+                r.overhead_ms = rng.f64();
+                r
+            })
+            .collect();
+        for chunk in all.chunks(97) {
+            insert(c, chunk).unwrap();
+        }
+    }
+
+    #[test]
+    fn rollup_answers_exactly_what_the_raw_rows_say() {
+        let mut c = temp_db("rollup");
+        spread(&mut c);
+        let rollup_rows: i64 = c
+            .query_row("SELECT count(*) FROM request_hourly", [], |r| r.get(0))
+            .unwrap();
+        assert!(rollup_rows <= 5 * 3 * 3, "{rollup_rows} rollup rows");
+        for (from, to) in [
+            (0, 18_000_000),
+            (1_234_567, 15_000_001),
+            (3_600_000, 7_200_000),
+        ] {
+            for group in [
+                GroupBy::None,
+                GroupBy::Provider,
+                GroupBy::Model,
+                GroupBy::Key,
+                GroupBy::Day,
+                GroupBy::Hour,
+            ] {
+                let a = analytics(&c, from, to, group).unwrap();
+                assert!(a.totals.requests > 0);
+                assert_same(&a, &raw_only(&c, from, to, group));
+            }
+        }
+    }
+
+    #[test]
+    fn a_store_without_the_rollup_gets_it_built_on_open() {
+        let mut c = temp_db("backfill");
+        spread(&mut c);
+        let want = analytics(&c, 1_000, 17_000_000, GroupBy::Model).unwrap();
+        c.execute_batch("DROP TABLE request_hourly").unwrap();
+        ensure_rollup(&c).unwrap();
+        assert_same(
+            &analytics(&c, 1_000, 17_000_000, GroupBy::Model).unwrap(),
+            &want,
+        );
+    }
+
+    #[test]
+    fn retention_trims_whole_hours_from_the_rollup() {
+        let mut c = temp_db("ret-rollup");
+        spread(&mut c);
+        retain(&c, Some(7_200_000 + 60_000), 0).unwrap();
+        let oldest_hour: i64 = c
+            .query_row("SELECT min(hour_ms) FROM request_hourly", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(oldest_hour, 7_200_000);
+    }
+
+    #[test]
+    fn histograms_round_trip_large_counts() {
+        let mut a = Aggregate::default();
+        for (b, n) in [
+            (0, 1),
+            (17, 127),
+            (18, 128),
+            (200, u64::from(u32::MAX) * 3),
+            (300, 5),
+        ] {
+            a.add_bucket(b, n);
+        }
+        let mut back = Aggregate::default();
+        back.add_hist(&a.encode_hist());
+        assert_eq!(back.buckets, a.buckets);
+        assert_eq!(a.buckets.last(), Some(&(255, 5)));
+        back.add_hist(&[7, 0x80]); // truncated: ignored, no panic
     }
 }
