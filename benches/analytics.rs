@@ -89,6 +89,48 @@ fn bench(c: &mut Criterion) {
         b.iter(|| db::recent_failures(&conn, from, to, 50).expect("query"))
     });
     g.finish();
+
+    // What the writer thread pays per record: a batch of 350 (25 ms of a busy gateway) in
+    // one transaction, appended to the million-row store.
+    let mut conn = conn;
+    let mut g = c.benchmark_group("request_log_writer");
+    g.throughput(criterion::Throughput::Elements(350));
+    let mut ts = to;
+    g.bench_function("insert_batch_of_350", |b| {
+        b.iter_batched(
+            || {
+                (0..350)
+                    .map(|i| {
+                        ts += 3;
+                        RequestRecord {
+                            ts_ms: ts,
+                            request_id: format!("fw-insert{ts:012}"),
+                            key_label: "app".into(),
+                            client_ip: Some("10.0.0.0/24".into()),
+                            method: "POST".into(),
+                            endpoint: "chat",
+                            path: "/v1/chat/completions".into(),
+                            requested_model: Some("auto".into()),
+                            provider: "groq".into(),
+                            model: format!("model-{}", i % 4),
+                            attempts: 1,
+                            status: 200,
+                            cache_status: "BYPASS",
+                            prompt_tokens: 200,
+                            completion_tokens: 100,
+                            duration_ms: 420.0,
+                            overhead_ms: 0.05,
+                            cost_usd: 0.0001,
+                            ..Default::default()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |batch| db::insert(&mut conn, &batch).expect("insert"),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
     drop(conn);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -6,8 +6,9 @@
 # interleaved (direct, nginx, freeway, direct, …) and medians reported, as BENCH.md asks.
 #
 #   bash benches/load.sh [seconds-per-run] [rounds]
-#   REQUEST_LOG=false bash benches/load.sh   # without the SQLite request log
-#   (compare the two runs to see what request logging costs)
+#   REQUEST_LOG=false bash benches/load.sh   # freeway without the SQLite request log
+#   LOG_COST=1 bash benches/load.sh           # also a second freeway without the request
+#                                             # log, interleaved: what logging costs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -24,27 +25,28 @@ cargo build --release -q
 BIN=${CARGO_TARGET_DIR:-target}/release/freeway
 TMP=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SIM=$(port); GW=$(port); NGX=$(port)
+SIM=$(port); GW=$(port); NGX=$(port); GW2=$(port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 taskset -c 0 "$BIN" sim --listen "127.0.0.1:$SIM" --threads 1 >"$TMP/sim.log" 2>&1 & pids+=($!)
 
-cat >"$TMP/freeway.toml" <<TOML
+conf() { # file port request_log
+  cat >"$1" <<TOML
 [server]
-listen = ["127.0.0.1:$GW"]
+listen = ["127.0.0.1:$2"]
 threads = 1
-pid_file = "$TMP/freeway.pid"
-upgrade_sock = "$TMP/upgrade.sock"
+pid_file = "$1.pid"
+upgrade_sock = "$1.sock"
 [auth]
 keys = ["sk-bench"]
 [metrics]
 listen = ""
 [storage]
-path = "$TMP/freeway.db"
+path = "$1.db"
 [observability]
-request_log = ${REQUEST_LOG:-true}
+request_log = $3
 # The bench measures the proxy path: no per-client limit (wrk is one client).
 [limits]
 per_ip = { per_minute = 0 }
@@ -59,8 +61,15 @@ simulated = true
   context_window = 131072
   capabilities = ["tools", "json", "stream"]
 TOML
+}
+conf "$TMP/freeway.toml" "$GW" "${REQUEST_LOG:-true}"
 RUST_LOG=warn taskset -c 1 "$BIN" --config "$TMP/freeway.toml" >"$TMP/freeway.log" 2>&1 & pids+=($!)
 FW_PID=$!
+if [ -n "${LOG_COST:-}" ]; then
+  conf "$TMP/nolog.toml" "$GW2" false
+  RUST_LOG=warn taskset -c 1 "$BIN" --config "$TMP/nolog.toml" >"$TMP/nolog.log" 2>&1 & pids+=($!)
+  NOLOG_PID=$!
+fi
 
 cat >"$TMP/nginx.conf" <<NGINX
 worker_processes 1;
@@ -120,6 +129,9 @@ for r in $(seq "$ROUNDS"); do
   run direct "http://127.0.0.1:$SIM/v1/chat/completions" ""
   run nginx "http://127.0.0.1:$NGX/v1/chat/completions" "$NGX_WORKER"
   run freeway "http://127.0.0.1:$GW/v1/chat/completions" "$FW_PID"
+  if [ -n "${LOG_COST:-}" ]; then
+    run fw-nolog "http://127.0.0.1:$GW2/v1/chat/completions" "$NOLOG_PID"
+  fi
 done
 
 python3 - "$TMP/results" "$(getconf CLK_TCK)" <<'PY'
@@ -137,11 +149,17 @@ for line in open(sys.argv[1]):
 med = lambda xs: statistics.median(xs)
 d_lat = med([r[0] for r in rows["direct"]]); d_thr = med([r[1] for r in rows["direct"]])
 print(f"{'target':8} {'c=1 p50':>9} {'added p50':>10} {'c=32 req/s':>11} {'vs direct':>9} {'CPU/req':>9} {'non-2xx':>8}")
-for name in ("direct", "nginx", "freeway"):
-    rs = rows[name]
+for name in ("direct", "nginx", "freeway", "fw-nolog"):
+    rs = rows.get(name)
+    if not rs:
+        continue
     lat = med([r[0] for r in rs]); thr = med([r[1] for r in rs])
     cpu = med([r[2] / tck * 1e6 / r[3] for r in rs]) if name != "direct" else None
     bad = sum(r[4] for r in rs)
     print(f"{name:8} {lat:7.0f}us {lat - d_lat:8.0f}us {thr:11.0f} {thr / d_thr:8.0%} "
           f"{(f'{cpu:.1f}us' if cpu is not None else '-'):>9} {bad:>8}")
+if "fw-nolog" in rows:
+    on = med([r[1] for r in rows["freeway"]]); off = med([r[1] for r in rows["fw-nolog"]])
+    print(f"request log costs {1 - on / off:.1%} of throughput at c=32 (per-round: " +
+          ", ".join(f"{1 - a[1] / b[1]:.1%}" for a, b in zip(rows["freeway"], rows["fw-nolog"])) + ")")
 PY

@@ -156,47 +156,90 @@ fn bucket_ms(b: i64) -> f64 {
     ((b as f64) / 16.0).exp() - 1.0
 }
 
+/// Columns of `request_log` written per record.
+const COLUMNS: usize = 24;
+/// Records per multi-row INSERT.
+const ROWS_PER_INSERT: usize = 32;
+
+/// `INSERT INTO request_log (…) VALUES (…), (…)…` for `rows` records.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO request_log (ts_ms, request_id, key_label, client_ip, method, endpoint,
+            path, requested_model, provider, model, attempts, failures, status, cache_status,
+            streamed, prompt_tokens, completion_tokens, tokens_estimated, ttft_ms,
+            duration_ms, overhead_ms, lat_bucket, cost_usd, metadata) VALUES ",
+    );
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..COLUMNS {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("?{}", row * COLUMNS + col + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Binds `r` to parameters `base + 1 ..= base + COLUMNS`.
+fn bind_record(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    base: usize,
+    r: &RequestRecord,
+) -> rusqlite::Result<()> {
+    let failures =
+        (!r.failures.is_empty()).then(|| serde_json::to_string(&r.failures).unwrap_or_default());
+    let values: [&dyn rusqlite::ToSql; COLUMNS] = [
+        &r.ts_ms,
+        &r.request_id,
+        &r.key_label,
+        &r.client_ip,
+        &r.method,
+        &r.endpoint,
+        &r.path,
+        &r.requested_model,
+        &r.provider,
+        &r.model,
+        &r.attempts,
+        &failures,
+        &r.status,
+        &r.cache_status,
+        &r.streamed,
+        &(r.prompt_tokens as i64),
+        &(r.completion_tokens as i64),
+        &r.tokens_estimated,
+        &r.ttft_ms,
+        &r.duration_ms,
+        &r.overhead_ms,
+        &lat_bucket(r.duration_ms),
+        &r.cost_usd,
+        &r.metadata,
+    ];
+    for (i, v) in values.into_iter().enumerate() {
+        stmt.raw_bind_parameter(base + i + 1, v)?;
+    }
+    Ok(())
+}
+
 /// Writes `records` in one transaction.
 pub fn insert(conn: &mut Connection, records: &[RequestRecord]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO request_log (ts_ms, request_id, key_label, client_ip, method, endpoint,
-                path, requested_model, provider, model, attempts, failures, status, cache_status,
-                streamed, prompt_tokens, completion_tokens, tokens_estimated, ttft_ms,
-                duration_ms, overhead_ms, lat_bucket, cost_usd, metadata)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
-        )?;
-        for r in records {
-            let failures = (!r.failures.is_empty())
-                .then(|| serde_json::to_string(&r.failures).unwrap_or_default());
-            stmt.execute(params![
-                r.ts_ms,
-                r.request_id,
-                r.key_label,
-                r.client_ip,
-                r.method,
-                r.endpoint,
-                r.path,
-                r.requested_model,
-                r.provider,
-                r.model,
-                r.attempts,
-                failures,
-                r.status,
-                r.cache_status,
-                r.streamed,
-                r.prompt_tokens as i64,
-                r.completion_tokens as i64,
-                r.tokens_estimated,
-                r.ttft_ms,
-                r.duration_ms,
-                r.overhead_ms,
-                lat_bucket(r.duration_ms),
-                r.cost_usd,
-                r.metadata,
-            ])?;
+        // Many rows per statement: SQLite's per-statement work (step, reset, the VDBE
+        // preamble) is paid once per chunk instead of once per row.
+        let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
+        let mut stmt = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
+        for chunk in &mut chunks {
+            for (i, r) in chunk.iter().enumerate() {
+                bind_record(&mut stmt, i * COLUMNS, r)?;
+            }
+            stmt.raw_execute()?;
+        }
+        let mut one = tx.prepare_cached(&insert_sql(1))?;
+        for r in chunks.remainder() {
+            bind_record(&mut one, 0, r)?;
+            one.raw_execute()?;
         }
     }
     let mut cells: HashMap<CellKey<&str>, Aggregate> = HashMap::new();
