@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 SECS=${1:-60}
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-# libFuzzer instrumentation needs unstable rustc flags: nightly if present, else stable
-# with RUSTC_BOOTSTRAP (the same compiler, its unstable flags unlocked).
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  FUZZ=(cargo +nightly fuzz)
+# libFuzzer instrumentation needs unstable rustc flags: the machine's one (stable) toolchain
+# with RUSTC_BOOTSTRAP, which unlocks them, so CI and a laptop fuzz with the same compiler.
+# FUZZ_TOOLCHAIN=nightly uses a nightly toolchain instead, if one is installed.
+if [ -n "${FUZZ_TOOLCHAIN:-}" ]; then
+  FUZZ=(cargo "+$FUZZ_TOOLCHAIN" fuzz)
 else
   export RUSTC_BOOTSTRAP=1
   FUZZ=(cargo fuzz)
