@@ -564,7 +564,10 @@ impl Config {
             ("server.stream_idle_timeout_ms", s.stream_idle_timeout_ms),
             ("server.connect_timeout_ms", s.connect_timeout_ms),
             ("server.header_timeout_seconds", s.header_timeout_seconds),
-            ("server.keepalive_timeout_seconds", s.keepalive_timeout_seconds),
+            (
+                "server.keepalive_timeout_seconds",
+                s.keepalive_timeout_seconds,
+            ),
         ] {
             if v == 0 {
                 return Err(err(key, "must be greater than 0"));
@@ -968,9 +971,18 @@ mod tests {
         assert_eq!(c.server.max_header_bytes, 65536);
         for (text, key) in [
             ("[server]\nmax_connections = 0\n", "server.max_connections"),
-            ("[server]\nheader_timeout_seconds = 0\n", "server.header_timeout_seconds"),
-            ("[server]\nkeepalive_timeout_seconds = 0\n", "server.keepalive_timeout_seconds"),
-            ("[server]\nmax_header_bytes = 10\n", "server.max_header_bytes"),
+            (
+                "[server]\nheader_timeout_seconds = 0\n",
+                "server.header_timeout_seconds",
+            ),
+            (
+                "[server]\nkeepalive_timeout_seconds = 0\n",
+                "server.keepalive_timeout_seconds",
+            ),
+            (
+                "[server]\nmax_header_bytes = 10\n",
+                "server.max_header_bytes",
+            ),
         ] {
             assert_eq!(Config::parse(text).unwrap_err().key, key, "{text}");
         }

@@ -95,8 +95,8 @@ pub fn build(
     let proxy = pingora::proxy::http_proxy(&server.configuration, gw);
     let mut gateway = Service::new("freeway".into(), BoundedHttp::new(proxy, live));
     for addr in &listen {
-        // No L4 read buffer: on cleartext HTTP it only adds a copy, and Pingora would
-        // allocate its 64 KiB for every connection, idle ones included.
+        // No L4 read buffer: on cleartext HTTP it only adds a copy, and Pingora's 64 KiB
+        // per connection made an idle connection cost ~80 KB of RSS instead of ~16 KB.
         let buffers = L4BufferSettings::default().read(0);
         gateway.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }

@@ -79,7 +79,11 @@ pub async fn read_head<R: AsyncRead + Unpin>(
             buf.reserve(4096);
         }
         match timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Err(_) => return Err(HeadError::TimedOut { received: buf.len() }),
+            Err(_) => {
+                return Err(HeadError::TimedOut {
+                    received: buf.len(),
+                })
+            }
             Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Broken),
             Ok(Ok(_)) => {}
         }
@@ -158,7 +162,11 @@ mod tests {
         let want = head.len() - 2;
         assert_eq!(end_of(&[head]), Some(want));
         for cut in 1..head.len() {
-            assert_eq!(end_of(&[&head[..cut], &head[cut..]]), Some(want), "cut {cut}");
+            assert_eq!(
+                end_of(&[&head[..cut], &head[cut..]]),
+                Some(want),
+                "cut {cut}"
+            );
         }
         let bytes: Vec<&[u8]> = head.chunks(1).collect();
         assert_eq!(end_of(&bytes), Some(want));
@@ -169,7 +177,10 @@ mod tests {
         assert_eq!(end_of(&[b"GET / HTTP/1.1\nHost: x\n\n"]), Some(24));
         let lead = b"\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         assert_eq!(end_of(&[lead]), Some(lead.len()));
-        assert_eq!(end_of(&[b"\r\n", b"\r\n", b"GET / HTTP/1.1\r\n", b"\r\n"]), Some(22));
+        assert_eq!(
+            end_of(&[b"\r\n", b"\r\n", b"GET / HTTP/1.1\r\n", b"\r\n"]),
+            Some(22)
+        );
         assert_eq!(end_of(&[b"GET / HTTP/1.1\r\nHost: x\r\n"]), None);
         assert_eq!(end_of(&[b"\r\n\r\n"]), None);
     }
@@ -203,7 +214,10 @@ mod tests {
         let start = std::time::Instant::now();
         let e = read_head(&mut server, &LIMITS, true).await.unwrap_err();
         let took = start.elapsed();
-        assert!(matches!(e, HeadError::TimedOut { received } if received > 3), "{e:?}");
+        assert!(
+            matches!(e, HeadError::TimedOut { received } if received > 3),
+            "{e:?}"
+        );
         assert!(took >= Duration::from_millis(290), "{took:?}");
         assert!(took < Duration::from_secs(2), "{took:?}");
         drop(server);

@@ -27,11 +27,8 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
 /// The connection metrics; every series exists (at 0) from the first use on.
 pub static CONN: LazyLock<ConnMetrics> = LazyLock::new(|| {
     let open = register(
-        IntGauge::new(
-            "freeway_connections_open",
-            "Client connections open now.",
-        )
-        .unwrap_or_else(|e| panic!("open gauge: {e}")),
+        IntGauge::new("freeway_connections_open", "Client connections open now.")
+            .unwrap_or_else(|e| panic!("open gauge: {e}")),
     );
     let accepted = register(
         IntCounter::new(

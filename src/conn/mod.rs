@@ -349,7 +349,9 @@ impl Gate {
 /// Raises the soft open-file limit toward what `max_connections` needs (a client socket, and
 /// often an upstream one, per connection), and warns when the hard limit is lower.
 pub fn ensure_fd_limit(max_connections: usize) {
-    let want = (max_connections as u64).saturating_mul(2).saturating_add(1024);
+    let want = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(1024);
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -449,7 +451,10 @@ mod tests {
         e.retry_after = Some(1);
         let text = String::from_utf8(raw_response(&e)).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
         assert!(head.contains("connection: close") && head.contains("retry-after: 1"));
         assert!(head.contains(&format!("content-length: {}", body.len())));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();

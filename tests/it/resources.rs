@@ -144,10 +144,16 @@ fn slowloris_clients_are_cut_at_the_header_timeout_while_others_are_served() {
 
     let (got, closed) = read_until_closed(&mut silent, start, limit);
     assert!(closed >= Duration::from_millis(500) && closed < Duration::from_secs(5));
-    assert!(got.is_empty(), "a silent connection is closed without a word");
+    assert!(
+        got.is_empty(),
+        "a silent connection is closed without a word"
+    );
 
     assert_eq!(
-        metric(&maddr, r#"freeway_connections_closed_total{reason="header_timeout"}"#),
+        metric(
+            &maddr,
+            r#"freeway_connections_closed_total{reason="header_timeout"}"#
+        ),
         3.0
     );
     assert_models_answer(&gw);
@@ -176,7 +182,10 @@ fn kept_alive_connection_serves_requests_then_closes_after_the_idle_timeout() {
         "closed after {idle:?}"
     );
     assert_eq!(
-        metric(&maddr, r#"freeway_connections_closed_total{reason="idle_timeout"}"#),
+        metric(
+            &maddr,
+            r#"freeway_connections_closed_total{reason="idle_timeout"}"#
+        ),
         1.0
     );
 }
@@ -207,7 +216,10 @@ fn oversized_request_head_gets_431() {
     s.write_all(head.as_bytes()).unwrap();
     assert_eq!(read_response(&mut s).0, 200);
     assert_eq!(
-        metric(&maddr, r#"freeway_connections_closed_total{reason="header_too_large"}"#),
+        metric(
+            &maddr,
+            r#"freeway_connections_closed_total{reason="header_too_large"}"#
+        ),
         1.0
     );
 }
@@ -245,7 +257,10 @@ fn at_max_connections_idle_connections_make_room_and_busy_ones_get_503() {
     assert!(got.is_empty());
     assert!(!is_closed(&idle[1]) && !is_closed(&idle[2]));
     assert_eq!(
-        metric(&maddr, r#"freeway_connections_closed_total{reason="evicted"}"#),
+        metric(
+            &maddr,
+            r#"freeway_connections_closed_total{reason="evicted"}"#
+        ),
         1.0
     );
     drop(idle);
@@ -267,7 +282,10 @@ fn at_max_connections_idle_connections_make_room_and_busy_ones_get_503() {
     assert_eq!(v["error"]["code"], "too_many_connections");
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(
-        metric(&maddr, r#"freeway_connections_rejected_total{reason="max_connections"}"#),
+        metric(
+            &maddr,
+            r#"freeway_connections_rejected_total{reason="max_connections"}"#
+        ),
         1.0
     );
     for b in busy {
@@ -293,7 +311,10 @@ fn a_provider_at_max_connections_is_skipped_like_a_busy_model() {
         sim_count(&sim, "/solo/") == 1
     });
     assert_eq!(
-        metric(&maddr, r#"freeway_upstream_inflight_requests{provider="solo"}"#),
+        metric(
+            &maddr,
+            r#"freeway_upstream_inflight_requests{provider="solo"}"#
+        ),
         1.0
     );
 
@@ -307,7 +328,11 @@ fn a_provider_at_max_connections_is_skipped_like_a_busy_model() {
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
     assert_eq!(headers["x-gateway-provider"], "spare");
-    assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
     // Pinned without fallback: a clear 503 naming the cap.
     let (status, _, resp) = post(&url, None, chat_body("solo/m-solo", "three", false));
     let v = assert_error(status, &resp, 503, "service_unavailable");
@@ -318,8 +343,17 @@ fn a_provider_at_max_connections_is_skipped_like_a_busy_model() {
             .contains("max_connections"),
         "{v}"
     );
-    assert_eq!(sim_count(&sim, "/solo/"), 1, "solo never saw a second request");
-    assert!(metric(&maddr, r#"freeway_upstream_saturated_total{provider="solo"}"#) >= 2.0);
+    assert_eq!(
+        sim_count(&sim, "/solo/"),
+        1,
+        "solo never saw a second request"
+    );
+    assert!(
+        metric(
+            &maddr,
+            r#"freeway_upstream_saturated_total{provider="solo"}"#
+        ) >= 2.0
+    );
 
     let (status, headers, _) = held.join().unwrap();
     assert_eq!(status, 200);
@@ -329,7 +363,10 @@ fn a_provider_at_max_connections_is_skipped_like_a_busy_model() {
     assert_eq!(status, 200);
     assert_eq!(headers["x-gateway-provider"], "solo");
     assert_eq!(
-        metric(&maddr, r#"freeway_upstream_inflight_requests{provider="solo"}"#),
+        metric(
+            &maddr,
+            r#"freeway_upstream_inflight_requests{provider="solo"}"#
+        ),
         0.0
     );
 }
@@ -382,7 +419,10 @@ fn flood(n: usize, cap: usize) {
     });
     let open_now = metric(&maddr, "freeway_connections_open") as usize;
     assert!(open_now <= cap, "{open_now} open over a cap of {cap}");
-    assert!(open_now >= held.saturating_sub(50), "{open_now} open, {held} expected");
+    assert!(
+        open_now >= held.saturating_sub(50),
+        "{open_now} open, {held} expected"
+    );
 
     // Normal clients are answered while the idle ones sit there.
     for _ in 0..20 {
@@ -404,7 +444,10 @@ fn flood(n: usize, cap: usize) {
         beyond + 20
     );
     assert_eq!(
-        metric(&maddr, r#"freeway_connections_rejected_total{reason="max_connections"}"#),
+        metric(
+            &maddr,
+            r#"freeway_connections_rejected_total{reason="max_connections"}"#
+        ),
         0.0
     );
     if since_start < Duration::from_secs(3) {
@@ -433,9 +476,11 @@ fn flood(n: usize, cap: usize) {
         cut_after >= Duration::from_millis(3500),
         "cut before the 4 s deadline: {cut_after:?}"
     );
-    // What an idle connection may cost: its task, its socket and the head-deadline timer,
-    // a few KiB; 16 KiB each is the bound, plus 16 MiB of slack for the allocator.
-    let budget_kib = base_kib + 16 * held as u64 + 16 * 1024;
+    // An idle connection costs ~15 KiB (measured: Pingora's accept task ~9 KiB, the socket's
+    // stream and write buffer, the head-deadline wait). The bound, 24 KiB each plus 32 MiB
+    // for the allocator, fails if a per-connection buffer comes back: with Pingora's
+    // default 64 KiB read buffer an idle connection cost ~80 KiB.
+    let budget_kib = base_kib + 24 * held as u64 + 32 * 1024;
     assert!(
         peak_kib <= budget_kib,
         "peak RSS {peak_kib} KiB over {budget_kib} KiB ({base_kib} KiB + {held} connections)"
