@@ -99,7 +99,15 @@ where
             ));
             e.code = Some("too_many_connections");
             e.retry_after = Some(1);
-            answer_and_close(stream, &e).await;
+            // Answer once the request is in: a client that meets a response before it sent
+            // its request may take it for a broken connection (hyper does).
+            let quick = HeadLimits {
+                head: limits.head.head.min(REFUSAL_HEAD_WAIT),
+                ..limits.head
+            };
+            if head::read_head(&mut stream, &quick, true).await.is_ok() {
+                answer_and_close(stream, &e).await;
+            }
             return None;
         };
         let custom = self
@@ -210,6 +218,9 @@ async fn refuse_head(stream: Stream, e: HeadError, limits: &Limits) {
         }
     }
 }
+
+/// How long a refused client has to send its request head before it is closed unanswered.
+const REFUSAL_HEAD_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a refused client is read from after its answer, before the close.
 const LINGER: Duration = Duration::from_millis(250);

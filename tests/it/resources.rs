@@ -18,12 +18,18 @@ fn metrics_section() -> (String, String) {
 
 /// One sample from the Prometheus text (`name{labels}` exactly as printed), 0 if absent.
 fn metric(metrics_addr: &str, series: &str) -> f64 {
-    let text = client()
-        .get(format!("http://{metrics_addr}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let url = format!("http://{metrics_addr}/metrics");
+    // The metrics listener may start a moment after the main one.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        match client().get(&url).send() {
+            Ok(r) => break r.text().unwrap(),
+            Err(e) if Instant::now() < deadline && e.is_connect() => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{url}: {e}"),
+        }
+    };
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
