@@ -831,6 +831,25 @@ base_url = "http://127.0.0.1:2"
     }
 
     #[test]
+    fn a_model_whose_provider_is_at_max_connections_is_skipped_with_the_reason() {
+        let cat = catalog();
+        let full = cat.by_qualified["a/vision"];
+        let live = Fixed(HashMap::from([(
+            full,
+            Snapshot {
+                busy: Some("its provider is at max_connections (2 requests in flight)".into()),
+                ..Snapshot::default()
+            },
+        )]));
+        for _ in 0..50 {
+            assert!(!plan_live(&cat, &live, None).unwrap().contains(&full));
+        }
+        let e = plan_live(&cat, &live, Some("a/vision")).unwrap_err();
+        assert_eq!(e.status, 503);
+        assert!(e.message.contains("at max_connections"), "{}", e.message);
+    }
+
+    #[test]
     fn daily_limit_exhausts_a_model() {
         let mut cat = catalog();
         let i = cat.by_qualified["a/small"];
