@@ -349,6 +349,14 @@ fn a_provider_at_max_connections_is_skipped_like_a_busy_model() {
             .contains("max_connections"),
         "{v}"
     );
+    // Native passthrough to the full provider: 503, come back in a second.
+    let (status, headers, resp) = post(
+        &gw.url("/providers/solo/chat/completions"),
+        None,
+        chat_body("m-solo", "five", false),
+    );
+    let v = assert_error(status, &resp, 503, "service_unavailable");
+    assert_eq!(headers["retry-after"], "1", "{v}");
     assert_eq!(
         sim_count(&sim, "/solo/"),
         1,
