@@ -75,6 +75,7 @@ fn bench(c: &mut Criterion) {
     let live = LiveBoard {
         models: &states,
         providers: &providers,
+        slots: &[],
         catalog: &cat,
         pace: &pace,
     };

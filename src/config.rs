@@ -83,6 +83,16 @@ pub struct ServerConfig {
     pub stream_idle_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub max_attempts: usize,
+    /// Client connections open at once. At the cap a new connection displaces the one idle
+    /// longest (waiting for a request head); with none idle it is refused with a 503.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head, from its connection (or, on a
+    /// kept-alive connection, from the head's first byte). Cuts slowloris clients.
+    pub header_timeout_seconds: u64,
+    /// How long a kept-alive client connection may sit idle between requests.
+    pub keepalive_timeout_seconds: u64,
+    /// Largest request head (request line + headers); larger → 431.
+    pub max_header_bytes: usize,
     pub pid_file: String,
     pub upgrade_sock: String,
 }
@@ -99,6 +109,10 @@ impl Default for ServerConfig {
             stream_idle_timeout_ms: 60_000,
             connect_timeout_ms: 5_000,
             max_attempts: 4,
+            max_connections: 10_000,
+            header_timeout_seconds: 10,
+            keepalive_timeout_seconds: 60,
+            max_header_bytes: 64 * 1024,
             pid_file: "/tmp/freeway.pid".into(),
             upgrade_sock: "/tmp/freeway_upgrade.sock".into(),
         }
@@ -341,6 +355,10 @@ pub struct ProviderConfig {
     /// Provider-wide token-per-minute ceiling (optional, 0 = none).
     #[serde(default)]
     pub tpm: u32,
+    /// Concurrent requests this gateway sends the provider (0 = no cap). At the cap, a
+    /// candidate on this provider is skipped like a busy model.
+    #[serde(default)]
+    pub max_connections: usize,
     /// Simulated providers are labelled as such in `/v1/models` and logs.
     #[serde(default)]
     pub simulated: bool,
@@ -532,10 +550,24 @@ impl Config {
         if s.max_attempts == 0 {
             return Err(err("server.max_attempts", "must be at least 1"));
         }
+        if s.max_connections == 0 {
+            return Err(err("server.max_connections", "must be at least 1"));
+        }
+        if s.max_header_bytes < 1024 {
+            return Err(err(
+                "server.max_header_bytes",
+                "must be at least 1024 (a request line and a few headers)",
+            ));
+        }
         for (key, v) in [
             ("server.upstream_timeout_ms", s.upstream_timeout_ms),
             ("server.stream_idle_timeout_ms", s.stream_idle_timeout_ms),
             ("server.connect_timeout_ms", s.connect_timeout_ms),
+            ("server.header_timeout_seconds", s.header_timeout_seconds),
+            (
+                "server.keepalive_timeout_seconds",
+                s.keepalive_timeout_seconds,
+            ),
         ] {
             if v == 0 {
                 return Err(err(key, "must be greater than 0"));
@@ -928,6 +960,34 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert_eq!(c.server.max_attempts, 4);
         assert_eq!(c.server.listen, vec!["127.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_are_checked() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.server.max_connections, 10_000);
+        assert_eq!(c.server.header_timeout_seconds, 10);
+        assert_eq!(c.server.keepalive_timeout_seconds, 60);
+        assert_eq!(c.server.max_header_bytes, 65536);
+        for (text, key) in [
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[server]\nheader_timeout_seconds = 0\n",
+                "server.header_timeout_seconds",
+            ),
+            (
+                "[server]\nkeepalive_timeout_seconds = 0\n",
+                "server.keepalive_timeout_seconds",
+            ),
+            (
+                "[server]\nmax_header_bytes = 10\n",
+                "server.max_header_bytes",
+            ),
+        ] {
+            assert_eq!(Config::parse(text).unwrap_err().key, key, "{text}");
+        }
+        let p = "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1\"\nmax_connections = 3\n";
+        assert_eq!(Config::parse(p).unwrap().providers[0].max_connections, 3);
     }
 
     #[test]

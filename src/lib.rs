@@ -2,12 +2,15 @@
 //!
 //! A request flows one way: `proxy` (the Pingora phases) → `request` (parse once) →
 //! `routing` (choose candidates) → `providers` (build the upstream request) →
-//! `proxy::relay` (attempt loop, stream back). `config` and `state` hold what the config
-//! builds; `sim` is the simulated provider used by `freeway demo` and the tests.
+//! `proxy::relay` (attempt loop, stream back). Before that, `conn` bounds client connections
+//! (how many, how long a request head may take, how long one may idle). `config` and
+//! `state` hold what the config builds; `sim` is the simulated provider used by
+//! `freeway demo` and the tests.
 
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod errors;
 pub mod limits;

@@ -3,6 +3,7 @@
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::limits::slots::Slots;
 use crate::providers::{PeerTimeouts, Upstream};
 use crate::routing::board::{Board, LiveBoard, ModelState, ProviderState};
 use crate::routing::routes::Routes;
@@ -18,6 +19,9 @@ pub struct State {
     /// Live per-provider state (a rejected key), indexed like `config.providers`; reset by
     /// a config change.
     pub providers: Vec<ProviderState>,
+    /// Requests in flight per provider against its `max_connections`, indexed like
+    /// `config.providers` (the counts are the board's, across config generations).
+    pub slots: Vec<Slots>,
     /// Live per-model state (health, daily count), indexed like `catalog.models`; shared
     /// with the board, so it outlives this config generation.
     pub models: Vec<Arc<ModelState>>,
@@ -48,12 +52,18 @@ impl State {
             .map(|m| board.model(&m.qualified))
             .collect();
         let providers = upstreams.iter().map(|_| ProviderState::default()).collect();
+        let slots = config
+            .providers
+            .iter()
+            .map(|p| Slots::new(board.provider_slots(&p.name), p.max_connections))
+            .collect();
         let router = Router::new(Routes::new(&config.routes));
         State {
             config,
             catalog,
             upstreams,
             providers,
+            slots,
             models,
             auth,
             router,
@@ -66,6 +76,7 @@ impl State {
         LiveBoard {
             models: &self.models,
             providers: &self.providers,
+            slots: &self.slots,
             catalog: &self.catalog,
             pace: &self.pace,
         }

@@ -9,10 +9,12 @@
 //!
 //! `pingora_limits` serves the router instead ([`pace`]): request and token rate estimates
 //! per model and provider, where an estimate that may over-count is what is wanted.
+//! [`slots`] caps the requests in flight to each provider (`[[providers]].max_connections`).
 
 pub mod bucket;
 pub mod client_ip;
 pub mod pace;
+pub mod slots;
 
 use crate::redis_link::RedisLink;
 use bucket::{Buckets, Rule, Take};

@@ -89,6 +89,14 @@ pub async fn handle(
     for &idx in &plan {
         let model = &state.catalog.models[idx];
         let live = &state.models[idx];
+        // Held for the whole exchange; the provider may have filled up since planning.
+        let Some(_slot) = state.slots[model.provider].try_acquire() else {
+            ctx.failures.push(format!(
+                "{}: skipped (provider at max_connections)",
+                model.qualified
+            ));
+            continue;
+        };
         // Another request may have taken the half-open probe since planning.
         if live.acquire().is_none() {
             ctx.failures

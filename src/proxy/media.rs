@@ -539,6 +539,14 @@ async fn run(
                 continue;
             }
         };
+        // Held for the whole exchange; the provider may have filled up since planning.
+        let Some(_slot) = state.slots[model.provider].try_acquire() else {
+            ctx.failures.push(format!(
+                "{}: skipped (provider at max_connections)",
+                model.qualified
+            ));
+            continue;
+        };
         if live.acquire().is_none() {
             ctx.failures
                 .push(format!("{}: skipped (recovering)", model.qualified));

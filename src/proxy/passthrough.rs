@@ -6,6 +6,7 @@
 
 use super::ctx::RequestCtx;
 use crate::errors::ApiError;
+use crate::limits::slots::Slot;
 use crate::providers::Upstream;
 use crate::state::State;
 use pingora::http::RequestHeader;
@@ -18,6 +19,8 @@ pub struct Target {
     pub peer: Arc<HttpPeer>,
     /// The upstream path and query.
     pub path_and_query: String,
+    /// Counts the request against the provider's `max_connections` until it ends.
+    pub _slot: Slot,
 }
 
 /// Splits `/providers/{name}/{rest}` into the provider and the rest (with its leading `/`).
@@ -57,6 +60,15 @@ pub async fn target(state: &State, path: &str, query: Option<&str>) -> Result<Ta
             "Passthrough paths may not contain `.` or `..` segments.",
         ));
     }
+    let Some(slot) = state.slots[idx].try_acquire() else {
+        let mut e = ApiError::no_capacity(format!(
+            "Provider `{name}` is at its connection limit ({} requests in flight, \
+             [[providers]].max_connections). Retry shortly.",
+            state.slots[idx].max()
+        ));
+        e.retry_after = Some(1);
+        return Err(e);
+    };
     let peer = upstream
         .peer()
         .await
@@ -70,6 +82,7 @@ pub async fn target(state: &State, path: &str, query: Option<&str>) -> Result<Ta
         upstream,
         peer,
         path_and_query,
+        _slot: slot,
     })
 }
 

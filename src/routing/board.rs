@@ -4,6 +4,7 @@
 use super::health::{Gate, Health, Report};
 use super::{Catalog, Live, Snapshot};
 use crate::limits::pace::Pace;
+use crate::limits::slots::{SlotCount, Slots};
 use crate::redis_link::RedisLink;
 use crate::store::Store;
 use crate::time::{day_string, utc_day};
@@ -81,6 +82,8 @@ pub struct Board {
     store_path: Option<PathBuf>,
     store: OnceLock<Option<Store>>,
     models: Mutex<HashMap<String, Arc<ModelState>>>,
+    /// Requests in flight per provider name.
+    slots: Mutex<HashMap<String, Arc<SlotCount>>>,
     /// Counts loaded from the store at start, for models not created yet.
     loaded: Mutex<HashMap<String, u64>>,
     today: AtomicU64,
@@ -110,6 +113,7 @@ impl Board {
             store_path: None,
             store: OnceLock::new(),
             models: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
             loaded: Mutex::new(loaded),
             today: AtomicU64::new(today),
             pace: Arc::new(Pace::default()),
@@ -128,6 +132,15 @@ impl Board {
                 }
                 Arc::new(state)
             })
+            .clone()
+    }
+
+    /// The requests in flight to provider `name` (created at zero if new).
+    pub fn provider_slots(&self, name: &str) -> Arc<SlotCount> {
+        self.slots
+            .lock()
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(SlotCount::new(name)))
             .clone()
     }
 
@@ -259,6 +272,8 @@ pub struct LiveBoard<'a> {
     pub models: &'a [Arc<ModelState>],
     /// Indexed like the config's providers.
     pub providers: &'a [ProviderState],
+    /// Requests in flight per provider, indexed like the config's providers.
+    pub slots: &'a [Slots],
     /// The models' names and rate ceilings, and the rate estimates read against them.
     pub catalog: &'a Catalog,
     pub pace: &'a Pace,
@@ -282,6 +297,7 @@ impl Live for LiveBoard<'_> {
             latency_ms: h.ewma_latency_ms,
             daily_used: state.daily_used(),
             blocked: self.providers[provider].blocked(),
+            busy: self.slots.get(provider).and_then(Slots::busy),
             last_error: if gate == Gate::Open {
                 None
             } else {

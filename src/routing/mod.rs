@@ -287,6 +287,8 @@ pub struct Snapshot {
     pub daily_used: u64,
     /// Why the model's provider is blocked (a rejected key), if it is.
     pub blocked: Option<String>,
+    /// Why the model's provider takes no more requests now (at its `max_connections`).
+    pub busy: Option<String>,
     /// The failure behind a cooldown.
     pub last_error: Option<String>,
     /// Estimated requests and tokens in the last minute (read only for models with an
@@ -302,6 +304,7 @@ impl Default for Snapshot {
             latency_ms: 0.0,
             daily_used: 0,
             blocked: None,
+            busy: None,
             last_error: None,
             load: Default::default(),
         }
@@ -328,6 +331,9 @@ fn unavailable_now(m: &ModelEntry, s: &Snapshot, now: Instant) -> Option<String>
         return Some(why.clone());
     }
     if let Some(why) = &s.blocked {
+        return Some(why.clone());
+    }
+    if let Some(why) = &s.busy {
         return Some(why.clone());
     }
     if m.daily_limit > 0 && s.daily_used >= m.daily_limit as u64 {
@@ -825,6 +831,25 @@ base_url = "http://127.0.0.1:2"
     }
 
     #[test]
+    fn a_model_whose_provider_is_at_max_connections_is_skipped_with_the_reason() {
+        let cat = catalog();
+        let full = cat.by_qualified["a/vision"];
+        let live = Fixed(HashMap::from([(
+            full,
+            Snapshot {
+                busy: Some("its provider is at max_connections (2 requests in flight)".into()),
+                ..Snapshot::default()
+            },
+        )]));
+        for _ in 0..50 {
+            assert!(!plan_live(&cat, &live, None).unwrap().contains(&full));
+        }
+        let e = plan_live(&cat, &live, Some("a/vision")).unwrap_err();
+        assert_eq!(e.status, 503);
+        assert!(e.message.contains("at max_connections"), "{}", e.message);
+    }
+
+    #[test]
     fn daily_limit_exhausts_a_model() {
         let mut cat = catalog();
         let i = cat.by_qualified["a/small"];
@@ -874,6 +899,7 @@ base_url = "http://127.0.0.1:2"
         let live = board::LiveBoard {
             models: &states,
             providers: &providers,
+            slots: &[],
             catalog: &cat,
             pace: &pace,
         };

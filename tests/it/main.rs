@@ -11,6 +11,7 @@ mod observe;
 mod ops;
 mod passthrough;
 mod redis_proc;
+mod resources;
 mod responses;
 mod routing;
 mod sdk;
