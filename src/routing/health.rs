@@ -234,10 +234,11 @@ impl Health {
         }
     }
 
-    /// Laplace-smoothed success rate: a model with little history is neither perfect nor
-    /// condemned by one sample.
+    /// Success rate smoothed by two assumed successes: a model with no history counts as
+    /// healthy (so a new or idle model is not starved by the ones that served first), and
+    /// one failure does not condemn it (1 failure → 2/3; 50 of 100 → 0.51).
     pub fn smoothed_success(&self) -> f64 {
-        (self.successes as f64 + 1.0) / (self.outcome_len as f64 + 2.0)
+        (self.successes as f64 + 2.0) / (self.outcome_len as f64 + 2.0)
     }
 
     pub fn samples(&self) -> usize {
@@ -391,6 +392,26 @@ mod tests {
         }
         assert!((h.success_rate() - 0.5).abs() < 1e-9);
         assert!(h.smoothed_success() < 0.51);
+    }
+
+    #[test]
+    fn no_history_counts_as_healthy_so_idle_models_are_not_starved() {
+        let t = Instant::now();
+        let fresh = Health::default();
+        let mut served = Health::default();
+        for _ in 0..20 {
+            served.report(
+                &Report::Success {
+                    latency: Duration::from_millis(10),
+                    streamed: false,
+                },
+                t,
+            );
+        }
+        assert_eq!(fresh.smoothed_success(), served.smoothed_success());
+        let mut failed_once = Health::default();
+        failed_once.report(&Report::Failed { reason: "x".into() }, t);
+        assert!((failed_once.smoothed_success() - 2.0 / 3.0).abs() < 1e-9);
     }
 
     #[test]

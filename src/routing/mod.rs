@@ -361,7 +361,8 @@ fn unavailable_now(m: &ModelEntry, s: &Snapshot, now: Instant) -> Option<String>
 /// one into its rate limit:
 ///
 /// `weight = success⁴ × speed × headroom × pace × tier_fit`
-/// - `success`: Laplace-smoothed success rate over the last 100 attempts. The fourth power
+/// - `success`: success rate over the last 100 attempts, smoothed by two assumed successes
+///   (no history = healthy, so idle models are not starved). The fourth power
 ///   makes a model failing half its requests ~16× less likely than a healthy one.
 /// - `speed = 1 / (1 + ewma_latency_seconds)`: 1.0 for instant answers, 0.5 at 1 s.
 /// - `headroom = 1 − used/daily_limit` (1.0 when unlimited), floored at 0.01.
