@@ -90,6 +90,21 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
+/// The length of the head that starts `chunks` joined (up to and including its blank line),
+/// scanned as the chunks arrive, the way [`read_head`] scans across reads. For tests and
+/// fuzzing: the answer must not depend on how the bytes were split.
+pub fn head_end<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Option<usize> {
+    let mut scan = HeadScan::default();
+    let mut buf = Vec::new();
+    for c in chunks {
+        buf.extend_from_slice(c);
+        if let Some(end) = scan.advance(&buf) {
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// Finds the blank line that ends a head, across reads, without rescanning.
 ///
 /// Accepts what Pingora's parser (httparse) accepts: CRLF or bare LF line ends, and empty
@@ -143,17 +158,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     fn end_of(chunks: &[&[u8]]) -> Option<usize> {
-        let mut scan = HeadScan::default();
-        let mut buf = Vec::new();
-        let mut found = None;
-        for c in chunks {
-            buf.extend_from_slice(c);
-            found = scan.advance(&buf);
-            if found.is_some() {
-                break;
-            }
-        }
-        found
+        head_end(chunks.iter().copied())
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use super::record::RequestRecord;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::path::Path;
@@ -223,7 +224,10 @@ fn bind_record(
 }
 
 /// Writes `records` in one transaction.
-pub fn insert(conn: &mut Connection, records: &[RequestRecord]) -> rusqlite::Result<()> {
+pub fn insert<R: Borrow<RequestRecord>>(
+    conn: &mut Connection,
+    records: &[R],
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         // Many rows per statement: SQLite's per-statement work (step, reset, the VDBE
@@ -232,18 +236,19 @@ pub fn insert(conn: &mut Connection, records: &[RequestRecord]) -> rusqlite::Res
         let mut stmt = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
         for chunk in &mut chunks {
             for (i, r) in chunk.iter().enumerate() {
-                bind_record(&mut stmt, i * COLUMNS, r)?;
+                bind_record(&mut stmt, i * COLUMNS, r.borrow())?;
             }
             stmt.raw_execute()?;
         }
         let mut one = tx.prepare_cached(&insert_sql(1))?;
         for r in chunks.remainder() {
-            bind_record(&mut one, 0, r)?;
+            bind_record(&mut one, 0, r.borrow())?;
             one.raw_execute()?;
         }
     }
     let mut cells: HashMap<CellKey<&str>, Aggregate> = HashMap::new();
     for r in records {
+        let r: &RequestRecord = r.borrow();
         let hour = r.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
         let key = (
             hour,

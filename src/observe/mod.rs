@@ -151,7 +151,7 @@ impl Observer {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| self.redactor.redact(a.ip()));
-        queue.push(RequestRecord {
+        queue.push(Box::new(RequestRecord {
             ts_ms: started
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
@@ -177,7 +177,7 @@ impl Observer {
             overhead_ms: overhead.as_secs_f64() * 1000.0,
             cost_usd: cost,
             metadata,
-        });
+        }));
     }
 
     /// Runs `f` with a read connection to the store, off the async threads.

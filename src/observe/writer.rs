@@ -32,14 +32,16 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// The request path's end of the queue.
 pub struct LogQueue {
-    tx: SyncSender<RequestRecord>,
+    /// Boxed: the ring then holds pointers (512 KiB at the default 65536 slots) instead of
+    /// whole records (~20 MiB), which kept both threads missing the cache.
+    tx: SyncSender<Box<RequestRecord>>,
     /// Unix seconds of the last "dropping records" warning.
     last_warning: AtomicU64,
 }
 
 impl LogQueue {
     /// Queues a record; never blocks.
-    pub fn push(&self, record: RequestRecord) {
+    pub fn push(&self, record: Box<RequestRecord>) {
         match self.tx.try_send(record) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -96,7 +98,7 @@ pub fn queue(capacity: usize, config: WriterConfig) -> (LogQueue, LogWriterServi
 
 /// Starts the writer thread and, at shutdown, drains and joins it.
 pub struct LogWriterService {
-    rx: Mutex<Option<Receiver<RequestRecord>>>,
+    rx: Mutex<Option<Receiver<Box<RequestRecord>>>>,
     config: WriterConfig,
 }
 
@@ -148,13 +150,13 @@ impl BackgroundService for LogWriterService {
 }
 
 /// The writer thread.
-fn run(rx: Receiver<RequestRecord>, config: WriterConfig, stop: Arc<AtomicBool>) {
+fn run(rx: Receiver<Box<RequestRecord>>, config: WriterConfig, stop: Arc<AtomicBool>) {
     let mut conn = config.db_path.as_ref().and_then(|p| {
         db::open(p)
             .map_err(|e| log::error!("request log disabled: {e}"))
             .ok()
     });
-    let mut batch: Vec<RequestRecord> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Box<RequestRecord>> = Vec::with_capacity(MAX_BATCH);
     let mut last_retention: Option<Instant> = None;
     let stdout = std::io::stdout();
     let mut line = Vec::with_capacity(1024);
