@@ -247,6 +247,9 @@ pub struct ObservabilityConfig {
     pub request_log: bool,
     /// Records waiting for the writer thread; beyond this they are dropped (and counted).
     pub log_queue: usize,
+    /// How long the writer gathers records into one transaction, in ms. Longer: fewer,
+    /// larger transactions (less CPU per record); records reach analytics that much later.
+    pub log_linger_ms: u64,
     /// Records older than this are deleted (0 keeps them forever).
     pub retention_days: u32,
     /// At most this many records are kept, oldest deleted first (0 = no cap).
@@ -264,6 +267,7 @@ impl Default for ObservabilityConfig {
         ObservabilityConfig {
             request_log: true,
             log_queue: 65_536,
+            log_linger_ms: 25,
             retention_days: 30,
             max_rows: 5_000_000,
             redact_ip: RedactIp::Off,
@@ -592,6 +596,12 @@ impl Config {
         }
         if self.observability.log_queue == 0 {
             return Err(err("observability.log_queue", "must be at least 1"));
+        }
+        if self.observability.log_linger_ms > 10_000 {
+            return Err(err(
+                "observability.log_linger_ms",
+                "must be at most 10000 (records wait this long before they are written)",
+            ));
         }
         let mut names = HashSet::new();
         for (pi, p) in self.providers.iter().enumerate() {
@@ -1123,6 +1133,10 @@ base_url = "http://127.0.0.1:1"
         assert_eq!(e.key, "observability.redact_ip", "{e}");
         let e = Config::parse("[observability]\nlog_queue = 0\n").unwrap_err();
         assert_eq!(e.key, "observability.log_queue", "{e}");
+        let c = Config::parse("[observability]\nlog_linger_ms = 200\n").unwrap();
+        assert_eq!(c.observability.log_linger_ms, 200);
+        let e = Config::parse("[observability]\nlog_linger_ms = 60000\n").unwrap_err();
+        assert_eq!(e.key, "observability.log_linger_ms", "{e}");
     }
 
     #[test]

@@ -50,6 +50,7 @@ impl Observer {
                     access_log,
                     retention_days: o.retention_days,
                     max_rows: o.max_rows,
+                    linger: std::time::Duration::from_millis(o.log_linger_ms),
                 },
             );
             (Some(q), Some(s))

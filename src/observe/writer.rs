@@ -25,8 +25,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Most records written in one transaction.
 const MAX_BATCH: usize = 2048;
-/// How long the writer waits for more records after the first of a batch.
-const LINGER: Duration = Duration::from_millis(25);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
@@ -79,6 +77,8 @@ pub struct WriterConfig {
     pub access_log: bool,
     pub retention_days: u32,
     pub max_rows: u64,
+    /// How long the writer waits for more records after the first of a batch.
+    pub linger: Duration,
 }
 
 /// Creates the queue (before the fork: it is plain memory) and the service that will drain it.
@@ -169,7 +169,7 @@ fn run(rx: Receiver<Box<RequestRecord>>, config: WriterConfig, stop: Arc<AtomicB
                 // and its pushes rarely need to wake this thread (measured: per-record
                 // wake-ups and one-row transactions cost ~30% of the gateway's CPU).
                 if !stopping {
-                    std::thread::sleep(LINGER);
+                    std::thread::sleep(config.linger);
                 }
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
