@@ -233,14 +233,16 @@ pub fn insert<R: Borrow<RequestRecord>>(
         // Many rows per statement: SQLite's per-statement work (step, reset, the VDBE
         // preamble) is paid once per chunk instead of once per row.
         let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
-        let mut stmt = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
+        static MANY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        static ONE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let mut stmt = tx.prepare_cached(MANY.get_or_init(|| insert_sql(ROWS_PER_INSERT)))?;
         for chunk in &mut chunks {
             for (i, r) in chunk.iter().enumerate() {
                 bind_record(&mut stmt, i * COLUMNS, r.borrow())?;
             }
             stmt.raw_execute()?;
         }
-        let mut one = tx.prepare_cached(&insert_sql(1))?;
+        let mut one = tx.prepare_cached(ONE.get_or_init(|| insert_sql(1)))?;
         for r in chunks.remainder() {
             bind_record(&mut one, 0, r.borrow())?;
             one.raw_execute()?;
