@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# What the request log costs, in instructions per request (callgrind): a count that does not
+# drift with this VM's speed the way throughput does (see README, Performance).
+#
+#   bash benches/log_cost.sh [seconds]     (default 30 s of load per gateway)
+#
+# Runs freeway under `valgrind --tool=callgrind` twice, without and with the request log,
+# warms each up, zeroes the counters, drives it with wrk at concurrency 8 for the given time,
+# and divides the instructions of the whole process (every thread, the log writer included)
+# by the requests served. valgrind runs the gateway ~50x slower, so the writer would see tiny
+# batches at the default 25 ms linger; `log_linger_ms = 1000` gives it batches of a few
+# hundred records, as under real load.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-30}
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v valgrind >/dev/null || missing+=(valgrind)
+if [ ${#missing[@]} -gt 0 ]; then as_root apt-get update -qq; as_root apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+cargo build --release -q
+BIN=$PWD/${CARGO_TARGET_DIR:-target}/release/freeway
+TMP=$(mktemp -d)
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SIM=$(port)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+"$BIN" sim --listen "127.0.0.1:$SIM" --threads 1 >"$TMP/sim.log" 2>&1 & pids+=($!)
+cat >"$TMP/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench"
+wrk.body = '{"model":"auto","max_tokens":256,"messages":[{"role":"user","content":"hello there, how are you doing today?"}]}'
+LUA
+
+measure() { # request_log
+  local log=$1 gw dir fp n ir
+  gw=$(port); dir="$TMP/$log"; mkdir -p "$dir"
+  cat >"$dir/freeway.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$gw"]
+threads = 1
+pid_file = "$dir/freeway.pid"
+upgrade_sock = "$dir/upgrade.sock"
+[auth]
+keys = ["sk-bench"]
+[metrics]
+listen = ""
+[storage]
+path = "$dir/freeway.db"
+[observability]
+request_log = $log
+log_linger_ms = 1000
+[limits]
+per_ip = { per_minute = 0 }
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://127.0.0.1:$SIM/v1"
+api_key = "sk-upstream"
+simulated = true
+  [[providers.models]]
+  id = "echo"
+  context_window = 131072
+  capabilities = ["tools", "json", "stream"]
+TOML
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" --dump-instr=no \
+    "$BIN" --config "$dir/freeway.toml" >"$dir/freeway.log" 2>&1 &
+  fp=$!; pids+=("$fp")
+  for _ in $(seq 240); do curl -fsS -o /dev/null "http://127.0.0.1:$gw/health" 2>/dev/null && break; sleep 0.5; done
+  wrk -t1 -c8 -d10s -s "$TMP/post.lua" "http://127.0.0.1:$gw/v1/chat/completions" >/dev/null
+  callgrind_control -z "$fp" >/dev/null
+  n=$(wrk -t1 -c8 -d"${SECS}s" -s "$TMP/post.lua" "http://127.0.0.1:$gw/v1/chat/completions" | awk '/requests in/{print $1}')
+  sleep 2 # the writer's last batch lands inside the window
+  callgrind_control -d "$fp" >/dev/null
+  sleep 1
+  ir=$(awk '/^summary:/{print $2}' "$dir/cg.out.1")
+  kill "$fp" 2>/dev/null || true
+  echo "$log $n $ir"
+}
+off=$(measure false); on=$(measure true)
+python3 - "$off" "$on" <<'PY'
+import sys
+(_, n0, i0), (_, n1, i1) = (a.split() for a in sys.argv[1:3])
+a, b = int(i0) / int(n0), int(i1) / int(n1)
+print(f"request log off: {a:,.0f} instructions per request ({n0} requests)")
+print(f"request log on:  {b:,.0f} instructions per request ({n1} requests)")
+print(f"the request log costs {b - a:,.0f} instructions per request: {b / a - 1:.1%}")
+PY
