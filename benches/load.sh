@@ -24,7 +24,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release -q
 BIN=${CARGO_TARGET_DIR:-target}/release/freeway
 TMP=$(mktemp -d)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/common.sh
 SIM=$(port); GW=$(port); NGX=$(port); GW2=$(port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
@@ -32,41 +32,11 @@ trap cleanup EXIT
 
 taskset -c 0 "$BIN" sim --listen "127.0.0.1:$SIM" --threads 1 >"$TMP/sim.log" 2>&1 & pids+=($!)
 
-conf() { # file port request_log
-  cat >"$1" <<TOML
-[server]
-listen = ["127.0.0.1:$2"]
-threads = 1
-pid_file = "$1.pid"
-upgrade_sock = "$1.sock"
-[auth]
-keys = ["sk-bench"]
-[metrics]
-listen = ""
-[storage]
-path = "$1.db"
-[observability]
-request_log = $3
-# The bench measures the proxy path: no per-client limit (wrk is one client).
-[limits]
-per_ip = { per_minute = 0 }
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$SIM/v1"
-api_key = "sk-upstream"
-simulated = true
-  [[providers.models]]
-  id = "echo"
-  context_window = 131072
-  capabilities = ["tools", "json", "stream"]
-TOML
-}
-conf "$TMP/freeway.toml" "$GW" "${REQUEST_LOG:-true}"
+bench_config "$TMP/freeway.toml" "$GW" "$SIM" "[observability]" "request_log = ${REQUEST_LOG:-true}"
 RUST_LOG=warn taskset -c 1 "$BIN" --config "$TMP/freeway.toml" >"$TMP/freeway.log" 2>&1 & pids+=($!)
 FW_PID=$!
 if [ -n "${LOG_COST:-}" ]; then
-  conf "$TMP/nolog.toml" "$GW2" false
+  bench_config "$TMP/nolog.toml" "$GW2" "$SIM" "[observability]" "request_log = false"
   RUST_LOG=warn taskset -c 1 "$BIN" --config "$TMP/nolog.toml" >"$TMP/nolog.log" 2>&1 & pids+=($!)
   NOLOG_PID=$!
 fi

@@ -21,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then as_root apt-get update -qq; as_root apt-get in
 cargo build --release -q
 BIN=$PWD/${CARGO_TARGET_DIR:-target}/release/freeway
 TMP=$(mktemp -d)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/common.sh
 SIM=$(port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
@@ -37,34 +37,7 @@ LUA
 measure() { # request_log
   local log=$1 gw dir fp n ir
   gw=$(port); dir="$TMP/$log"; mkdir -p "$dir"
-  cat >"$dir/freeway.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$gw"]
-threads = 1
-pid_file = "$dir/freeway.pid"
-upgrade_sock = "$dir/upgrade.sock"
-[auth]
-keys = ["sk-bench"]
-[metrics]
-listen = ""
-[storage]
-path = "$dir/freeway.db"
-[observability]
-request_log = $log
-log_linger_ms = 1000
-[limits]
-per_ip = { per_minute = 0 }
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$SIM/v1"
-api_key = "sk-upstream"
-simulated = true
-  [[providers.models]]
-  id = "echo"
-  context_window = 131072
-  capabilities = ["tools", "json", "stream"]
-TOML
+  bench_config "$dir/freeway.toml" "$gw" "$SIM" "[observability]" "request_log = $log" "log_linger_ms = 1000"
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" --dump-instr=no \
     "$BIN" --config "$dir/freeway.toml" >"$dir/freeway.log" 2>&1 &
   fp=$!; pids+=("$fp")

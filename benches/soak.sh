@@ -23,46 +23,21 @@ command -v wrk >/dev/null || { as_root apt-get update -qq; as_root apt-get insta
 cargo build --release -q
 BIN=${CARGO_TARGET_DIR:-target}/release/freeway
 TMP=$(mktemp -d)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/common.sh
 SIM=$(port); GW=$(port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 taskset -c 0 "$BIN" sim --listen "127.0.0.1:$SIM" --threads 1 >"$TMP/sim.log" 2>&1 & pids+=($!)
-cat >"$TMP/freeway.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$GW"]
-threads = 1
-pid_file = "$TMP/freeway.pid"
-upgrade_sock = "$TMP/upgrade.sock"
-[auth]
-keys = ["sk-soak"]
-[metrics]
-listen = ""
-[storage]
-path = "$TMP/freeway.db"
-# wrk is one client: no per-client limit.
-[limits]
-per_ip = { per_minute = 0 }
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$SIM/v1"
-api_key = "sk-upstream"
-simulated = true
-  [[providers.models]]
-  id = "echo"
-  context_window = 131072
-  capabilities = ["tools", "json", "stream"]
-TOML
+bench_config "$TMP/freeway.toml" "$GW" "$SIM"
 RUST_LOG=warn taskset -c 1 "$BIN" --config "$TMP/freeway.toml" >"$TMP/freeway.log" 2>&1 & pids+=($!)
 FW=$!
 
 cat >"$TMP/mix.lua" <<'LUA'
 local n = 0
-local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer sk-soak"}
-local cached = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer sk-soak",
+local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer sk-bench"}
+local cached = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer sk-bench",
                 ["x-gateway-cache-ttl"] = "3600"}
 request = function()
   n = n + 1

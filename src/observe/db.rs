@@ -471,16 +471,18 @@ impl Aggregate {
     }
 
     fn merge(&mut self, other: &Aggregate) {
-        self.requests += other.requests;
-        self.success += other.success;
-        self.failure += other.failure;
-        self.rate_limited += other.rate_limited;
-        self.failovers += other.failovers;
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.cost_usd += other.cost_usd;
-        self.cache_hits += other.cache_hits;
-        self.overhead_sum += other.overhead_sum;
+        self.add_sums(&Row {
+            bucket: 0,
+            n: other.requests,
+            ok: other.success,
+            limited: other.rate_limited,
+            failovers: other.failovers,
+            prompt: other.prompt_tokens,
+            completion: other.completion_tokens,
+            cost: other.cost_usd,
+            hits: other.cache_hits,
+            overhead: other.overhead_sum,
+        });
         for &(b, n) in &other.buckets {
             self.add_bucket(b, n);
         }

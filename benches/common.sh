@@ -1,0 +1,39 @@
+# Shared by the shell benches (source it): a free port, and the config of a one-thread
+# gateway in front of the simulated provider's `echo` model, accepting the key `sk-bench`.
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# bench_config FILE PORT SIM_PORT [TOML_LINE...]: the extra lines go before the provider
+# (e.g. "[observability]" "request_log = false"). Store, pid file and upgrade socket sit
+# beside FILE.
+bench_config() {
+  local file=$1 gw=$2 sim=$3
+  shift 3
+  cat >"$file" <<TOML
+[server]
+listen = ["127.0.0.1:$gw"]
+threads = 1
+pid_file = "$file.pid"
+upgrade_sock = "$file.sock"
+[auth]
+keys = ["sk-bench"]
+[metrics]
+listen = ""
+[storage]
+path = "$file.db"
+# The benches are one client (wrk): no per-client limit.
+[limits]
+per_ip = { per_minute = 0 }
+$(printf '%s\n' "$@")
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://127.0.0.1:$sim/v1"
+api_key = "sk-upstream"
+simulated = true
+  [[providers.models]]
+  id = "echo"
+  context_window = 131072
+  capabilities = ["tools", "json", "stream"]
+TOML
+}
