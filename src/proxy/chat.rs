@@ -5,6 +5,7 @@ use super::relay::{answer_exhausted, Answer, Exchange, Failure, Keep, Outcome, T
 use super::respond::send_error;
 use super::Gateway;
 use crate::errors::ApiError;
+use crate::limits::slots::Slot;
 use crate::observe::metrics;
 use crate::providers;
 use crate::request::parse_chat;
@@ -89,24 +90,10 @@ pub async fn handle(
     for &idx in &plan {
         let model = &state.catalog.models[idx];
         let live = &state.models[idx];
-        // Held for the whole exchange; the provider may have filled up since planning.
-        let Some(_slot) = state.slots[model.provider].try_acquire() else {
-            ctx.failures.push(format!(
-                "{}: skipped (provider at max_connections)",
-                model.qualified
-            ));
+        let Some(_slot) = claim(state, idx, ctx) else {
             continue;
         };
-        // Another request may have taken the half-open probe since planning.
-        if live.acquire().is_none() {
-            ctx.failures
-                .push(format!("{}: skipped (recovering)", model.qualified));
-            continue;
-        }
         let upstream = &state.upstreams[model.provider];
-        ctx.attempts += 1;
-        ctx.provider = Some(model.provider_name.clone());
-        ctx.model = Some(model.id.clone());
         ctx.price = Some(model.cost);
         let translator = providers::translator(model.provider_kind);
         let request = match translator.chat_request(&req, &raw, &model.id) {
@@ -295,4 +282,28 @@ pub(super) async fn read_body(
             }
         }
     }
+}
+
+/// Claims candidate `idx` for one attempt, and stamps it on `ctx`: a slot at its provider
+/// (held for the whole exchange: the provider may have filled up since planning) and, if the
+/// model is recovering, its single probe (another request may have taken it since planning).
+/// `None`, with the reason in `ctx.failures`, when either is taken.
+pub(super) fn claim(state: &State, idx: usize, ctx: &mut RequestCtx) -> Option<Slot> {
+    let model = &state.catalog.models[idx];
+    let Some(slot) = state.slots[model.provider].try_acquire() else {
+        ctx.failures.push(format!(
+            "{}: skipped (provider at max_connections)",
+            model.qualified
+        ));
+        return None;
+    };
+    if state.models[idx].acquire().is_none() {
+        ctx.failures
+            .push(format!("{}: skipped (recovering)", model.qualified));
+        return None;
+    }
+    ctx.attempts += 1;
+    ctx.provider = Some(model.provider_name.clone());
+    ctx.model = Some(model.id.clone());
+    Some(slot)
 }

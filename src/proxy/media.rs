@@ -539,23 +539,10 @@ async fn run(
                 continue;
             }
         };
-        // Held for the whole exchange; the provider may have filled up since planning.
-        let Some(_slot) = state.slots[model.provider].try_acquire() else {
-            ctx.failures.push(format!(
-                "{}: skipped (provider at max_connections)",
-                model.qualified
-            ));
+        let Some(_slot) = super::chat::claim(state, idx, ctx) else {
             continue;
         };
-        if live.acquire().is_none() {
-            ctx.failures
-                .push(format!("{}: skipped (recovering)", model.qualified));
-            continue;
-        }
         let upstream = &state.upstreams[model.provider];
-        ctx.attempts += 1;
-        ctx.provider = Some(model.provider_name.clone());
-        ctx.model = Some(model.id.clone());
         let started = Instant::now();
         let outcome = attempt(gw, upstream, model, &request, timeouts, stage, session, ctx).await;
         match outcome {
