@@ -7,16 +7,19 @@
 //! makes. Target: under 200 ms for the 30-day range.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use freeway::config::RedactIp;
 use freeway::observe::db::{self, GroupBy};
-use freeway::observe::record::RequestRecord;
+use freeway::observe::record::{IpCache, IpRedactor, RequestRecord};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 const ROWS: i64 = 1_000_000;
 const DAY_MS: i64 = 86_400_000;
 
-fn load(path: &std::path::Path) -> rusqlite::Connection {
+fn load(path: &std::path::Path) -> db::LogDb {
     let _ = std::fs::remove_file(path);
-    let mut conn = db::open(path).expect("open the bench database");
+    let mut conn = db::LogDb::open(path).expect("open the bench database");
+    let mut ips = IpCache::new(IpRedactor::new(RedactIp::Truncate, ""));
     let providers = ["groq", "gemini", "openrouter", "cerebras", "sambanova"];
     let start = 1_760_000_000_000_i64;
     let t = Instant::now();
@@ -34,10 +37,9 @@ fn load(path: &std::path::Path) -> rusqlite::Connection {
             ts_ms: start + i * 30 * DAY_MS / ROWS,
             request_id: format!("fw-bench{i:010}"),
             key_label: format!("key-{}", rng.u32(..10)),
-            client_ip: Some("10.0.0.0/24".into()),
-            method: "POST".into(),
+            client_ip: Some(IpAddr::from([10, 0, 0, (i % 200) as u8])),
+            method: "POST",
             endpoint: "chat",
-            path: "/v1/chat/completions".into(),
             requested_model: Some("auto".into()),
             provider: providers[p].into(),
             model: format!("model-{}", rng.u32(..4)),
@@ -53,11 +55,11 @@ fn load(path: &std::path::Path) -> rusqlite::Connection {
             ..Default::default()
         });
         if batch.len() == batch.capacity() {
-            db::insert(&mut conn, &batch).expect("insert");
+            conn.insert(&batch, &mut ips).expect("insert");
             batch.clear();
         }
     }
-    db::insert(&mut conn, &batch).expect("insert");
+    conn.insert(&batch, &mut ips).expect("insert");
     conn.execute_batch("ANALYZE").expect("analyze");
     eprintln!("loaded {ROWS} rows in {:.1} s", t.elapsed().as_secs_f64());
     conn
@@ -93,6 +95,7 @@ fn bench(c: &mut Criterion) {
     // What the writer thread pays per record: a batch of 350 (25 ms of a busy gateway) in
     // one transaction, appended to the million-row store.
     let mut conn = conn;
+    let mut ips = IpCache::new(IpRedactor::new(RedactIp::Truncate, ""));
     let mut g = c.benchmark_group("request_log_writer");
     g.throughput(criterion::Throughput::Elements(350));
     let mut ts = to;
@@ -106,10 +109,9 @@ fn bench(c: &mut Criterion) {
                             ts_ms: ts,
                             request_id: format!("fw-insert{ts:012}"),
                             key_label: "app".into(),
-                            client_ip: Some("10.0.0.0/24".into()),
-                            method: "POST".into(),
+                            client_ip: Some(IpAddr::from([10, 0, 0, (i % 200) as u8])),
+                            method: "POST",
                             endpoint: "chat",
-                            path: "/v1/chat/completions".into(),
                             requested_model: Some("auto".into()),
                             provider: "groq".into(),
                             model: format!("model-{}", i % 4),
@@ -126,7 +128,7 @@ fn bench(c: &mut Criterion) {
                     })
                     .collect::<Vec<_>>()
             },
-            |batch| db::insert(&mut conn, &batch).expect("insert"),
+            |batch| conn.insert(&batch, &mut ips).expect("insert"),
             criterion::BatchSize::LargeInput,
         )
     });

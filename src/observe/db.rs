@@ -9,49 +9,99 @@
 //! instead of every request (and the raw table needs no wide covering index, which keeps
 //! the writer cheap).
 
+use super::record::IpCache;
 use super::record::RequestRecord;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{ffi, params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::c_int;
 use std::hash::Hash;
 use std::path::Path;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS request_log (
-    id INTEGER PRIMARY KEY,
-    ts_ms INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    key_label TEXT NOT NULL,
-    client_ip TEXT,
-    method TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    path TEXT NOT NULL,
-    requested_model TEXT,
-    provider TEXT NOT NULL,
-    model TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    failures TEXT,
-    status INTEGER NOT NULL,
-    cache_status TEXT NOT NULL,
-    streamed INTEGER NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    tokens_estimated INTEGER NOT NULL,
-    ttft_ms REAL,
-    duration_ms REAL NOT NULL,
-    overhead_ms REAL NOT NULL,
-    lat_bucket INTEGER NOT NULL,
-    cost_usd REAL NOT NULL,
-    metadata TEXT
-);
--- (Stores from before the rollup had a wide covering index under another name.)
-DROP INDEX IF EXISTS request_log_time;
-CREATE INDEX IF NOT EXISTS request_log_ts ON request_log (ts_ms);
--- Recent failures (errors and failed-over attempts) without scanning the successes.
-CREATE INDEX IF NOT EXISTS request_log_failed ON request_log (ts_ms)
-    WHERE status >= 400 OR failures IS NOT NULL;
-";
+/// One row per request, in `request_log_data`: the arrival time, the status and the
+/// failures are columns of their own (the indexes need them); every other field is one
+/// position of `record`, a JSON array. The view `request_log` shows every field as a column
+/// (`SELECT provider, model, duration_ms FROM request_log` works in any SQLite client), and
+/// is what analytics reads.
+///
+/// Why: each bound column costs the writer ~240 instructions a row (bind, VDBE, record
+/// encoding) where a field appended to `record` costs ~30, and the writer's whole cost per
+/// request is budgeted at a few percent of the gateway's (README, Performance). Generated
+/// columns would read the same but SQLite computes them on every INSERT; a view costs
+/// nothing until read.
+const FIELDS: [&str; 20] = [
+    "request_id",
+    "key_label",
+    "client_ip",
+    "method",
+    "endpoint",
+    "path",
+    "requested_model",
+    "provider",
+    "model",
+    "attempts",
+    "cache_status",
+    "streamed",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_estimated",
+    "ttft_ms",
+    "duration_ms",
+    "overhead_ms",
+    "cost_usd",
+    "metadata",
+];
+
+/// SQL reading field `name` of a `request_log_data` row.
+fn field(name: &str) -> String {
+    let i = FIELDS.iter().position(|f| *f == name).expect("a field");
+    format!("json_extract(record, '$[{i}]')")
+}
+
+/// The request log's table, indexes and view.
+fn schema() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let columns: Vec<String> = FIELDS
+            .iter()
+            .map(|name| format!("{} AS {name}", field(name)))
+            .collect();
+        format!(
+            "CREATE TABLE IF NOT EXISTS request_log_data (
+                 id INTEGER PRIMARY KEY,
+                 ts_ms INTEGER,
+                 status INTEGER,
+                 failures TEXT,
+                 record TEXT
+             );
+             CREATE INDEX IF NOT EXISTS request_log_ts ON request_log_data (ts_ms);
+             -- Recent failures (errors and failed-over attempts) without the successes.
+             CREATE INDEX IF NOT EXISTS request_log_failed ON request_log_data (ts_ms)
+                 WHERE status >= 400 OR failures IS NOT NULL;
+             CREATE VIEW IF NOT EXISTS request_log AS
+                 SELECT id, ts_ms, status, failures, {} FROM request_log_data;",
+            columns.join(", ")
+        )
+    })
+}
+
+/// Stores written before `record` existed had a `request_log` table with one column per
+/// field: its rows move to `request_log_data` once, in one transaction, on the first open.
+fn upgrade_v1_sql() -> String {
+    format!(
+        "DROP INDEX IF EXISTS request_log_time;
+         DROP INDEX IF EXISTS request_log_ts;
+         DROP INDEX IF EXISTS request_log_failed;
+         ALTER TABLE request_log RENAME TO request_log_v1;
+         {}
+         INSERT INTO request_log_data (id, ts_ms, status, failures, record)
+             SELECT id, ts_ms, status, failures, json_array({}) FROM request_log_v1;
+         DROP TABLE request_log_v1;",
+        schema(),
+        FIELDS.join(", ")
+    )
+}
 
 /// The rollup: one row per (hour, provider, model, key). `hist` is the latency histogram,
 /// `(lat_bucket: u8, count: LEB128)` pairs in bucket order.
@@ -78,7 +128,7 @@ CREATE TABLE request_hourly (
 const HOUR_MS: i64 = 3_600_000;
 
 /// Opens a connection to the store at `path` (WAL) and makes sure the tables exist. The
-/// first open after an upgrade from a store without the rollup builds it from the raw rows.
+/// first open after an upgrade moves old rows to the current table and builds the rollup.
 pub fn open(path: &Path) -> Result<Connection, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -89,7 +139,8 @@ pub fn open(path: &Path) -> Result<Connection, String> {
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
     )
-    .and_then(|_| conn.execute_batch(SCHEMA))
+    .and_then(|_| upgrade_v1(&conn))
+    .and_then(|_| conn.execute_batch(schema()))
     .and_then(|_| ensure_rollup(&conn))
     .map_err(|e| {
         format!(
@@ -100,51 +151,76 @@ pub fn open(path: &Path) -> Result<Connection, String> {
     Ok(conn)
 }
 
-/// Creates the rollup if missing and fills it from the raw rows, atomically (readers and the
-/// writer may open the store at the same time; exactly one of them builds it).
-fn ensure_rollup(conn: &Connection) -> rusqlite::Result<()> {
-    let exists = |c: &Connection| -> rusqlite::Result<bool> {
-        c.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'request_hourly'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|n| n > 0)
-    };
-    if exists(conn)? {
+/// Runs `work` if `needed`, in one write transaction that checks `needed` again first:
+/// readers and the writer may open the store at the same time, and exactly one of them
+/// must do the work.
+fn once(
+    conn: &Connection,
+    needed: impl Fn(&Connection) -> rusqlite::Result<bool>,
+    work: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    if !needed(conn)? {
         return Ok(());
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let built = (|| {
-        if exists(conn)? {
-            return Ok(());
+    let done = (|| {
+        if needed(conn)? {
+            work(conn)?;
         }
-        conn.execute_batch(ROLLUP_SCHEMA)?;
-        let mut cells: HashMap<CellKey<String>, Aggregate> = HashMap::new();
-        let mut stmt = conn.prepare(
-            "SELECT ts_ms / 3600000 * 3600000, provider, model, key_label, lat_bucket, count(*),
-                    sum(status < 400), sum(status = 429), sum(attempts > 1 AND status < 400),
-                    sum(prompt_tokens), sum(completion_tokens), sum(cost_usd),
-                    sum(cache_status = 'HIT'), sum(overhead_ms)
-             FROM request_log GROUP BY 1, 2, 3, 4, 5",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let key: CellKey<String> = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-            let row = row_at(r, Some(4), 5)?;
-            cells.entry(key).or_default().add(&row);
-        }
-        drop(rows);
-        drop(stmt);
-        upsert_cells(conn, cells)
+        Ok(())
     })();
-    match built {
+    match done {
         Ok(()) => conn.execute_batch("COMMIT"),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
         }
     }
+}
+
+/// Moves a store's rows from the one-column-per-field table (before `request_log_data`).
+fn upgrade_v1(conn: &Connection) -> rusqlite::Result<()> {
+    let old = |c: &Connection| {
+        c.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'request_log'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    once(conn, old, |c| {
+        let n: i64 = c.query_row("SELECT count(*) FROM request_log", [], |r| r.get(0))?;
+        log::info!("request log: moving {n} records to the current table");
+        c.execute_batch(&upgrade_v1_sql())
+    })
+}
+
+/// Creates the rollup if missing and fills it from the raw rows.
+fn ensure_rollup(conn: &Connection) -> rusqlite::Result<()> {
+    let missing = |c: &Connection| {
+        c.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'request_hourly'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n == 0)
+    };
+    once(conn, missing, |c| {
+        c.execute_batch(ROLLUP_SCHEMA)?;
+        let mut cells: Cells<String> = Cells::default();
+        let mut stmt = c.prepare(&format!(
+            "SELECT ts_ms / 3600000 * 3600000, provider, model, key_label, {RAW_ROW}
+             FROM request_log"
+        ))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let key: CellKey<String> = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            cells.entry(key).or_default().add(&raw_row_at(r, 4)?);
+        }
+        drop(rows);
+        drop(stmt);
+        upsert_cells(c, cells)
+    })
 }
 
 /// Latency bucket: 16 per e-fold of (1 + ms), about 6% wide. Percentiles are read from
@@ -157,19 +233,16 @@ fn bucket_ms(b: i64) -> f64 {
     ((b as f64) / 16.0).exp() - 1.0
 }
 
-/// Columns of `request_log` written per record.
-const COLUMNS: usize = 24;
-/// Records per multi-row INSERT.
+/// Parameters bound per record: `ts_ms, status, failures, record`.
+const COLUMNS: usize = 4;
+/// Records per multi-row INSERT: SQLite's per-statement work (step, reset, the VDBE
+/// preamble) is paid once per chunk instead of once per row.
 const ROWS_PER_INSERT: usize = 32;
 
 /// `INSERT INTO request_log (…) VALUES (…), (…)…` for `rows` records.
 fn insert_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO request_log (ts_ms, request_id, key_label, client_ip, method, endpoint,
-            path, requested_model, provider, model, attempts, failures, status, cache_status,
-            streamed, prompt_tokens, completion_tokens, tokens_estimated, ttft_ms,
-            duration_ms, overhead_ms, lat_bucket, cost_usd, metadata) VALUES ",
-    );
+    let mut sql =
+        String::from("INSERT INTO request_log_data (ts_ms, status, failures, record) VALUES ");
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
         for col in 0..COLUMNS {
@@ -183,94 +256,311 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
-/// Binds `r` to parameters `base + 1 ..= base + COLUMNS`.
-fn bind_record(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    base: usize,
-    r: &RequestRecord,
-) -> rusqlite::Result<()> {
-    let failures =
-        (!r.failures.is_empty()).then(|| serde_json::to_string(&r.failures).unwrap_or_default());
-    let values: [&dyn rusqlite::ToSql; COLUMNS] = [
-        &r.ts_ms,
-        &r.request_id,
-        &r.key_label,
-        &r.client_ip,
-        &r.method,
-        &r.endpoint,
-        &r.path,
-        &r.requested_model,
-        &r.provider,
-        &r.model,
-        &r.attempts,
-        &failures,
-        &r.status,
-        &r.cache_status,
-        &r.streamed,
-        &(r.prompt_tokens as i64),
-        &(r.completion_tokens as i64),
-        &r.tokens_estimated,
-        &r.ttft_ms,
-        &r.duration_ms,
-        &r.overhead_ms,
-        &lat_bucket(r.duration_ms),
-        &r.cost_usd,
-        &r.metadata,
-    ];
-    for (i, v) in values.into_iter().enumerate() {
-        stmt.raw_bind_parameter(base + i + 1, v)?;
-    }
-    Ok(())
+/// The writer thread's connection, with its INSERT statements prepared once. Derefs to the
+/// connection for everything else (retention, reads in tests).
+pub struct LogDb {
+    // Declared before `conn`: statements are finalized before the connection closes.
+    many: RawInsert,
+    one: RawInsert,
+    conn: Connection,
+    /// Per row of a chunk: its `failures` and `record` text, alive until the chunk is stepped.
+    scratch: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// Writes `records` in one transaction.
-pub fn insert<R: Borrow<RequestRecord>>(
-    conn: &mut Connection,
-    records: &[R],
-) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        // Many rows per statement: SQLite's per-statement work (step, reset, the VDBE
-        // preamble) is paid once per chunk instead of once per row.
+impl std::ops::Deref for LogDb {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl LogDb {
+    pub fn open(path: &Path) -> Result<LogDb, String> {
+        let conn = open(path)?;
+        let prepare = |rows| {
+            RawInsert::prepare(&conn, &insert_sql(rows))
+                .map_err(|e| format!("cannot prepare the request log insert: {e}"))
+        };
+        Ok(LogDb {
+            many: prepare(ROWS_PER_INSERT)?,
+            one: prepare(1)?,
+            scratch: vec![Default::default(); ROWS_PER_INSERT],
+            conn,
+        })
+    }
+
+    /// Writes `records` and their rollup in one transaction; `ips` redacts client IPs.
+    pub fn insert<R: Borrow<RequestRecord>>(
+        &mut self,
+        records: &[R],
+        ips: &mut IpCache,
+    ) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
         let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
-        static MANY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        static ONE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let mut stmt = tx.prepare_cached(MANY.get_or_init(|| insert_sql(ROWS_PER_INSERT)))?;
         for chunk in &mut chunks {
             for (i, r) in chunk.iter().enumerate() {
-                bind_record(&mut stmt, i * COLUMNS, r.borrow())?;
+                let (failures, record) = &mut self.scratch[i];
+                encode(r.borrow(), ips, failures, record);
+                // SAFETY: `failures` and `record` live in `self.scratch`, untouched until
+                // `exec` below has stepped the statement.
+                unsafe { self.many.bind(i * COLUMNS, r.borrow(), failures, record)? };
             }
-            stmt.raw_execute()?;
+            self.many.exec()?;
         }
-        let mut one = tx.prepare_cached(ONE.get_or_init(|| insert_sql(1)))?;
         for r in chunks.remainder() {
-            bind_record(&mut one, 0, r.borrow())?;
-            one.raw_execute()?;
+            let (failures, record) = &mut self.scratch[0];
+            encode(r.borrow(), ips, failures, record);
+            // SAFETY: as above.
+            unsafe { self.one.bind(0, r.borrow(), failures, record)? };
+            self.one.exec()?;
+        }
+        let mut cells: Cells<&str> = Cells::default();
+        for r in records {
+            let r: &RequestRecord = r.borrow();
+            let hour = r.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
+            let key = (
+                hour,
+                r.provider.as_str(),
+                r.model.as_str(),
+                r.key_label.as_str(),
+            );
+            cells.entry(key).or_default().add(&Row::of(r));
+        }
+        upsert_cells(&tx, cells)?;
+        tx.commit()
+    }
+}
+
+/// `r`'s `failures` (a JSON array; none = empty = NULL) and `record` (the JSON array of
+/// [`FIELDS`], in order).
+fn encode(r: &RequestRecord, ips: &mut IpCache, failures: &mut Vec<u8>, out: &mut Vec<u8>) {
+    failures.clear();
+    if !r.failures.is_empty() {
+        let _ = serde_json::to_writer(&mut *failures, &r.failures);
+    }
+    out.clear();
+    out.push(b'[');
+    json_str(out, &r.request_id);
+    out.push(b',');
+    json_str(out, &r.key_label);
+    out.push(b',');
+    match r.client_ip {
+        Some(ip) => json_str(out, ips.get(ip)),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b',');
+    json_str(out, r.method);
+    out.push(b',');
+    json_str(out, r.endpoint);
+    out.push(b',');
+    json_opt(out, r.path.as_deref());
+    out.push(b',');
+    json_opt(out, r.requested_model.as_deref());
+    out.push(b',');
+    json_str(out, &r.provider);
+    out.push(b',');
+    json_str(out, &r.model);
+    out.push(b',');
+    json_int(out, u64::from(r.attempts));
+    out.push(b',');
+    json_str(out, r.cache_status);
+    out.push(b',');
+    json_int(out, u64::from(r.streamed));
+    out.push(b',');
+    json_int(out, r.prompt_tokens);
+    out.push(b',');
+    json_int(out, r.completion_tokens);
+    out.push(b',');
+    json_int(out, u64::from(r.tokens_estimated));
+    out.push(b',');
+    match r.ttft_ms {
+        Some(t) => json_ms(out, t),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b',');
+    json_ms(out, r.duration_ms);
+    out.push(b',');
+    json_ms(out, r.overhead_ms);
+    out.push(b',');
+    json_f64(out, r.cost_usd);
+    out.push(b',');
+    json_opt(out, r.metadata.as_deref());
+    out.push(b']');
+}
+
+fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn json_int(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// A finite number as JSON (`null` otherwise: JSON has no NaN).
+fn json_f64(out: &mut Vec<u8>, v: f64) {
+    let _ = serde_json::to_writer(&mut *out, &v);
+}
+
+/// Milliseconds to the microsecond (`12.345`), the precision the gateway measures: a third
+/// of the cost of the shortest round-trip form of an arbitrary `f64`.
+fn json_ms(out: &mut Vec<u8>, ms: f64) {
+    let us = (ms * 1000.0).round();
+    if !(0.0..9.0e15).contains(&us) {
+        return json_f64(out, ms);
+    }
+    let us = us as u64;
+    out.extend_from_slice(itoa::Buffer::new().format(us / 1000).as_bytes());
+    let frac = us % 1000;
+    if frac != 0 {
+        let digits = [
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ];
+        let mut keep = digits.len();
+        while digits[keep - 1] == b'0' {
+            keep -= 1;
+        }
+        out.extend_from_slice(&digits[..keep]);
+    }
+}
+
+/// `s` as a JSON string: copied as is when nothing needs escaping (the usual case).
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // No early exit: the loop vectorises, and the strings are short.
+    let plain = s
+        .bytes()
+        .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+/// A prepared INSERT whose text parameters are bound in place (`SQLITE_STATIC`) rather than
+/// copied, through the C API: rusqlite copies every bound string (`SQLITE_TRANSIENT`),
+/// which was a third of the writer's cost per record.
+///
+/// The contract: `bind` sets every parameter of a row, `exec` steps and resets. Bound
+/// pointers stay in the statement after `exec` (SQLite neither reads nor frees them outside
+/// `sqlite3_step`), and every row is bound again before the next step.
+struct RawInsert {
+    stmt: std::ptr::NonNull<ffi::sqlite3_stmt>,
+    db: *mut ffi::sqlite3,
+}
+
+// SAFETY: the statement is only used by the thread that owns the `LogDb` (a connection is
+// `Send`, and so is a statement prepared on it and moved along with it).
+unsafe impl Send for RawInsert {}
+
+impl RawInsert {
+    fn prepare(conn: &Connection, sql: &str) -> rusqlite::Result<RawInsert> {
+        // SAFETY: `conn` is open; the statement is finalized (Drop) before `LogDb` drops
+        // the connection (field order).
+        unsafe {
+            let db = conn.handle();
+            let mut stmt = std::ptr::null_mut();
+            let rc = ffi::sqlite3_prepare_v3(
+                db,
+                sql.as_ptr().cast(),
+                sql.len() as c_int,
+                ffi::SQLITE_PREPARE_PERSISTENT,
+                &mut stmt,
+                std::ptr::null_mut(),
+            );
+            let raw = RawInsert {
+                stmt: std::ptr::NonNull::new(stmt)
+                    .ok_or_else(|| rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None))?,
+                db,
+            };
+            raw.check(rc)?;
+            Ok(raw)
         }
     }
-    let mut cells: HashMap<CellKey<&str>, Aggregate> = HashMap::new();
-    for r in records {
-        let r: &RequestRecord = r.borrow();
-        let hour = r.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
-        let key = (
-            hour,
-            r.provider.as_str(),
-            r.model.as_str(),
-            r.key_label.as_str(),
-        );
-        cells.entry(key).or_default().add(&Row::of(r));
+
+    #[inline]
+    fn check(&self, rc: c_int) -> rusqlite::Result<()> {
+        if rc == ffi::SQLITE_OK || rc == ffi::SQLITE_DONE {
+            return Ok(());
+        }
+        self.error(rc)
     }
-    upsert_cells(&tx, cells)?;
-    tx.commit()
+
+    #[cold]
+    fn error(&self, rc: c_int) -> rusqlite::Result<()> {
+        // SAFETY: `db` is the open connection the statement belongs to.
+        let msg = unsafe { std::ffi::CStr::from_ptr(ffi::sqlite3_errmsg(self.db)) };
+        Err(rusqlite::Error::SqliteFailure(
+            ffi::Error::new(rc),
+            Some(msg.to_string_lossy().into_owned()),
+        ))
+    }
+
+    /// Binds one row to parameters `base + 1 ..= base + COLUMNS`.
+    ///
+    /// # Safety
+    /// `failures` and `record` must stay alive and unchanged until `exec` has run.
+    unsafe fn bind(
+        &mut self,
+        base: usize,
+        r: &RequestRecord,
+        failures: &[u8],
+        record: &[u8],
+    ) -> rusqlite::Result<()> {
+        let st = self.stmt.as_ptr();
+        let i = |n: usize| (base + n) as c_int;
+        let text = |n: usize, b: &[u8]| match b {
+            [] => ffi::sqlite3_bind_null(st, i(n)),
+            b => {
+                let (ptr, len) = (b.as_ptr().cast(), b.len() as c_int);
+                ffi::sqlite3_bind_text(st, i(n), ptr, len, ffi::SQLITE_STATIC())
+            }
+        };
+        for rc in [
+            ffi::sqlite3_bind_int64(st, i(1), r.ts_ms),
+            ffi::sqlite3_bind_int64(st, i(2), i64::from(r.status)),
+            text(3, failures),
+            text(4, record),
+        ] {
+            self.check(rc)?;
+        }
+        Ok(())
+    }
+
+    /// Steps the statement bound by `bind` and resets it.
+    fn exec(&mut self) -> rusqlite::Result<()> {
+        // SAFETY: a valid statement, every parameter bound by `bind`.
+        unsafe {
+            let rc = ffi::sqlite3_step(self.stmt.as_ptr());
+            let reset = ffi::sqlite3_reset(self.stmt.as_ptr());
+            self.check(if rc == ffi::SQLITE_DONE { reset } else { rc })
+        }
+    }
+}
+
+impl Drop for RawInsert {
+    fn drop(&mut self) {
+        // SAFETY: prepared by `prepare`, finalized once.
+        unsafe { ffi::sqlite3_finalize(self.stmt.as_ptr()) };
+    }
 }
 
 /// (hour_ms, provider, model, key_label): one rollup row.
 type CellKey<S> = (i64, S, S, S);
+/// A batch's rollup rows (foldhash: SipHash was ~600 instructions a record here).
+type Cells<S> = HashMap<CellKey<S>, Aggregate, foldhash::fast::RandomState>;
 
 /// Adds `cells` to the rollup rows they belong to.
 fn upsert_cells<S: AsRef<str> + Eq + Hash>(
     conn: &Connection,
-    cells: HashMap<CellKey<S>, Aggregate>,
+    cells: Cells<S>,
 ) -> rusqlite::Result<()> {
     let mut read = conn.prepare_cached(
         "SELECT n, ok, limited, failovers, prompt, completion, cost, hits, overhead, hist
@@ -287,7 +577,7 @@ fn upsert_cells<S: AsRef<str> + Eq + Hash>(
         let old = read
             .query_row(params![hour, p, m, k], |r| {
                 let mut a = Aggregate::default();
-                a.add_sums(&row_at(r, None, 0)?);
+                a.add_sums(&row_at(r, 0)?);
                 a.add_hist(r.get_ref(9)?.as_blob()?);
                 Ok(a)
             })
@@ -323,30 +613,30 @@ pub fn retain(conn: &Connection, cutoff_ms: Option<i64>, max_rows: u64) -> rusql
         // ids grow with time: delete by id range, found through the time index.
         let first_kept: Option<i64> = conn
             .query_row(
-                "SELECT min(id) FROM request_log WHERE ts_ms >= ?1",
+                "SELECT min(id) FROM request_log_data WHERE ts_ms >= ?1",
                 [cutoff],
                 |r| r.get(0),
             )
             .optional()?
             .flatten();
         deleted += match first_kept {
-            Some(id) => conn.execute("DELETE FROM request_log WHERE id < ?1", [id])?,
-            None => conn.execute("DELETE FROM request_log WHERE ts_ms < ?1", [cutoff])?,
+            Some(id) => conn.execute("DELETE FROM request_log_data WHERE id < ?1", [id])?,
+            None => conn.execute("DELETE FROM request_log_data WHERE ts_ms < ?1", [cutoff])?,
         };
     }
     if max_rows > 0 {
         let max_id: Option<i64> =
-            conn.query_row("SELECT max(id) FROM request_log", [], |r| r.get(0))?;
+            conn.query_row("SELECT max(id) FROM request_log_data", [], |r| r.get(0))?;
         if let Some(max_id) = max_id {
             let keep_from = max_id - max_rows as i64 + 1;
-            deleted += conn.execute("DELETE FROM request_log WHERE id < ?1", [keep_from])?;
+            deleted += conn.execute("DELETE FROM request_log_data WHERE id < ?1", [keep_from])?;
         }
     }
     if deleted > 0 {
         // Whole hours before the oldest raw row left (or before the age cutoff when none is
         // left) go from the rollup too.
         let oldest: Option<i64> =
-            conn.query_row("SELECT min(ts_ms) FROM request_log", [], |r| r.get(0))?;
+            conn.query_row("SELECT min(ts_ms) FROM request_log_data", [], |r| r.get(0))?;
         if let Some(bound) = oldest.or(cutoff_ms) {
             conn.execute(
                 "DELETE FROM request_hourly WHERE hour_ms + ?1 <= ?2",
@@ -583,15 +873,12 @@ impl Row {
     }
 }
 
-/// Reads `n, ok, limited, failovers, prompt, completion, cost, hits, overhead` from column
-/// `at` on, and the latency bucket from column `bucket` (if any).
-fn row_at(r: &rusqlite::Row<'_>, bucket: Option<usize>, at: usize) -> rusqlite::Result<Row> {
+/// Reads `n, ok, limited, failovers, prompt, completion, cost, hits, overhead` (a rollup
+/// row's sums) from column `at` on.
+fn row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row> {
     let count = |i: usize| r.get::<_, i64>(at + i).map(|v| v.max(0) as u64);
     Ok(Row {
-        bucket: match bucket {
-            Some(i) => r.get(i)?,
-            None => 0,
-        },
+        bucket: 0,
         n: count(0)?,
         ok: count(1)?,
         limited: count(2)?,
@@ -601,6 +888,29 @@ fn row_at(r: &rusqlite::Row<'_>, bucket: Option<usize>, at: usize) -> rusqlite::
         cost: r.get(at + 6)?,
         hits: count(7)?,
         overhead: r.get(at + 8)?,
+    })
+}
+
+/// What analytics reads of one raw row, in the order [`raw_row_at`] expects.
+const RAW_ROW: &str = "duration_ms, status, attempts, prompt_tokens, completion_tokens, cost_usd,
+    cache_status = 'HIT', overhead_ms";
+
+/// One raw row (selected as [`RAW_ROW`] from column `at` on) as a one-request [`Row`].
+fn raw_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row> {
+    let status: i64 = r.get(at + 1)?;
+    let attempts: i64 = r.get(at + 2)?;
+    let ok = status < 400;
+    Ok(Row {
+        bucket: lat_bucket(r.get(at)?),
+        n: 1,
+        ok: ok.into(),
+        limited: (status == 429).into(),
+        failovers: (ok && attempts > 1).into(),
+        prompt: r.get::<_, i64>(at + 3)?.max(0) as u64,
+        completion: r.get::<_, i64>(at + 4)?.max(0) as u64,
+        cost: r.get(at + 5)?,
+        hits: r.get::<_, i64>(at + 6)?.max(0) as u64,
+        overhead: r.get(at + 7)?,
     })
 }
 
@@ -676,7 +986,8 @@ pub fn analytics(
     Ok(out)
 }
 
-/// Raw rows in `[from_ms, to_ms)`, counted per (group, latency bucket) by SQL.
+/// Raw rows in `[from_ms, to_ms)`, folded here (their latency buckets are computed, not
+/// stored).
 fn raw_analytics(
     conn: &Connection,
     from_ms: i64,
@@ -688,18 +999,13 @@ fn raw_analytics(
         return Ok(());
     }
     let (g1, g2) = group.columns("ts_ms");
-    let sql = format!(
-        "SELECT {g1}, {g2}, lat_bucket, count(*), sum(status < 400), sum(status = 429),
-                sum(attempts > 1 AND status < 400), sum(prompt_tokens), sum(completion_tokens),
-                sum(cost_usd), sum(cache_status = 'HIT'), sum(overhead_ms)
-         FROM request_log WHERE ts_ms >= ?1 AND ts_ms < ?2
-         GROUP BY 1, 2, 3"
-    );
+    let sql =
+        format!("SELECT {g1}, {g2}, {RAW_ROW} FROM request_log WHERE ts_ms >= ?1 AND ts_ms < ?2");
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(params![from_ms, to_ms])?;
     let mut name = String::new();
     while let Some(r) = rows.next()? {
-        let row = row_at(r, Some(2), 3)?;
+        let row = raw_row_at(r, 2)?;
         out.totals.add(&row);
         if let Some(g) = out.group(group, r, &mut name)? {
             g.add(&row);
@@ -726,7 +1032,7 @@ fn hourly_analytics(
     let mut rows = stmt.query(params![from_ms, to_ms])?;
     let mut name = String::new();
     while let Some(r) = rows.next()? {
-        let row = row_at(r, None, 2)?;
+        let row = row_at(r, 2)?;
         let hist = r.get_ref(11)?.as_blob()?;
         out.totals.add_sums(&row);
         out.totals.add_hist(hist);
@@ -761,13 +1067,33 @@ pub fn recent_failures(
     to_ms: i64,
     limit: u32,
 ) -> rusqlite::Result<Vec<FailureRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT ts_ms, request_id, endpoint, key_label, requested_model, provider, model,
-                status, attempts, failures, duration_ms
-         FROM request_log INDEXED BY request_log_failed
-         WHERE (status >= 400 OR failures IS NOT NULL) AND ts_ms >= ?1 AND ts_ms < ?2
-         ORDER BY ts_ms DESC LIMIT ?3",
-    )?;
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        let f = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| field(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "SELECT ts_ms, {}, status, {}, failures, {}
+             FROM request_log_data INDEXED BY request_log_failed
+             WHERE (status >= 400 OR failures IS NOT NULL) AND ts_ms >= ?1 AND ts_ms < ?2
+             ORDER BY ts_ms DESC LIMIT ?3",
+            f(&[
+                "request_id",
+                "endpoint",
+                "key_label",
+                "requested_model",
+                "provider",
+                "model"
+            ]),
+            f(&["attempts"]),
+            f(&["duration_ms"]),
+        )
+    });
+    let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(params![from_ms, to_ms, limit], |r| {
         let failures: Option<String> = r.get(9)?;
         Ok(FailureRow {
@@ -792,15 +1118,16 @@ pub fn recent_failures(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RedactIp;
+    use crate::observe::record::IpRedactor;
 
     fn rec(ts_ms: i64, provider: &str, status: u16, ms: f64) -> RequestRecord {
         RequestRecord {
             ts_ms,
             request_id: format!("r{ts_ms}"),
             key_label: "k".into(),
-            method: "POST".into(),
+            method: "POST",
             endpoint: "chat",
-            path: "/v1/chat/completions".into(),
             provider: provider.into(),
             model: "m".into(),
             attempts: 1,
@@ -814,10 +1141,15 @@ mod tests {
         }
     }
 
-    fn temp_db(name: &str) -> Connection {
+    fn temp_db(name: &str) -> LogDb {
         let dir = std::env::temp_dir().join(format!("freeway-db-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        open(&dir.join("t.db")).unwrap()
+        LogDb::open(&dir.join("t.db")).unwrap()
+    }
+
+    fn insert(c: &mut LogDb, records: &[RequestRecord]) -> rusqlite::Result<()> {
+        let mut ips = IpCache::new(IpRedactor::new(RedactIp::Off, ""));
+        c.insert(records, &mut ips)
     }
 
     #[test]
@@ -903,7 +1235,7 @@ mod tests {
 
     /// Records over ~5 hours from several providers, keys and statuses, written in batches
     /// so rollup rows are merged across transactions.
-    fn spread(c: &mut Connection) {
+    fn spread(c: &mut LogDb) {
         let mut rng = fastrand::Rng::with_seed(11);
         let all: Vec<RequestRecord> = (0..3000)
             .map(|i| {
@@ -911,13 +1243,13 @@ mod tests {
                     i * 6_000 + rng.i64(0..5_000),
                     ["a", "b", "c"][rng.usize(..3)],
                     [200, 200, 200, 429, 502][rng.usize(..5)],
-                    rng.f64() * 20_000.0,
+                    (rng.f64() * 20_000_000.0).round() / 1000.0,
                 );
                 r.key_label = format!("k{}", rng.u32(..3));
                 r.attempts = 1 + u32::from(rng.bool());
                 r.cache_status = if rng.u32(..4) == 0 { "HIT" } else { "MISS" };
                 r.cost_usd = rng.f64() / 1000.0;
-                r.overhead_ms = rng.f64();
+                r.overhead_ms = rng.u32(..1000) as f64 / 1000.0;
                 r
             })
             .collect();
@@ -976,6 +1308,261 @@ mod tests {
             .query_row("SELECT min(hour_ms) FROM request_hourly", [], |r| r.get(0))
             .unwrap();
         assert_eq!(oldest_hour, 7_200_000);
+    }
+
+    #[test]
+    fn every_field_reads_back_through_the_view() {
+        let mut c = temp_db("fields");
+        let full = RequestRecord {
+            ts_ms: 1_760_000_000_123,
+            request_id: "fw-1".into(),
+            key_label: "team \"a\"".into(),
+            client_ip: Some("203.0.113.7".parse().unwrap()),
+            method: "POST",
+            endpoint: "passthrough",
+            path: Some("/providers/x/v1/ünï\\côde".into()),
+            requested_model: Some("auto".into()),
+            provider: "groq".into(),
+            model: "llama/3.1".into(),
+            attempts: 2,
+            failures: vec!["a/m: HTTP 500".into()],
+            status: 200,
+            cache_status: "MISS",
+            streamed: true,
+            prompt_tokens: 123_456_789_012,
+            completion_tokens: 7,
+            tokens_estimated: true,
+            ttft_ms: Some(12.345),
+            duration_ms: 1234.5,
+            overhead_ms: 0.001,
+            cost_usd: 1.25e-7,
+            metadata: Some("{\"team\":\"x\"}\n\t\u{1}".into()),
+        };
+        let bare = RequestRecord {
+            ts_ms: 1_760_000_000_124,
+            method: "GET",
+            endpoint: "models",
+            status: 401,
+            cache_status: "BYPASS",
+            ..Default::default()
+        };
+        insert(&mut c, &[full.clone(), bare]).unwrap();
+        type Back = (
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            Option<String>,
+        );
+        let row = |id: i64| -> (Back, (Option<String>, String, String, i64, String, i64)) {
+            c.query_row(
+                "SELECT request_id, key_label, client_ip, method, endpoint, path,
+                        requested_model, provider, model, attempts, cache_status, streamed
+                 FROM request_log WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        (
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ),
+                        (
+                            r.get(6)?,
+                            r.get(7)?,
+                            r.get(8)?,
+                            r.get(9)?,
+                            r.get(10)?,
+                            r.get(11)?,
+                        ),
+                    ))
+                },
+            )
+            .unwrap()
+        };
+        let (a, b) = row(1);
+        assert_eq!(
+            a,
+            (
+                "fw-1".into(),
+                "team \"a\"".into(),
+                Some("203.0.113.7".into()),
+                "POST".into(),
+                "passthrough".into(),
+                full.path.clone()
+            )
+        );
+        assert_eq!(
+            b,
+            (
+                Some("auto".into()),
+                "groq".into(),
+                "llama/3.1".into(),
+                2,
+                "MISS".into(),
+                1
+            )
+        );
+        let rest: (i64, i64, i64, i64, f64, f64, f64, f64, String, String, i64) = c
+            .query_row(
+                "SELECT ts_ms, status, prompt_tokens, completion_tokens, ttft_ms, duration_ms,
+                        overhead_ms, cost_usd, metadata, failures, tokens_estimated
+                 FROM request_log WHERE id = 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                        r.get(10)?,
+                    ))
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            rest,
+            (
+                full.ts_ms,
+                200,
+                123_456_789_012,
+                7,
+                12.345,
+                1234.5,
+                0.001,
+                1.25e-7,
+                full.metadata.clone().unwrap(),
+                "[\"a/m: HTTP 500\"]".into(),
+                1
+            )
+        );
+        let bare: (
+            Option<String>,
+            Option<String>,
+            Option<f64>,
+            Option<String>,
+            i64,
+        ) = c
+            .query_row(
+                "SELECT client_ip, path, ttft_ms, failures, streamed FROM request_log
+                 WHERE id = 2",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        assert_eq!(bare, (None, None, None, None, 0));
+    }
+
+    #[test]
+    fn milliseconds_are_written_to_the_microsecond() {
+        for (ms, text) in [
+            (0.0, "0"),
+            (1.5, "1.5"),
+            (12.345, "12.345"),
+            (0.001, "0.001"),
+            (100.02, "100.02"),
+            (1234.5678, "1234.568"),
+            (f64::NAN, "null"),
+            (-1.0, "-1.0"),
+        ] {
+            let mut out = Vec::new();
+            json_ms(&mut out, ms);
+            assert_eq!(String::from_utf8(out).unwrap(), text, "{ms}");
+        }
+        for us in [1u64, 999, 1000, 1001, 123_456_789, 86_400_000_000] {
+            let ms = us as f64 / 1000.0;
+            let mut out = Vec::new();
+            json_ms(&mut out, ms);
+            let back: f64 = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, ms, "{us} µs");
+        }
+    }
+
+    #[test]
+    fn a_store_from_before_request_log_data_is_moved_on_open() {
+        let dir = std::env::temp_dir().join(format!("freeway-db-{}-v1", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE request_log (
+                    id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, request_id TEXT NOT NULL,
+                    key_label TEXT NOT NULL, client_ip TEXT, method TEXT NOT NULL,
+                    endpoint TEXT NOT NULL, path TEXT NOT NULL, requested_model TEXT,
+                    provider TEXT NOT NULL, model TEXT NOT NULL, attempts INTEGER NOT NULL,
+                    failures TEXT, status INTEGER NOT NULL, cache_status TEXT NOT NULL,
+                    streamed INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
+                    completion_tokens INTEGER NOT NULL, tokens_estimated INTEGER NOT NULL,
+                    ttft_ms REAL, duration_ms REAL NOT NULL, overhead_ms REAL NOT NULL,
+                    lat_bucket INTEGER NOT NULL, cost_usd REAL NOT NULL, metadata TEXT);
+                 CREATE INDEX request_log_ts ON request_log (ts_ms);
+                 INSERT INTO request_log VALUES
+                    (7, 5000, 'r1', 'k', '10.0.0.0/24', 'POST', 'chat', '/v1/chat/completions',
+                     'auto', 'a', 'm', 2, '[\"a/x: HTTP 500\"]', 200, 'MISS', 1, 10, 5, 0,
+                     3.5, 40.25, 0.05, 59, 0.001, NULL),
+                    (8, 6000, 'r2', 'k', NULL, 'POST', 'chat', '/v1/chat/completions',
+                     NULL, 'b', 'm', 1, NULL, 429, 'BYPASS', 0, 0, 0, 0,
+                     NULL, 1.0, 0.01, 11, 0, '{\"t\":1}');",
+            )
+            .unwrap();
+        }
+        let c = LogDb::open(&path).unwrap();
+        let rows: Vec<(i64, i64, String, Option<String>, i64, f64, Option<String>)> = c
+            .prepare(
+                "SELECT id, ts_ms, request_id, client_ip, streamed, duration_ms, failures
+                 FROM request_log ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    7,
+                    5000,
+                    "r1".into(),
+                    Some("10.0.0.0/24".into()),
+                    1,
+                    40.25,
+                    Some("[\"a/x: HTTP 500\"]".into())
+                ),
+                (8, 6000, "r2".into(), None, 0, 1.0, None),
+            ]
+        );
+        let a = analytics(&c, 0, 10_000, GroupBy::Provider).unwrap();
+        assert_eq!(
+            (a.totals.requests, a.totals.rate_limited, a.totals.failovers),
+            (2, 1, 1)
+        );
+        let f = recent_failures(&c, 0, 10_000, 10).unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[1].failures, vec!["a/x: HTTP 500".to_string()]);
+        assert_eq!(f[1].endpoint, "chat");
     }
 
     #[test]

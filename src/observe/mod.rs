@@ -18,7 +18,7 @@ use crate::proxy::ctx::RequestCtx;
 use metrics::{status_label, METRICS};
 use parking_lot::Mutex;
 use pingora::proxy::Session;
-use record::{cap, cost_usd, IpRedactor, RequestRecord, MAX_FIELD};
+use record::{cap, cost_usd, method_name, IpRedactor, RequestRecord, MAX_FIELD};
 use rusqlite::Connection;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,7 +30,6 @@ pub struct Observer {
     queue: Option<LogQueue>,
     /// The store, for analytics reads; `None` when the request log is off.
     db_path: Option<PathBuf>,
-    redactor: IpRedactor,
     /// Idle read connections for analytics (opened lazily, after any fork).
     readers: Mutex<Vec<Connection>>,
 }
@@ -51,6 +50,7 @@ impl Observer {
                     retention_days: o.retention_days,
                     max_rows: o.max_rows,
                     linger: std::time::Duration::from_millis(o.log_linger_ms),
+                    redactor: IpRedactor::new(o.redact_ip, &o.ip_hash_salt),
                 },
             );
             (Some(q), Some(s))
@@ -60,7 +60,6 @@ impl Observer {
         let observer = Observer {
             queue,
             db_path,
-            redactor: IpRedactor::new(o.redact_ip, &o.ip_hash_salt),
             readers: Mutex::new(Vec::new()),
         };
         (observer, service)
@@ -151,7 +150,7 @@ impl Observer {
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| self.redactor.redact(a.ip()));
+            .map(|a| a.ip());
         queue.push(Box::new(RequestRecord {
             ts_ms: started
                 .duration_since(UNIX_EPOCH)
@@ -159,9 +158,10 @@ impl Observer {
             request_id: std::mem::take(&mut ctx.id),
             key_label: ctx.key_label.take().unwrap_or_default(),
             client_ip,
-            method: req.method.as_str().to_string(),
+            method: method_name(&req.method),
             endpoint,
-            path: cap(path.to_string(), MAX_FIELD),
+            path: matches!(endpoint, "other" | "passthrough")
+                .then(|| cap(path.to_string(), MAX_FIELD)),
             requested_model: ctx.requested_model.take(),
             provider: ctx.provider.take().unwrap_or_default(),
             model: ctx.model.take().unwrap_or_default(),
@@ -173,9 +173,9 @@ impl Observer {
             prompt_tokens: prompt,
             completion_tokens: completion,
             tokens_estimated: estimated,
-            ttft_ms: ctx.ttft.map(|t| t.as_secs_f64() * 1000.0),
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            overhead_ms: overhead.as_secs_f64() * 1000.0,
+            ttft_ms: ctx.ttft.map(record::ms),
+            duration_ms: record::ms(elapsed),
+            overhead_ms: record::ms(overhead),
             cost_usd: cost,
             metadata,
         }));

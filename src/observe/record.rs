@@ -6,7 +6,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 
-/// What the gateway did for one request. Fields are moved out of the context, not copied.
+/// What the gateway did for one request. Fields are moved out of the context, not copied:
+/// the request path pays for a box and a few moves; formatting (the client IP, JSON) is the
+/// writer thread's job.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RequestRecord {
     /// Unix milliseconds at the request's arrival.
@@ -14,13 +16,17 @@ pub struct RequestRecord {
     pub request_id: String,
     /// Gateway key label (`key-0`, or the label of a hashed key); empty when unauthenticated.
     pub key_label: String,
-    /// Client IP after redaction (see `[observability].redact_ip`).
-    pub client_ip: Option<String>,
-    pub method: String,
+    /// The client's address, not yet redacted: the writer redacts it (see
+    /// `[observability].redact_ip`) before it is written anywhere.
+    #[serde(skip)]
+    pub client_ip: Option<IpAddr>,
+    pub method: &'static str,
     /// Canonical endpoint name (`chat`, `models`, …; `other` for unknown paths).
     pub endpoint: &'static str,
-    /// The request path (capped), for 404s and the like.
-    pub path: String,
+    /// The request path (capped), kept only where the endpoint name does not imply it
+    /// (`other`, `passthrough`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     pub requested_model: Option<String>,
     /// Provider and model that served (or were last tried); empty for local endpoints.
     pub provider: String,
@@ -35,12 +41,32 @@ pub struct RequestRecord {
     pub completion_tokens: u64,
     /// True when the provider reported no usage and the gateway estimated the tokens.
     pub tokens_estimated: bool,
+    /// Times in milliseconds, to the microsecond ([`ms`]).
     pub ttft_ms: Option<f64>,
     pub duration_ms: f64,
     pub overhead_ms: f64,
     pub cost_usd: f64,
     /// `x-gateway-metadata` (or `cf-aig-metadata`) as sent, capped.
     pub metadata: Option<String>,
+}
+
+/// The method's name without an allocation (`OTHER` for extension methods).
+pub fn method_name(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::POST => "POST",
+        http::Method::GET => "GET",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Milliseconds to the microsecond: the precision the store keeps (and writes cheaply).
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// Longest path and metadata kept in a record.
@@ -59,9 +85,18 @@ pub fn cap(mut s: String, max: usize) -> String {
 }
 
 /// How client IPs are written.
+#[derive(Clone)]
 pub struct IpRedactor {
     mode: RedactIp,
     salt: Vec<u8>,
+}
+
+impl std::fmt::Debug for IpRedactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpRedactor")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
 }
 
 impl IpRedactor {
@@ -92,6 +127,42 @@ impl IpRedactor {
                 let d = h.finalize();
                 format!("h:{}", hex::encode(&d[..8]))
             }
+        }
+    }
+}
+
+/// The writer's redacted-IP strings, by address: a gateway's clients are few and repeat, so
+/// each is formatted (or hashed) once, not once per request.
+pub struct IpCache {
+    redactor: IpRedactor,
+    slots: Vec<Option<(IpAddr, String)>>,
+}
+
+impl IpCache {
+    const SLOTS: usize = 256;
+
+    pub fn new(redactor: IpRedactor) -> IpCache {
+        IpCache {
+            redactor,
+            slots: vec![None; Self::SLOTS],
+        }
+    }
+
+    /// The redacted form of `ip`.
+    pub fn get(&mut self, ip: IpAddr) -> &str {
+        let octets = match ip {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        let mixed = (octets ^ (octets >> 64)) as u64;
+        let slot = (mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % Self::SLOTS;
+        let hit = matches!(&self.slots[slot], Some((cached, _)) if *cached == ip);
+        if !hit {
+            self.slots[slot] = Some((ip, self.redactor.redact(ip)));
+        }
+        match &self.slots[slot] {
+            Some((_, s)) => s,
+            None => unreachable!("the slot was just filled"),
         }
     }
 }
@@ -128,6 +199,19 @@ mod tests {
             h.redact(ip),
             IpRedactor::new(RedactIp::Hash, "other").redact(ip)
         );
+    }
+
+    #[test]
+    fn ip_cache_returns_each_address_redacted() {
+        let mut c = IpCache::new(IpRedactor::new(RedactIp::Truncate, ""));
+        for i in 0..1000u32 {
+            let ip = IpAddr::from((0x0a00_0000 + i * 7).to_be_bytes());
+            let want = IpRedactor::new(RedactIp::Truncate, "").redact(ip);
+            assert_eq!(c.get(ip), want);
+            assert_eq!(c.get(ip), want);
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(c.get(v6), "2001:db8:0::/48");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use super::db;
 use super::metrics::METRICS;
-use super::record::RequestRecord;
+use super::record::{IpCache, IpRedactor, RequestRecord};
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -79,6 +79,8 @@ pub struct WriterConfig {
     pub max_rows: u64,
     /// How long the writer waits for more records after the first of a batch.
     pub linger: Duration,
+    /// How client IPs are written (log and store alike).
+    pub redactor: IpRedactor,
 }
 
 /// Creates the queue (before the fork: it is plain memory) and the service that will drain it.
@@ -152,7 +154,7 @@ impl BackgroundService for LogWriterService {
 /// The writer thread.
 fn run(rx: Receiver<Box<RequestRecord>>, config: WriterConfig, stop: Arc<AtomicBool>) {
     let mut conn = config.db_path.as_ref().and_then(|p| {
-        db::open(p)
+        db::LogDb::open(p)
             .map_err(|e| log::error!("request log disabled: {e}"))
             .ok()
     });
@@ -160,6 +162,7 @@ fn run(rx: Receiver<Box<RequestRecord>>, config: WriterConfig, stop: Arc<AtomicB
     let mut last_retention: Option<Instant> = None;
     let stdout = std::io::stdout();
     let mut line = Vec::with_capacity(1024);
+    let mut ips = IpCache::new(config.redactor.clone());
     loop {
         let stopping = stop.load(Ordering::Acquire);
         match rx.recv_timeout(Duration::from_millis(if stopping { 0 } else { 100 })) {
@@ -195,7 +198,12 @@ fn run(rx: Receiver<Box<RequestRecord>>, config: WriterConfig, stop: Arc<AtomicB
             let mut out = stdout.lock();
             for r in &batch {
                 line.clear();
-                if serde_json::to_writer(&mut line, &AccessLine(r)).is_ok() {
+                let client_ip = r.client_ip.map(|ip| ips.get(ip).to_owned());
+                let access = AccessLine {
+                    record: r,
+                    client_ip,
+                };
+                if serde_json::to_writer(&mut line, &access).is_ok() {
                     line.push(b'\n');
                     let _ = out.write_all(&line);
                 }
@@ -203,7 +211,7 @@ fn run(rx: Receiver<Box<RequestRecord>>, config: WriterConfig, stop: Arc<AtomicB
             let _ = out.flush();
         }
         if let Some(c) = conn.as_mut() {
-            match db::insert(c, &batch) {
+            match c.insert(&batch, &mut ips) {
                 Ok(()) => METRICS.log_written.inc_by(batch.len() as u64),
                 Err(e) => {
                     // The disk is the problem, not the request: count and move on.
@@ -230,8 +238,12 @@ fn retention(conn: &rusqlite::Connection, config: &WriterConfig) {
     }
 }
 
-/// The access-log line: the record plus a `type` so log shippers can pick it out.
-struct AccessLine<'a>(&'a RequestRecord);
+/// The access-log line: the record, its redacted client IP, and a `type` so log shippers
+/// can pick it out.
+struct AccessLine<'a> {
+    record: &'a RequestRecord,
+    client_ip: Option<String>,
+}
 
 impl serde::Serialize for AccessLine<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -239,12 +251,14 @@ impl serde::Serialize for AccessLine<'_> {
         struct Line<'a> {
             #[serde(rename = "type")]
             kind: &'static str,
+            client_ip: &'a Option<String>,
             #[serde(flatten)]
             record: &'a RequestRecord,
         }
         Line {
             kind: "access",
-            record: self.0,
+            client_ip: &self.client_ip,
+            record: self.record,
         }
         .serialize(s)
     }
