@@ -1347,120 +1347,53 @@ mod tests {
             ..Default::default()
         };
         insert(&mut c, &[full.clone(), bare]).unwrap();
-        type Back = (
-            String,
-            String,
-            Option<String>,
-            String,
-            String,
-            Option<String>,
-        );
-        let row = |id: i64| -> (Back, (Option<String>, String, String, i64, String, i64)) {
+        use rusqlite::types::Value::{self, Integer as I, Null, Real as R, Text as T};
+        let row = |id: i64| -> Vec<Value> {
+            let cols =
+                "ts_ms, status, failures, request_id, key_label, client_ip, method, endpoint,
+                path, requested_model, provider, model, attempts, cache_status, streamed,
+                prompt_tokens, completion_tokens, tokens_estimated, ttft_ms, duration_ms,
+                overhead_ms, cost_usd, metadata";
             c.query_row(
-                "SELECT request_id, key_label, client_ip, method, endpoint, path,
-                        requested_model, provider, model, attempts, cache_status, streamed
-                 FROM request_log WHERE id = ?1",
+                &format!("SELECT {cols} FROM request_log WHERE id = ?1"),
                 [id],
-                |r| {
-                    Ok((
-                        (
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                        ),
-                        (
-                            r.get(6)?,
-                            r.get(7)?,
-                            r.get(8)?,
-                            r.get(9)?,
-                            r.get(10)?,
-                            r.get(11)?,
-                        ),
-                    ))
-                },
+                |r| (0..23).map(|i| r.get::<_, Value>(i)).collect(),
             )
             .unwrap()
         };
-        let (a, b) = row(1);
+        let t = |s: &str| T(s.to_string());
         assert_eq!(
-            a,
-            (
-                "fw-1".into(),
-                "team \"a\"".into(),
-                Some("203.0.113.7".into()),
-                "POST".into(),
-                "passthrough".into(),
-                full.path.clone()
-            )
+            row(1),
+            vec![
+                I(full.ts_ms),
+                I(200),
+                t("[\"a/m: HTTP 500\"]"),
+                t("fw-1"),
+                t("team \"a\""),
+                t("203.0.113.7"),
+                t("POST"),
+                t("passthrough"),
+                t("/providers/x/v1/ünï\\côde"),
+                t("auto"),
+                t("groq"),
+                t("llama/3.1"),
+                I(2),
+                t("MISS"),
+                I(1),
+                I(123_456_789_012),
+                I(7),
+                I(1),
+                R(12.345),
+                R(1234.5),
+                R(0.001),
+                R(1.25e-7),
+                t("{\"team\":\"x\"}\n\t\u{1}"),
+            ]
         );
-        assert_eq!(
-            b,
-            (
-                Some("auto".into()),
-                "groq".into(),
-                "llama/3.1".into(),
-                2,
-                "MISS".into(),
-                1
-            )
-        );
-        let rest: (i64, i64, i64, i64, f64, f64, f64, f64, String, String, i64) = c
-            .query_row(
-                "SELECT ts_ms, status, prompt_tokens, completion_tokens, ttft_ms, duration_ms,
-                        overhead_ms, cost_usd, metadata, failures, tokens_estimated
-                 FROM request_log WHERE id = 1",
-                [],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                        r.get(9)?,
-                        r.get(10)?,
-                    ))
-                },
-            )
-            .unwrap();
-        assert_eq!(
-            rest,
-            (
-                full.ts_ms,
-                200,
-                123_456_789_012,
-                7,
-                12.345,
-                1234.5,
-                0.001,
-                1.25e-7,
-                full.metadata.clone().unwrap(),
-                "[\"a/m: HTTP 500\"]".into(),
-                1
-            )
-        );
-        let bare: (
-            Option<String>,
-            Option<String>,
-            Option<f64>,
-            Option<String>,
-            i64,
-        ) = c
-            .query_row(
-                "SELECT client_ip, path, ttft_ms, failures, streamed FROM request_log
-                 WHERE id = 2",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .unwrap();
-        assert_eq!(bare, (None, None, None, None, 0));
+        let bare = row(2);
+        assert_eq!(bare[2], Null, "no failures");
+        assert_eq!((&bare[5], &bare[8], &bare[18]), (&Null, &Null, &Null));
+        assert_eq!((&bare[14], &bare[17]), (&I(0), &I(0)));
     }
 
     #[test]
@@ -1519,39 +1452,31 @@ mod tests {
             .unwrap();
         }
         let c = LogDb::open(&path).unwrap();
-        let rows: Vec<(i64, i64, String, Option<String>, i64, f64, Option<String>)> = c
+        use rusqlite::types::Value::{self, Integer as I, Null, Real as R, Text as T};
+        let rows: Vec<Vec<Value>> = c
             .prepare(
                 "SELECT id, ts_ms, request_id, client_ip, streamed, duration_ms, failures
                  FROM request_log ORDER BY id",
             )
             .unwrap()
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })
+            .query_map([], |r| (0..7).map(|i| r.get::<_, Value>(i)).collect())
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
+        let t = |s: &str| T(s.to_string());
         assert_eq!(
             rows,
             vec![
-                (
-                    7,
-                    5000,
-                    "r1".into(),
-                    Some("10.0.0.0/24".into()),
-                    1,
-                    40.25,
-                    Some("[\"a/x: HTTP 500\"]".into())
-                ),
-                (8, 6000, "r2".into(), None, 0, 1.0, None),
+                vec![
+                    I(7),
+                    I(5000),
+                    t("r1"),
+                    t("10.0.0.0/24"),
+                    I(1),
+                    R(40.25),
+                    t("[\"a/x: HTTP 500\"]")
+                ],
+                vec![I(8), I(6000), t("r2"), Null, I(0), R(1.0), Null],
             ]
         );
         let a = analytics(&c, 0, 10_000, GroupBy::Provider).unwrap();
