@@ -75,7 +75,6 @@ fn schema() -> &'static str {
                  failures TEXT,
                  record TEXT
              );
-             CREATE INDEX IF NOT EXISTS request_log_ts ON request_log_data (ts_ms);
              -- Recent failures (errors and failed-over attempts) without the successes.
              CREATE INDEX IF NOT EXISTS request_log_failed ON request_log_data (ts_ms)
                  WHERE status >= 400 OR failures IS NOT NULL;
@@ -104,7 +103,9 @@ fn upgrade_v1_sql() -> String {
 }
 
 /// The rollup: one row per (hour, provider, model, key). `hist` is the latency histogram,
-/// `(lat_bucket: u8, count: LEB128)` pairs in bucket order.
+/// `(lat_bucket: u8, count: LEB128)` pairs in bucket order. `first_id ..= last_id` spans
+/// the ids of the raw rows the cell counts: the raw table has no time index (it would cost
+/// the writer ~1,300 instructions a row), so time ranges are found through these spans.
 const ROLLUP_SCHEMA: &str = "
 CREATE TABLE request_hourly (
     hour_ms INTEGER NOT NULL,
@@ -121,6 +122,8 @@ CREATE TABLE request_hourly (
     hits INTEGER NOT NULL,
     overhead REAL NOT NULL,
     hist BLOB NOT NULL,
+    first_id INTEGER,
+    last_id INTEGER,
     PRIMARY KEY (hour_ms, provider, model, key_label)
 ) WITHOUT ROWID;
 ";
@@ -195,27 +198,32 @@ fn upgrade_v1(conn: &Connection) -> rusqlite::Result<()> {
     })
 }
 
-/// Creates the rollup if missing and fills it from the raw rows.
+/// Creates the rollup if missing (or from before its id spans) and fills it from the raw
+/// rows.
 fn ensure_rollup(conn: &Connection) -> rusqlite::Result<()> {
     let missing = |c: &Connection| {
         c.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'request_hourly'",
+            "SELECT count(*) FROM pragma_table_info('request_hourly') WHERE name = 'first_id'",
             [],
             |r| r.get::<_, i64>(0),
         )
         .map(|n| n == 0)
     };
     once(conn, missing, |c| {
+        c.execute_batch("DROP TABLE IF EXISTS request_hourly")?;
         c.execute_batch(ROLLUP_SCHEMA)?;
         let mut cells: Cells<String> = Cells::default();
         let mut stmt = c.prepare(&format!(
-            "SELECT ts_ms / 3600000 * 3600000, provider, model, key_label, {RAW_ROW}
+            "SELECT ts_ms / 3600000 * 3600000, provider, model, key_label, id, {RAW_ROW}
              FROM request_log"
         ))?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let key: CellKey<String> = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-            cells.entry(key).or_default().add(&raw_row_at(r, 4)?);
+            cells
+                .entry(key)
+                .or_default()
+                .add(&raw_row_at(r, 5)?, r.get(4)?);
         }
         drop(rows);
         drop(stmt);
@@ -290,12 +298,32 @@ impl LogDb {
     }
 
     /// Writes `records` and their rollup in one transaction; `ips` redacts client IPs.
-    pub fn insert<R: Borrow<RequestRecord>>(
+    pub fn insert<'r, R: Borrow<RequestRecord>>(
         &mut self,
-        records: &[R],
+        records: &'r [R],
         ips: &mut IpCache,
     ) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
+        let mut cells: Cells<&str> = Cells::default();
+        // A chunk's rows get consecutive ids ending at the last inserted one: SQLite gives a
+        // new row max(id) + 1, and this transaction is the only writer.
+        let mut count = |chunk: &'r [R], last_id: i64| {
+            let first_id = last_id + 1 - chunk.len() as i64;
+            for (i, r) in chunk.iter().enumerate() {
+                let r: &RequestRecord = r.borrow();
+                let hour = r.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
+                let key = (
+                    hour,
+                    r.provider.as_str(),
+                    r.model.as_str(),
+                    r.key_label.as_str(),
+                );
+                cells
+                    .entry(key)
+                    .or_default()
+                    .add(&Row::of(r), first_id + i as i64);
+            }
+        };
         let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
         for chunk in &mut chunks {
             for (i, r) in chunk.iter().enumerate() {
@@ -306,25 +334,16 @@ impl LogDb {
                 unsafe { self.many.bind(i * COLUMNS, r.borrow(), failures, record)? };
             }
             self.many.exec()?;
+            count(chunk, tx.last_insert_rowid());
         }
-        for r in chunks.remainder() {
+        let rest = chunks.remainder();
+        for (i, r) in rest.iter().enumerate() {
             let (failures, record) = &mut self.scratch[0];
             encode(r.borrow(), ips, failures, record);
             // SAFETY: as above.
             unsafe { self.one.bind(0, r.borrow(), failures, record)? };
             self.one.exec()?;
-        }
-        let mut cells: Cells<&str> = Cells::default();
-        for r in records {
-            let r: &RequestRecord = r.borrow();
-            let hour = r.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
-            let key = (
-                hour,
-                r.provider.as_str(),
-                r.model.as_str(),
-                r.key_label.as_str(),
-            );
-            cells.entry(key).or_default().add(&Row::of(r));
+            count(&rest[i..=i], tx.last_insert_rowid());
         }
         upsert_cells(&tx, cells)?;
         tx.commit()
@@ -555,7 +574,33 @@ impl Drop for RawInsert {
 /// (hour_ms, provider, model, key_label): one rollup row.
 type CellKey<S> = (i64, S, S, S);
 /// A batch's rollup rows (foldhash: SipHash was ~600 instructions a record here).
-type Cells<S> = HashMap<CellKey<S>, Aggregate, foldhash::fast::RandomState>;
+type Cells<S> = HashMap<CellKey<S>, Cell, foldhash::fast::RandomState>;
+
+/// A rollup row being built: its sums and the span of raw row ids it counts.
+#[derive(Debug)]
+struct Cell {
+    sums: Aggregate,
+    first_id: i64,
+    last_id: i64,
+}
+
+impl Default for Cell {
+    fn default() -> Cell {
+        Cell {
+            sums: Aggregate::default(),
+            first_id: i64::MAX,
+            last_id: i64::MIN,
+        }
+    }
+}
+
+impl Cell {
+    fn add(&mut self, row: &Row, id: i64) {
+        self.sums.add(row);
+        self.first_id = self.first_id.min(id);
+        self.last_id = self.last_id.max(id);
+    }
+}
 
 /// Adds `cells` to the rollup rows they belong to.
 fn upsert_cells<S: AsRef<str> + Eq + Hash>(
@@ -563,14 +608,16 @@ fn upsert_cells<S: AsRef<str> + Eq + Hash>(
     cells: Cells<S>,
 ) -> rusqlite::Result<()> {
     let mut read = conn.prepare_cached(
-        "SELECT n, ok, limited, failovers, prompt, completion, cost, hits, overhead, hist
+        "SELECT n, ok, limited, failovers, prompt, completion, cost, hits, overhead, hist,
+                first_id, last_id
          FROM request_hourly
          WHERE hour_ms = ?1 AND provider = ?2 AND model = ?3 AND key_label = ?4",
     )?;
     let mut write = conn.prepare_cached(
         "INSERT OR REPLACE INTO request_hourly (hour_ms, provider, model, key_label, n, ok,
-            limited, failovers, prompt, completion, cost, hits, overhead, hist)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            limited, failovers, prompt, completion, cost, hits, overhead, hist, first_id,
+            last_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?;
     for ((hour, provider, model, key), mut cell) in cells {
         let (p, m, k) = (provider.as_ref(), model.as_ref(), key.as_ref());
@@ -579,12 +626,16 @@ fn upsert_cells<S: AsRef<str> + Eq + Hash>(
                 let mut a = Aggregate::default();
                 a.add_sums(&row_at(r, 0)?);
                 a.add_hist(r.get_ref(9)?.as_blob()?);
-                Ok(a)
+                Ok((a, r.get::<_, i64>(10)?, r.get::<_, i64>(11)?))
             })
             .optional()?;
-        if let Some(old) = old {
-            cell.merge(&old);
+        if let Some((old, first_id, last_id)) = old {
+            cell.sums.merge(&old);
+            cell.first_id = cell.first_id.min(first_id);
+            cell.last_id = cell.last_id.max(last_id);
         }
+        let (first_id, last_id) = (cell.first_id, cell.last_id);
+        let cell = cell.sums;
         write.execute(params![
             hour,
             p,
@@ -600,29 +651,32 @@ fn upsert_cells<S: AsRef<str> + Eq + Hash>(
             cell.cache_hits as i64,
             cell.overhead_sum,
             cell.encode_hist(),
+            first_id,
+            last_id,
         ])?;
     }
     Ok(())
 }
 
-/// Deletes records older than `cutoff_ms` and beyond the newest `max_rows` (0 = no cap).
-/// Returns how many were deleted.
+/// Deletes records from hours entirely before `cutoff_ms` (retention works in whole hours)
+/// and beyond the newest `max_rows` (0 = no cap), raw rows and rollup alike. Returns how many
+/// raw rows were deleted.
 pub fn retain(conn: &Connection, cutoff_ms: Option<i64>, max_rows: u64) -> rusqlite::Result<usize> {
     let mut deleted = 0;
     if let Some(cutoff) = cutoff_ms {
-        // ids grow with time: delete by id range, found through the time index.
-        let first_kept: Option<i64> = conn
-            .query_row(
-                "SELECT min(id) FROM request_log_data WHERE ts_ms >= ?1",
-                [cutoff],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten();
+        let kept_hour = cutoff.div_euclid(HOUR_MS) * HOUR_MS;
+        // Every raw row is counted by a rollup cell written in the same transaction, so the
+        // cells of the kept hours say where the kept rows start.
+        let first_kept: Option<i64> = conn.query_row(
+            "SELECT min(first_id) FROM request_hourly WHERE hour_ms >= ?1",
+            [kept_hour],
+            |r| r.get(0),
+        )?;
         deleted += match first_kept {
             Some(id) => conn.execute("DELETE FROM request_log_data WHERE id < ?1", [id])?,
-            None => conn.execute("DELETE FROM request_log_data WHERE ts_ms < ?1", [cutoff])?,
+            None => conn.execute("DELETE FROM request_log_data", [])?,
         };
+        conn.execute("DELETE FROM request_hourly WHERE hour_ms < ?1", [kept_hour])?;
     }
     if max_rows > 0 {
         let max_id: Option<i64> =
@@ -630,18 +684,9 @@ pub fn retain(conn: &Connection, cutoff_ms: Option<i64>, max_rows: u64) -> rusql
         if let Some(max_id) = max_id {
             let keep_from = max_id - max_rows as i64 + 1;
             deleted += conn.execute("DELETE FROM request_log_data WHERE id < ?1", [keep_from])?;
-        }
-    }
-    if deleted > 0 {
-        // Whole hours before the oldest raw row left (or before the age cutoff when none is
-        // left) go from the rollup too.
-        let oldest: Option<i64> =
-            conn.query_row("SELECT min(ts_ms) FROM request_log_data", [], |r| r.get(0))?;
-        if let Some(bound) = oldest.or(cutoff_ms) {
-            conn.execute(
-                "DELETE FROM request_hourly WHERE hour_ms + ?1 <= ?2",
-                params![HOUR_MS, bound],
-            )?;
+            // Cells whose rows are all gone go too; a cell with some rows left keeps its
+            // whole hour.
+            conn.execute("DELETE FROM request_hourly WHERE last_id < ?1", [keep_from])?;
         }
     }
     Ok(deleted)
@@ -1187,18 +1232,29 @@ mod tests {
     #[test]
     fn retention_by_age_and_rows() {
         let mut c = temp_db("ret");
-        let rs: Vec<RequestRecord> = (0..50).map(|i| rec(i * 100, "a", 200, 1.0)).collect();
+        // One record every 10 minutes: 50 records over ~8 hours.
+        let rs: Vec<RequestRecord> = (0..50).map(|i| rec(i * 600_000, "a", 200, 1.0)).collect();
         insert(&mut c, &rs).unwrap();
-        assert_eq!(retain(&c, Some(1000), 0).unwrap(), 10);
-        assert_eq!(retain(&c, None, 15).unwrap(), 25);
-        let n: i64 = c
-            .query_row("SELECT count(*) FROM request_log", [], |r| r.get(0))
+        // Whole hours: the cutoff at 3h00m00.1 keeps hour 3 on, all of it.
+        assert_eq!(retain(&c, Some(3 * HOUR_MS + 100), 0).unwrap(), 18);
+        let oldest_hour: i64 = c
+            .query_row("SELECT min(hour_ms) FROM request_hourly", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(n, 15);
-        let min_ts: i64 = c
-            .query_row("SELECT min(ts_ms) FROM request_log", [], |r| r.get(0))
+        assert_eq!(oldest_hour, 3 * HOUR_MS);
+        assert_eq!(retain(&c, None, 15).unwrap(), 17);
+        let (n, min_ts): (i64, i64) = c
+            .query_row("SELECT count(*), min(ts_ms) FROM request_log", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .unwrap();
-        assert_eq!(min_ts, 3500);
+        assert_eq!((n, min_ts), (15, 35 * 600_000));
+        // Hour 5 (records 30..36) lost some rows and keeps its cell; hours 3 and 4 lost all.
+        let oldest_hour: i64 = c
+            .query_row("SELECT min(hour_ms) FROM request_hourly", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(oldest_hour, 5 * HOUR_MS);
+        let a = analytics(&c, 6 * HOUR_MS, 9 * HOUR_MS, GroupBy::None).unwrap();
+        assert_eq!(a.totals.requests, 14);
     }
 
     /// The whole range from raw rows alone: what the rollup must reproduce.
@@ -1284,6 +1340,36 @@ mod tests {
                 assert_same(&a, &raw_only(&c, from, to, group));
             }
         }
+    }
+
+    #[test]
+    fn a_request_logged_hours_after_it_arrived_is_found_in_its_hour() {
+        let mut c = temp_db("late");
+        let early: Vec<RequestRecord> = (0..5).map(|i| rec(i * 1000, "a", 200, 1.0)).collect();
+        insert(&mut c, &early).unwrap();
+        let later: Vec<RequestRecord> = (0..5)
+            .map(|i| rec(2 * HOUR_MS + i * 1000, "a", 200, 1.0))
+            .collect();
+        insert(&mut c, &later).unwrap();
+        // A two-hour stream that arrived at 0h30 ends and is logged after the rows above.
+        insert(&mut c, &[rec(HOUR_MS / 2, "b", 200, 7_200_000.0)]).unwrap();
+        let count = |from: i64, to: i64| {
+            analytics(&c, from, to, GroupBy::Provider)
+                .unwrap()
+                .groups
+                .get("b")
+                .map_or(0, |g| g.requests)
+        };
+        assert_eq!(
+            count(HOUR_MS / 4, HOUR_MS * 3 / 4),
+            1,
+            "partial hour, raw rows"
+        );
+        assert_eq!(count(0, HOUR_MS), 1, "whole hour, rollup");
+        assert_eq!(count(HOUR_MS * 3 / 4, 3 * HOUR_MS), 0);
+        assert_eq!(count(0, HOUR_MS / 4), 0);
+        let all = analytics(&c, 0, 3 * HOUR_MS, GroupBy::None).unwrap();
+        assert_eq!(all.totals.requests, 11);
     }
 
     #[test]
