@@ -13,7 +13,7 @@ use super::record::IpCache;
 use super::record::RequestRecord;
 use rusqlite::{ffi, params, Connection, OptionalExtension};
 use serde::Serialize;
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_int;
 use std::hash::Hash;
@@ -213,17 +213,17 @@ fn ensure_rollup(conn: &Connection) -> rusqlite::Result<()> {
         c.execute_batch("DROP TABLE IF EXISTS request_hourly")?;
         c.execute_batch(ROLLUP_SCHEMA)?;
         let mut cells: Cells<String> = Cells::default();
-        let mut stmt = c.prepare(&format!(
-            "SELECT ts_ms / 3600000 * 3600000, provider, model, key_label, id, {RAW_ROW}
-             FROM request_log"
-        ))?;
+        let mut stmt = c.prepare(&format!("SELECT {RAW_ROW} FROM request_log_data"))?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let key: CellKey<String> = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-            cells
-                .entry(key)
-                .or_default()
-                .add(&raw_row_at(r, 5)?, r.get(4)?);
+            let raw = RawRow::decode(r)?;
+            let key: CellKey<String> = (
+                raw.ts_ms.div_euclid(HOUR_MS) * HOUR_MS,
+                raw.provider.into_owned(),
+                raw.model.into_owned(),
+                raw.key_label.into_owned(),
+            );
+            cells.entry(key).or_default().add(&raw.row, raw.id);
         }
         drop(rows);
         drop(stmt);
@@ -729,20 +729,6 @@ impl GroupBy {
             GroupBy::Minute => "minute",
         }
     }
-
-    /// Two SQL expressions naming the group (the second only used by `model`), over a table
-    /// whose time column (Unix ms) is `time`.
-    fn columns(self, time: &str) -> (String, &'static str) {
-        match self {
-            GroupBy::None => ("''".into(), "''"),
-            GroupBy::Provider => ("provider".into(), "''"),
-            GroupBy::Model => ("provider".into(), "model"),
-            GroupBy::Key => ("key_label".into(), "''"),
-            GroupBy::Day => (format!("{time} / 86400000 * 86400"), "''"),
-            GroupBy::Hour => (format!("{time} / 3600000 * 3600"), "''"),
-            GroupBy::Minute => (format!("{time} / 60000 * 60"), "''"),
-        }
-    }
 }
 
 /// Latency percentiles in milliseconds.
@@ -887,6 +873,7 @@ impl Aggregate {
 }
 
 /// Requests that share one latency bucket, summed.
+#[derive(Default)]
 struct Row {
     bucket: i64,
     n: u64,
@@ -936,27 +923,160 @@ fn row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row> {
     })
 }
 
-/// What analytics reads of one raw row, in the order [`raw_row_at`] expects.
-const RAW_ROW: &str = "duration_ms, status, attempts, prompt_tokens, completion_tokens, cost_usd,
-    cache_status = 'HIT', overhead_ms";
+/// What analytics reads of one raw row: `ts_ms, status, record` of `request_log_data`,
+/// decoded here (one JSON parse a row; the `request_log` view's `json_extract` columns parse
+/// the record once per column).
+const RAW_ROW: &str = "id, ts_ms, status, record";
 
-/// One raw row (selected as [`RAW_ROW`] from column `at` on) as a one-request [`Row`].
-fn raw_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row> {
-    let status: i64 = r.get(at + 1)?;
-    let attempts: i64 = r.get(at + 2)?;
-    let ok = status < 400;
-    Ok(Row {
-        bucket: lat_bucket(r.get(at)?),
-        n: 1,
-        ok: ok.into(),
-        limited: (status == 429).into(),
-        failovers: (ok && attempts > 1).into(),
-        prompt: r.get::<_, i64>(at + 3)?.max(0) as u64,
-        completion: r.get::<_, i64>(at + 4)?.max(0) as u64,
-        cost: r.get(at + 5)?,
-        hits: r.get::<_, i64>(at + 6)?.max(0) as u64,
-        overhead: r.get(at + 7)?,
-    })
+/// The analytics fields of a raw row.
+#[derive(Default)]
+struct RawRow<'a> {
+    id: i64,
+    ts_ms: i64,
+    key_label: Cow<'a, str>,
+    provider: Cow<'a, str>,
+    model: Cow<'a, str>,
+    row: Row,
+}
+
+impl<'a> RawRow<'a> {
+    /// Decodes a row selected as [`RAW_ROW`]. Fields are read by their position in
+    /// [`FIELDS`]; a null or missing one counts as zero or empty.
+    fn decode(r: &'a rusqlite::Row<'a>) -> rusqlite::Result<RawRow<'a>> {
+        let status: i64 = r.get::<_, Option<i64>>(2)?.unwrap_or(0);
+        let record = r.get_ref(3)?.as_str_or_null()?.unwrap_or("[]");
+        let fields: RecordFields = serde_json::from_str(record).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+        })?;
+        let ok = status < 400;
+        Ok(RawRow {
+            id: r.get(0)?,
+            ts_ms: r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+            key_label: fields.key_label,
+            provider: fields.provider,
+            model: fields.model,
+            row: Row {
+                bucket: lat_bucket(fields.duration_ms),
+                n: 1,
+                ok: ok.into(),
+                limited: (status == 429).into(),
+                failovers: (ok && fields.attempts > 1).into(),
+                prompt: fields.prompt_tokens,
+                completion: fields.completion_tokens,
+                cost: fields.cost_usd,
+                hits: (fields.cache_status == "HIT").into(),
+                overhead: fields.overhead_ms,
+            },
+        })
+    }
+}
+
+/// The positions of [`FIELDS`] that analytics reads, out of a `record` array.
+#[derive(Default)]
+struct RecordFields<'a> {
+    key_label: Cow<'a, str>,
+    provider: Cow<'a, str>,
+    model: Cow<'a, str>,
+    attempts: u64,
+    cache_status: Cow<'a, str>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    duration_ms: f64,
+    overhead_ms: f64,
+    cost_usd: f64,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RecordFields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, SeqAccess, Visitor};
+
+        /// A string (borrowed from the input when it has no escapes), or null.
+        struct Text<'a>(Cow<'a, str>);
+        impl<'de> serde::Deserialize<'de> for Text<'de> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Text<'de>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a string or null")
+                    }
+                    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                        Ok(Text(Cow::Borrowed(v)))
+                    }
+                    fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                        Ok(Text(Cow::Owned(v.to_owned())))
+                    }
+                    fn visit_unit<E>(self) -> Result<Text<'de>, E> {
+                        Ok(Text(Cow::Borrowed("")))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = RecordFields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a request log record (a JSON array)")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = RecordFields::default();
+                let mut i = 0;
+                loop {
+                    let name = FIELDS.get(i).copied().unwrap_or("");
+                    let present = match name {
+                        "key_label" | "provider" | "model" | "cache_status" => {
+                            match seq.next_element::<Text<'de>>()? {
+                                None => false,
+                                Some(Text(v)) => {
+                                    *match name {
+                                        "key_label" => &mut out.key_label,
+                                        "provider" => &mut out.provider,
+                                        "model" => &mut out.model,
+                                        _ => &mut out.cache_status,
+                                    } = v;
+                                    true
+                                }
+                            }
+                        }
+                        "attempts" | "prompt_tokens" | "completion_tokens" => {
+                            match seq.next_element::<Option<u64>>()? {
+                                None => false,
+                                Some(v) => {
+                                    *match name {
+                                        "attempts" => &mut out.attempts,
+                                        "prompt_tokens" => &mut out.prompt_tokens,
+                                        _ => &mut out.completion_tokens,
+                                    } = v.unwrap_or(0);
+                                    true
+                                }
+                            }
+                        }
+                        "duration_ms" | "overhead_ms" | "cost_usd" => {
+                            match seq.next_element::<Option<f64>>()? {
+                                None => false,
+                                Some(v) => {
+                                    *match name {
+                                        "duration_ms" => &mut out.duration_ms,
+                                        "overhead_ms" => &mut out.overhead_ms,
+                                        _ => &mut out.cost_usd,
+                                    } = v.unwrap_or(0.0);
+                                    true
+                                }
+                            }
+                        }
+                        _ => seq.next_element::<IgnoredAny>()?.is_some(),
+                    };
+                    if !present {
+                        return Ok(out);
+                    }
+                    i += 1;
+                }
+            }
+        }
+        d.deserialize_seq(Fields)
+    }
 }
 
 /// The totals and per-group aggregates for `[from_ms, to_ms)`.
@@ -968,42 +1088,40 @@ pub struct Analytics {
 }
 
 impl Analytics {
-    /// The aggregate of the group named by columns 0 and 1 of `r`.
-    fn group(
-        &mut self,
-        group: GroupBy,
-        r: &rusqlite::Row<'_>,
-        name: &mut String,
-    ) -> rusqlite::Result<Option<&mut Aggregate>> {
-        use rusqlite::types::ValueRef;
-        use std::fmt::Write;
-        if group == GroupBy::None {
-            return Ok(None);
+    /// The aggregate of group `name` (`(none)` when the name is empty).
+    fn group_mut(&mut self, name: &str) -> &mut Aggregate {
+        let name = if name.is_empty() || name == "/" {
+            "(none)"
+        } else {
+            name
+        };
+        if !self.groups.contains_key(name) {
+            self.groups.insert(name.to_owned(), Aggregate::default());
         }
-        fn push(name: &mut String, v: ValueRef<'_>) {
-            match v {
-                ValueRef::Text(t) => name.push_str(&String::from_utf8_lossy(t)),
-                ValueRef::Integer(i) => {
-                    let _ = write!(name, "{i}");
-                }
-                _ => {}
-            }
-        }
-        name.clear();
-        push(name, r.get_ref(0)?);
-        if group == GroupBy::Model {
-            name.push('/');
-            push(name, r.get_ref(1)?);
-        }
-        if name.is_empty() || name == "/" {
-            name.clear();
-            name.push_str("(none)");
-        }
-        if !self.groups.contains_key(name.as_str()) {
-            self.groups.insert(name.clone(), Aggregate::default());
-        }
-        Ok(self.groups.get_mut(name.as_str()))
+        self.groups.get_mut(name).expect("just inserted")
     }
+}
+
+/// The name of `group` for a request at `time_ms` (arrival, or its rollup hour).
+fn group_name(
+    group: GroupBy,
+    time_ms: i64,
+    provider: &str,
+    model: &str,
+    key: &str,
+    name: &mut String,
+) {
+    use std::fmt::Write;
+    name.clear();
+    let _ = match group {
+        GroupBy::None => Ok(()),
+        GroupBy::Provider => name.write_str(provider),
+        GroupBy::Model => write!(name, "{provider}/{model}"),
+        GroupBy::Key => name.write_str(key),
+        GroupBy::Day => write!(name, "{}", time_ms / 86_400_000 * 86_400),
+        GroupBy::Hour => write!(name, "{}", time_ms / 3_600_000 * 3600),
+        GroupBy::Minute => write!(name, "{}", time_ms / 60_000 * 60),
+    };
 }
 
 /// The totals and groups for `[from_ms, to_ms)`: whole hours from the rollup, the partial
@@ -1031,8 +1149,8 @@ pub fn analytics(
     Ok(out)
 }
 
-/// Raw rows in `[from_ms, to_ms)`, folded here (their latency buckets are computed, not
-/// stored).
+/// Raw rows in `[from_ms, to_ms)`, decoded and folded here (their latency buckets are
+/// computed, not stored).
 fn raw_analytics(
     conn: &Connection,
     from_ms: i64,
@@ -1043,17 +1161,37 @@ fn raw_analytics(
     if from_ms >= to_ms {
         return Ok(());
     }
-    let (g1, g2) = group.columns("ts_ms");
-    let sql =
-        format!("SELECT {g1}, {g2}, {RAW_ROW} FROM request_log WHERE ts_ms >= ?1 AND ts_ms < ?2");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params![from_ms, to_ms])?;
+    // The raw rows of the hours the range touches lie within their cells' id span.
+    let (first_id, last_id): (Option<i64>, Option<i64>) = conn
+        .prepare_cached(
+            "SELECT min(first_id), max(last_id) FROM request_hourly
+             WHERE hour_ms >= ?1 AND hour_ms < ?2",
+        )?
+        .query_row(params![from_ms.div_euclid(HOUR_MS) * HOUR_MS, to_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(first_id), Some(last_id)) = (first_id, last_id) else {
+        return Ok(());
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RAW_ROW} FROM request_log_data
+         WHERE id BETWEEN ?1 AND ?2 AND ts_ms >= ?3 AND ts_ms < ?4"
+    ))?;
+    let mut rows = stmt.query(params![first_id, last_id, from_ms, to_ms])?;
     let mut name = String::new();
     while let Some(r) = rows.next()? {
-        let row = raw_row_at(r, 2)?;
-        out.totals.add(&row);
-        if let Some(g) = out.group(group, r, &mut name)? {
-            g.add(&row);
+        let raw = RawRow::decode(r)?;
+        out.totals.add(&raw.row);
+        if group != GroupBy::None {
+            group_name(
+                group,
+                raw.ts_ms,
+                &raw.provider,
+                &raw.model,
+                &raw.key_label,
+                &mut name,
+            );
+            out.group_mut(&name).add(&raw.row);
         }
     }
     Ok(())
@@ -1067,21 +1205,22 @@ fn hourly_analytics(
     group: GroupBy,
     out: &mut Analytics,
 ) -> rusqlite::Result<()> {
-    let (g1, g2) = group.columns("hour_ms");
-    let sql = format!(
-        "SELECT {g1}, {g2}, n, ok, limited, failovers, prompt, completion, cost, hits, overhead,
-                hist
-         FROM request_hourly WHERE hour_ms >= ?1 AND hour_ms < ?2"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT hour_ms, provider, model, key_label, n, ok, limited, failovers, prompt,
+                completion, cost, hits, overhead, hist
+         FROM request_hourly WHERE hour_ms >= ?1 AND hour_ms < ?2",
+    )?;
     let mut rows = stmt.query(params![from_ms, to_ms])?;
     let mut name = String::new();
     while let Some(r) = rows.next()? {
-        let row = row_at(r, 2)?;
-        let hist = r.get_ref(11)?.as_blob()?;
+        let row = row_at(r, 4)?;
+        let hist = r.get_ref(13)?.as_blob()?;
         out.totals.add_sums(&row);
         out.totals.add_hist(hist);
-        if let Some(g) = out.group(group, r, &mut name)? {
+        if group != GroupBy::None {
+            let text = |i| -> rusqlite::Result<&str> { Ok(r.get_ref(i)?.as_str()?) };
+            group_name(group, r.get(0)?, text(1)?, text(2)?, text(3)?, &mut name);
+            let g = out.group_mut(&name);
             g.add_sums(&row);
             g.add_hist(hist);
         }
@@ -1574,6 +1713,56 @@ mod tests {
         assert_eq!(f.len(), 2);
         assert_eq!(f[1].failures, vec!["a/x: HTTP 500".to_string()]);
         assert_eq!(f[1].endpoint, "chat");
+    }
+
+    #[test]
+    fn analytics_decodes_records_with_escapes_nulls_and_extra_fields() {
+        let decode = |json: &str| {
+            let f: RecordFields = serde_json::from_str(json).unwrap();
+            (
+                f.key_label.into_owned(),
+                f.provider.into_owned(),
+                f.model.into_owned(),
+                f.attempts,
+                f.cache_status.into_owned(),
+                (f.prompt_tokens, f.completion_tokens),
+                (f.duration_ms, f.overhead_ms, f.cost_usd),
+            )
+        };
+        // Written by `encode`, then by a future freeway with one more field, then a
+        // hand-made short and null-filled one.
+        let mut ips = IpCache::new(IpRedactor::new(RedactIp::Off, ""));
+        let (mut failures, mut record) = (Vec::new(), Vec::new());
+        let mut r = rec(1, "p\"q\\", 200, 12.5);
+        r.cache_status = "HIT";
+        r.attempts = 3;
+        r.overhead_ms = 0.25;
+        encode(&r, &mut ips, &mut failures, &mut record);
+        let written = String::from_utf8(record).unwrap();
+        let want = (
+            "k".to_string(),
+            "p\"q\\".to_string(),
+            "m".to_string(),
+            3,
+            "HIT".to_string(),
+            (10, 5),
+            (12.5, 0.25, 0.001),
+        );
+        assert_eq!(decode(&written), want);
+        let longer = format!("{},\"new\",{{\"x\":[1]}}]", &written[..written.len() - 1]);
+        assert_eq!(decode(&longer), want);
+        assert_eq!(
+            decode("[null,null,null,null,null,null,null,\"p\",null,null]"),
+            (
+                String::new(),
+                "p".into(),
+                String::new(),
+                0,
+                String::new(),
+                (0, 0),
+                (0.0, 0.0, 0.0)
+            )
+        );
     }
 
     #[test]
