@@ -368,9 +368,9 @@ fn encode(r: &RequestRecord, ips: &mut IpCache, failures: &mut Vec<u8>, out: &mu
         None => out.extend_from_slice(b"null"),
     }
     out.push(b',');
-    json_str(out, r.method);
+    json_plain(out, r.method);
     out.push(b',');
-    json_str(out, r.endpoint);
+    json_plain(out, r.endpoint);
     out.push(b',');
     json_opt(out, r.path.as_deref());
     out.push(b',');
@@ -382,7 +382,7 @@ fn encode(r: &RequestRecord, ips: &mut IpCache, failures: &mut Vec<u8>, out: &mu
     out.push(b',');
     json_int(out, u64::from(r.attempts));
     out.push(b',');
-    json_str(out, r.cache_status);
+    json_plain(out, r.cache_status);
     out.push(b',');
     json_int(out, u64::from(r.streamed));
     out.push(b',');
@@ -426,11 +426,10 @@ fn json_f64(out: &mut Vec<u8>, v: f64) {
 /// Milliseconds to the microsecond (`12.345`), the precision the gateway measures: a third
 /// of the cost of the shortest round-trip form of an arbitrary `f64`.
 fn json_ms(out: &mut Vec<u8>, ms: f64) {
-    let us = (ms * 1000.0).round();
-    if !(0.0..9.0e15).contains(&us) {
+    if !(0.0..9.0e12).contains(&ms) {
         return json_f64(out, ms);
     }
-    let us = us as u64;
+    let us = (ms * 1000.0 + 0.5) as u64;
     out.extend_from_slice(itoa::Buffer::new().format(us / 1000).as_bytes());
     let frac = us % 1000;
     if frac != 0 {
@@ -446,6 +445,15 @@ fn json_ms(out: &mut Vec<u8>, ms: f64) {
         }
         out.extend_from_slice(&digits[..keep]);
     }
+}
+
+/// One of the gateway's own names (method, endpoint, cache status) as a JSON string: they
+/// never need escaping.
+fn json_plain(out: &mut Vec<u8>, s: &'static str) {
+    debug_assert!(s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 /// `s` as a JSON string: copied as is when nothing needs escaping (the usual case).
