@@ -352,6 +352,11 @@ pub struct ProviderConfig {
     pub base_url: String,
     #[serde(default)]
     pub api_key: Option<String>,
+    /// More keys for the same provider (a pool): requests rotate over them, and a key that
+    /// is rate limited (429) rests while the others serve; one the provider rejects
+    /// (401/403) is taken out. `api_key`, if set, is the pool's first key.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     #[serde(default)]

@@ -25,8 +25,10 @@ use crate::request::ChatRequest;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use parking_lot::Mutex;
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,9 +137,10 @@ pub struct Upstream {
     pub simulated: bool,
     /// `None` when the base URL did not resolve (missing `env:` variable).
     pub url: Option<UpstreamUrl>,
-    /// The header carrying the provider's key in its format, when it has one
-    /// (`authorization: Bearer …`, `x-goog-api-key`, `x-api-key`).
-    pub auth: Option<(HeaderName, HeaderValue)>,
+    /// The provider's keys (empty when it takes none), each as the header carrying it in
+    /// the provider's format (`authorization: Bearer …`, `x-goog-api-key`, `x-api-key`).
+    pub keys: Vec<PoolKey>,
+    next_key: AtomicUsize,
     pub host_header: HeaderValue,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Why this provider is not routable, if it is not.
@@ -166,23 +169,32 @@ impl Upstream {
                 None
             }
         };
-        let auth = match &cfg.api_key {
-            None => None,
-            Some(spec) => match resolve_secret(spec) {
-                Some(key) => auth_header(cfg.kind, &key)
-                    .map_err(|_| {
-                        unavailable.get_or_insert("api_key contains invalid characters".into());
-                    })
-                    .ok(),
-                None => {
-                    unavailable.get_or_insert(match spec.strip_prefix("env:") {
-                        Some(var) => format!("{var} is not set"),
-                        None => "api_key is empty".into(),
-                    });
-                    None
-                }
-            },
-        };
+        // The pool: every key that resolves. A pool with none left is unavailable, with the
+        // first key's reason.
+        let mut keys = Vec::new();
+        let mut key_problem = None;
+        for spec in cfg.api_key.iter().chain(&cfg.api_keys) {
+            let problem = match resolve_secret(spec) {
+                Some(key) => match auth_header(cfg.kind, &key) {
+                    Ok(header) => {
+                        keys.push(PoolKey::new(header, &key));
+                        continue;
+                    }
+                    Err(_) => "api_key contains invalid characters".to_string(),
+                },
+                None => match spec.strip_prefix("env:") {
+                    Some(var) => format!("{var} is not set"),
+                    None => "api_key is empty".into(),
+                },
+            };
+            log::warn!("provider `{}`: a key is left out: {problem}", cfg.name);
+            key_problem.get_or_insert(problem);
+        }
+        if keys.is_empty() {
+            if let Some(problem) = key_problem {
+                unavailable.get_or_insert(problem);
+            }
+        }
         if !cfg.kind.supported() {
             unavailable.get_or_insert(format!(
                 "provider kind `{}` is not supported by this build yet",
@@ -209,7 +221,8 @@ impl Upstream {
             kind: cfg.kind,
             simulated: cfg.simulated,
             url,
-            auth,
+            keys,
+            next_key: AtomicUsize::new(0),
             host_header,
             extra_headers,
             unavailable,
@@ -288,11 +301,43 @@ impl Upstream {
         format!("{prefix}{api_path}")
     }
 
-    /// The request head for `POST {base}{req.path}`.
+    /// The key for the next attempt: round-robin over the keys neither resting nor
+    /// rejected. `Ok(None)`: the provider takes no key. `Err`: every key is out, and why.
+    pub fn pick_key(&self) -> Result<Option<usize>, String> {
+        if self.keys.is_empty() {
+            return Ok(None);
+        }
+        let now = unix_ms();
+        // Each turn of the counter that lands on a key out is skipped, so the usable keys
+        // share the load evenly.
+        (0..self.keys.len())
+            .map(|_| self.next_key.fetch_add(1, Ordering::Relaxed) % self.keys.len())
+            .find(|&k| self.keys[k].usable(now))
+            .map(Some)
+            .ok_or_else(|| {
+                if self.keys.iter().all(|k| k.rejected().is_some()) {
+                    "every key was rejected by the provider".to_string()
+                } else {
+                    "every key is resting after a 429".to_string()
+                }
+            })
+    }
+
+    /// Whether a key other than `key` could serve now.
+    pub fn other_key_usable(&self, key: usize) -> bool {
+        let now = unix_ms();
+        self.keys
+            .iter()
+            .enumerate()
+            .any(|(i, k)| i != key && k.usable(now))
+    }
+
+    /// The request head for `POST {base}{req.path}`, carrying key `key` of the pool.
     pub fn request_header(
         &self,
         req: &UpstreamRequest,
         stream: bool,
+        key: Option<usize>,
     ) -> pingora::Result<pingora::http::RequestHeader> {
         use http::header;
         let path = self.path(&req.path);
@@ -302,7 +347,7 @@ impl Upstream {
             Some(8 + self.extra_headers.len() + req.headers.len()),
         )?;
         h.insert_header(header::HOST, self.host_header.clone())?;
-        if let Some((name, value)) = &self.auth {
+        if let Some((name, value)) = key.and_then(|k| self.keys.get(k)).map(|k| &k.header) {
             h.insert_header(name.clone(), value.clone())?;
         }
         h.insert_header(header::CONTENT_TYPE, "application/json")?;
@@ -325,6 +370,67 @@ impl Upstream {
 }
 
 /// The header a provider kind expects its key in.
+/// One key of a provider's pool, and whether it may be used now.
+pub struct PoolKey {
+    pub header: (HeaderName, HeaderValue),
+    /// `…` and the key's last four characters: enough to tell keys apart in status and logs.
+    pub hint: String,
+    /// Unix ms until which the key rests after a 429 (0 = not resting).
+    resting_until: AtomicU64,
+    /// Why the provider rejected the key (401/403), once it has.
+    rejected: Mutex<Option<String>>,
+}
+
+impl PoolKey {
+    fn new(header: (HeaderName, HeaderValue), key: &str) -> PoolKey {
+        let tail: String = key
+            .chars()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        PoolKey {
+            header,
+            hint: format!("…{tail}"),
+            resting_until: AtomicU64::new(0),
+            rejected: Mutex::new(None),
+        }
+    }
+
+    fn usable(&self, now_ms: u64) -> bool {
+        self.resting_until.load(Ordering::Relaxed) <= now_ms && self.rejected.lock().is_none()
+    }
+
+    /// Rests the key for `wait` (a 429).
+    pub fn rest(&self, wait: Duration) {
+        let until = unix_ms() + wait.as_millis() as u64;
+        self.resting_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Takes the key out: the provider refused it.
+    pub fn reject(&self, why: String) {
+        *self.rejected.lock() = Some(why);
+    }
+
+    pub fn rejected(&self) -> Option<String> {
+        self.rejected.lock().clone()
+    }
+
+    /// Unix ms the key rests until, if it is resting now.
+    pub fn resting_until(&self) -> Option<u64> {
+        let until = self.resting_until.load(Ordering::Relaxed);
+        (until > unix_ms()).then_some(until)
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn auth_header(
     kind: ProviderKind,
     key: &str,

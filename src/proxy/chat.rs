@@ -87,7 +87,10 @@ pub async fn handle(
     };
 
     let mut failures = Vec::new();
-    for &idx in &plan {
+    // Candidates in order; a model whose key was rate limited or rejected comes again right
+    // away with another key of its provider's pool.
+    let mut queue = std::collections::VecDeque::from(plan);
+    while let Some(idx) = queue.pop_front() {
         let model = &state.catalog.models[idx];
         let live = &state.models[idx];
         let Some(_slot) = claim(state, idx, ctx) else {
@@ -142,7 +145,9 @@ pub async fn handle(
                 metrics::attempt(&model.provider_name, &model.id, failure_outcome(&failure));
                 gw.board.pace.release(model, reserved);
                 log::warn!("{}: {} failed: {failure}", ctx.id, model.qualified);
-                record_failure(state, idx, &failure);
+                if record_failure(state, idx, ctx.upstream_key, &failure) {
+                    queue.push_front(idx);
+                }
                 ctx.failures.push(format!("{}: {failure}", model.qualified));
                 failures.push((model.provider_name.clone(), failure));
             }
@@ -183,9 +188,59 @@ fn failure_outcome(failure: &Failure) -> &'static str {
 }
 
 /// Updates health, daily counts and provider state after a failed attempt.
-pub(super) fn record_failure(state: &State, idx: usize, failure: &Failure) {
+///
+/// With a pool of keys, a 429 or a rejected key is the key's, not the model's: the key rests
+/// (or is taken out) and, when another key can serve, this returns `true`: try the model
+/// again with it.
+pub(super) fn record_failure(
+    state: &State,
+    idx: usize,
+    key: Option<usize>,
+    failure: &Failure,
+) -> bool {
     let model = &state.catalog.models[idx];
     let live = &state.models[idx];
+    let upstream = &state.upstreams[model.provider];
+    if let (
+        Some(k),
+        Failure::Status {
+            status,
+            retry_after,
+            ..
+        },
+    ) = (key, failure)
+    {
+        let pooled = upstream.keys.len() > 1;
+        match status {
+            429 if pooled => {
+                let wait = retry_after.unwrap_or(KEY_REST);
+                upstream.keys[k].rest(wait);
+                log::warn!(
+                    "provider `{}`: key {} rate limited, resting {} s",
+                    model.provider_name,
+                    upstream.keys[k].hint,
+                    wait.as_secs()
+                );
+                if upstream.other_key_usable(k) {
+                    return true;
+                }
+            }
+            401 | 403 if pooled => {
+                let why = format!("the provider rejected this key (HTTP {status})");
+                log::error!(
+                    "provider `{}`: key {}: {why}: fix or remove it and reload",
+                    model.provider_name,
+                    upstream.keys[k].hint
+                );
+                upstream.keys[k].reject(why);
+                if upstream.other_key_usable(k) {
+                    live.count_request();
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
     let report = match failure {
         Failure::Status {
             status: 429,
@@ -206,7 +261,7 @@ pub(super) fn record_failure(state: &State, idx: usize, failure: &Failure) {
             log::error!("provider `{}`: {why}", model.provider_name);
             state.providers[model.provider].block(why);
             live.count_request();
-            return;
+            return false;
         }
         Failure::Status { status, .. } => Report::Failed {
             reason: format!("HTTP {status}"),
@@ -222,7 +277,11 @@ pub(super) fn record_failure(state: &State, idx: usize, failure: &Failure) {
         live.count_request();
     }
     live.report(&report);
+    false
 }
+
+/// How long a pooled key rests after a 429 that did not say (`retry-after`).
+const KEY_REST: Duration = Duration::from_secs(30);
 
 /// `x-gateway-metadata` (or `cf-aig-metadata`): a JSON object.
 pub(super) fn metadata(session: &Session) -> Result<Option<serde_json::Value>, ApiError> {
@@ -297,11 +356,20 @@ pub(super) fn claim(state: &State, idx: usize, ctx: &mut RequestCtx) -> Option<S
         ));
         return None;
     };
+    let key = match state.upstreams[model.provider].pick_key() {
+        Ok(k) => k,
+        Err(why) => {
+            ctx.failures
+                .push(format!("{}: skipped ({why})", model.qualified));
+            return None;
+        }
+    };
     if state.models[idx].acquire().is_none() {
         ctx.failures
             .push(format!("{}: skipped (recovering)", model.qualified));
         return None;
     }
+    ctx.upstream_key = key;
     ctx.attempts += 1;
     ctx.provider = Some(model.provider_name.clone());
     ctx.model = Some(model.id.clone());

@@ -21,6 +21,8 @@ pub struct RequestCtx {
     pub model: Option<String>,
     /// Upstream attempts made (`x-gateway-attempts`).
     pub attempts: u32,
+    /// Which of the provider's keys the current attempt uses.
+    pub upstream_key: Option<usize>,
     /// One line per failed attempt: `provider/model: why`.
     pub failures: Vec<String>,
     /// Status answered to the client.
@@ -72,6 +74,7 @@ impl RequestCtx {
             provider: None,
             model: None,
             attempts: 0,
+            upstream_key: None,
             failures: Vec::new(),
             status: 0,
             streamed: false,

@@ -7,7 +7,7 @@ use crate::state::State;
 use crate::time::rfc3339;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -131,15 +131,27 @@ pub fn routing_status(state: &State) -> Bytes {
     let mut providers = serde_json::Map::new();
     for (up, live) in state.upstreams.iter().zip(&state.providers) {
         let blocked = live.blocked();
-        providers.insert(
-            up.name.clone(),
-            json!({
-                "configured": up.unavailable.is_none() && blocked.is_none(),
-                "available_models": 0, "cooldown_models": 0,
-                "kind": up.kind.as_str(), "simulated": up.simulated,
-                "reason": up.unavailable.clone().or(blocked),
-            }),
-        );
+        let mut entry = json!({
+            "configured": up.unavailable.is_none() && blocked.is_none(),
+            "available_models": 0, "cooldown_models": 0,
+            "kind": up.kind.as_str(), "simulated": up.simulated,
+            "reason": up.unavailable.clone().or(blocked),
+        });
+        if up.keys.len() > 1 {
+            entry["keys"] = up
+                .keys
+                .iter()
+                .map(|k| match (k.rejected(), k.resting_until()) {
+                    (Some(why), _) => json!({"key": k.hint, "status": "rejected", "reason": why}),
+                    (None, Some(until)) => json!({
+                        "key": k.hint, "status": "resting",
+                        "until": rfc3339(UNIX_EPOCH + Duration::from_millis(until)),
+                    }),
+                    (None, None) => json!({"key": k.hint, "status": "available"}),
+                })
+                .collect();
+        }
+        providers.insert(up.name.clone(), entry);
     }
     let mut counts = [0u64; 6]; // configured, available, degraded, cooldown, exhausted, unconfigured
     let mut models = Vec::with_capacity(state.catalog.models.len());

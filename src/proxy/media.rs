@@ -529,7 +529,9 @@ async fn run(
     let timeouts = timeouts(state, session);
     let mut failures = Vec::new();
     let mut refusals = Vec::new();
-    for &idx in plan {
+    // As for chat: a model whose key failed comes again with another key of the pool.
+    let mut queue: std::collections::VecDeque<usize> = plan.iter().copied().collect();
+    while let Some(idx) = queue.pop_front() {
         let model = &state.catalog.models[idx];
         let live = &state.models[idx];
         let request = match (stage.build)(model) {
@@ -567,7 +569,9 @@ async fn run(
             }
             Attempt::Retry(failure) => {
                 log::warn!("{}: {} failed: {failure}", ctx.id, model.qualified);
-                record_failure(state, idx, &failure);
+                if record_failure(state, idx, ctx.upstream_key, &failure) {
+                    queue.push_front(idx);
+                }
                 ctx.failures.push(format!("{}: {failure}", model.qualified));
                 failures.push((model.provider_name.clone(), failure));
             }
@@ -617,7 +621,7 @@ async fn attempt(
         Ok(p) => p,
         Err(e) => return Attempt::Retry(Failure::Connect(e)),
     };
-    let header = match request_header(upstream, request) {
+    let header = match request_header(upstream, request, ctx.upstream_key) {
         Ok(h) => h,
         Err(e) => return Attempt::Retry(Failure::Connect(describe(&e))),
     };
@@ -781,13 +785,17 @@ async fn stream_audio(
     Attempt::Done(End::Answered)
 }
 
-fn request_header(upstream: &Upstream, req: &MediaRequest) -> pingora::Result<RequestHeader> {
+fn request_header(
+    upstream: &Upstream,
+    req: &MediaRequest,
+    key: Option<usize>,
+) -> pingora::Result<RequestHeader> {
     let shell = UpstreamRequest {
         path: req.path.clone(),
         body: Bytes::new(),
         headers: req.headers.clone(),
     };
-    let mut h = upstream.request_header(&shell, false)?;
+    let mut h = upstream.request_header(&shell, false, key)?;
     h.insert_header(http::header::CONTENT_TYPE, req.content_type.as_str())?;
     h.insert_header(http::header::CONTENT_LENGTH, req.len())?;
     h.insert_header(http::header::ACCEPT, "*/*")?;

@@ -124,8 +124,10 @@ pub fn rewrite(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()>
         req.remove_header(&name);
     }
     req.insert_header(http::header::HOST, t.upstream.host_header.clone())?;
-    if let Some((name, value)) = &t.upstream.auth {
-        req.insert_header(name.clone(), value.clone())?;
+    // A key of the pool (with every key out, the first: the provider answers for itself).
+    let key = t.upstream.pick_key().unwrap_or(Some(0));
+    if let Some(k) = key.and_then(|k| t.upstream.keys.get(k)) {
+        req.insert_header(k.header.0.clone(), k.header.1.clone())?;
     }
     for (k, v) in &t.upstream.extra_headers {
         req.insert_header(k.clone(), v.clone())?;

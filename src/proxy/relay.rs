@@ -158,10 +158,14 @@ impl Exchange<'_> {
             Ok(p) => p,
             Err(e) => return Outcome::Retry(Failure::Connect(e)),
         };
-        let header = match self.upstream.request_header(&self.request, self.stream) {
-            Ok(h) => h,
-            Err(e) => return Outcome::Retry(Failure::Connect(describe(&e))),
-        };
+        let header =
+            match self
+                .upstream
+                .request_header(&self.request, self.stream, ctx.upstream_key)
+            {
+                Ok(h) => h,
+                Err(e) => return Outcome::Retry(Failure::Connect(describe(&e))),
+            };
         let started = Instant::now();
         let sent = self.send(&peer, header).await;
         ctx.upstream_wait += started.elapsed();

@@ -237,8 +237,25 @@ impl SimProvider {
             .get("x-sim-behavior")
             .and_then(|v| v.to_str().ok())
             .map(behavior_of);
+        // A key the simulated provider limits or refuses: `…sim-429…` is rate limited,
+        // `…sim-401…` rejected, whatever the model (keys are per account at real providers).
+        let key_behavior = session
+            .req_header()
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|k| {
+                if k.contains("sim-429") {
+                    Some(Behavior::Fail(429))
+                } else if k.contains("sim-401") {
+                    Some(Behavior::Fail(401))
+                } else {
+                    None
+                }
+            });
         let mut behavior = overridden
             .or(header_behavior)
+            .or(key_behavior)
             .unwrap_or_else(|| behavior_of(&model));
         let retry_after = session
             .req_header()

@@ -414,3 +414,100 @@ models = ["broken/m-broken", "good/m-good"]
     );
     assert_error(status, &body, 400, "invalid_request_error");
 }
+
+/// A provider with several keys: (model, api_keys TOML array).
+fn pooled(name: &str, model: &str, keys: &[&str]) -> String {
+    let keys: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+    format!(
+        "[[providers]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"http://{{sim}}/{name}/v1\"\n\
+         api_keys = [{}]\nsimulated = true\n  [[providers.models]]\n  id = \"{model}\"\n  \
+         context_window = 131072\n  capabilities = [\"tools\", \"json\", \"stream\"]\n",
+        keys.join(", ")
+    )
+}
+
+/// The keys the simulated provider saw, in order.
+fn keys_seen(sim: &Proc) -> Vec<String> {
+    sim_requests(sim)
+        .iter()
+        .filter_map(|r| {
+            r["authorization"]
+                .as_str()
+                .map(|a| a.trim_start_matches("Bearer ").to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_key_pool_rests_a_rate_limited_key_and_serves_with_the_others() {
+    let sim = start_sim();
+    let gw = gateway(
+        &sim,
+        &[pooled(
+            "pool",
+            "m",
+            &["sk-a-sim-429", "sk-b-good", "sk-c-good"],
+        )],
+        "",
+    );
+    // The only model: a 429 on one key must not fail the request, nor cool the model.
+    for _ in 0..9 {
+        let (status, _, body) = chat(&gw, "pool/m");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let seen = keys_seen(&sim);
+    assert_eq!(
+        seen.iter().filter(|k| k.contains("sim-429")).count(),
+        1,
+        "the limited key rests after its 429: {seen:?}"
+    );
+    assert_eq!(seen.len(), 10, "9 answers and one 429: {seen:?}");
+    for good in ["sk-b-good", "sk-c-good"] {
+        assert!(
+            seen.iter().filter(|k| *k == good).count() >= 4,
+            "rotation: {seen:?}"
+        );
+    }
+    assert_eq!(gw.model_status("pool/m")["status"], "available");
+    let keys = &gw.routing_status()["providers"]["pool"]["keys"];
+    assert_eq!(keys[0]["key"], "…-429", "{keys}");
+    assert_eq!(keys[0]["status"], "resting", "{keys}");
+    assert!(keys[0]["until"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(keys[1]["status"], "available", "{keys}");
+}
+
+#[test]
+fn a_rejected_key_leaves_the_pool_and_a_pool_of_rejected_keys_blocks_the_provider() {
+    let sim = start_sim();
+    let gw = gateway(
+        &sim,
+        &[
+            pooled("half", "m", &["sk-x-sim-401", "sk-y-good"]),
+            pooled("dead", "d", &["sk-p-sim-401", "sk-q-sim-401"]),
+        ],
+        "",
+    );
+    for _ in 0..4 {
+        let (status, headers, body) = chat(&gw, "half/m");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(headers["x-gateway-provider"], "half");
+    }
+    let rejected = keys_seen(&sim)
+        .iter()
+        .filter(|k| k.contains("sim-401"))
+        .count();
+    assert_eq!(rejected, 1, "a rejected key is not tried again");
+    let status = gw.routing_status();
+    let half = &status["providers"]["half"];
+    assert_eq!(half["configured"], true, "{half}");
+    assert_eq!(half["keys"][0]["status"], "rejected", "{half}");
+    assert!(half["keys"][0]["reason"].as_str().unwrap().contains("401"));
+
+    // Every key refused: the provider is blocked, loudly, as with a single bad key.
+    let (status, _, body) = chat(&gw, "dead/d");
+    assert!(status >= 500, "{status} {}", String::from_utf8_lossy(&body));
+    let dead = &gw.routing_status()["providers"]["dead"];
+    assert_eq!(dead["configured"], false, "{dead}");
+    assert_eq!(dead["keys"][0]["status"], "rejected");
+    assert_alive(&gw);
+}
