@@ -63,7 +63,7 @@ pub async fn handle(
     let ask = Ask {
         model: req.model.as_deref(),
         needs: &req.needs,
-        fallback_auto: header_str(session, "x-gateway-fallback").is_some_and(|v| v == "auto"),
+        fallback_auto: fallback_auto(session),
         metadata: metadata.as_ref(),
         max_attempts: state.config.server.max_attempts,
     };
@@ -282,6 +282,11 @@ pub(super) fn record_failure(
 
 /// How long a pooled key rests after a 429 that did not say (`retry-after`).
 const KEY_REST: Duration = Duration::from_secs(30);
+
+/// `x-gateway-fallback: auto`: a pinned model may fall back to `auto` candidates.
+pub(super) fn fallback_auto(session: &Session) -> bool {
+    header_str(session, "x-gateway-fallback").is_some_and(|v| v == "auto")
+}
 
 /// `x-gateway-metadata` (or `cf-aig-metadata`): a JSON object.
 pub(super) fn metadata(session: &Session) -> Result<Option<serde_json::Value>, ApiError> {

@@ -8,7 +8,7 @@
 //! has reached the client, report health and daily counts. Upload bodies are sent as pieces
 //! of the one client buffer, so failover never needs a second copy.
 
-use super::chat::{header_str, metadata, record_failure};
+use super::chat::{fallback_auto, header_str, metadata, record_failure};
 use super::ctx::RequestCtx;
 use super::relay::{
     answer_exhausted, describe, is_retryable_status, is_timeout, read_capped, read_chunk,
@@ -395,10 +395,6 @@ async fn chat_text(
 }
 
 // ───────────────────────────── routing ─────────────────────────────
-
-fn fallback_auto(session: &Session) -> bool {
-    header_str(session, "x-gateway-fallback").is_some_and(|v| v == "auto")
-}
 
 fn plan(
     state: &State,
