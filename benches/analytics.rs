@@ -79,13 +79,20 @@ fn bench(c: &mut Criterion) {
     ] {
         g.bench_function(format!("30d_group_by_{}", group.name()), |b| {
             b.iter(|| {
-                let a = db::analytics(&conn, from, to, group).expect("query");
+                let a = db::analytics(&conn, from, to, i64::MAX, group).expect("query");
                 assert_eq!(a.totals.requests, ROWS as u64);
             })
         });
     }
     g.bench_function("24h_group_by_hour", |b| {
-        b.iter(|| db::analytics(&conn, to - DAY_MS, to, GroupBy::Hour).expect("query"))
+        b.iter(|| db::analytics(&conn, to - DAY_MS, to, i64::MAX, GroupBy::Hour).expect("query"))
+    });
+    // The dashboard's "last 24 h": up to now (the last hour whole, from the rollup), from an
+    // hour boundary.
+    let now = to - 1;
+    let day_ago = (now - DAY_MS).div_euclid(3_600_000) * 3_600_000;
+    g.bench_function("24h_up_to_now_group_by_hour", |b| {
+        b.iter(|| db::analytics(&conn, day_ago, now + 60_000, now, GroupBy::Hour).expect("query"))
     });
     g.bench_function("recent_failures_30d", |b| {
         b.iter(|| db::recent_failures(&conn, from, to, 50).expect("query"))

@@ -185,7 +185,7 @@ pub async fn analytics(observer: &Arc<Observer>, query: &str) -> Result<Bytes, A
     let q = parse_query(query, now_ms())?;
     let (from, to, group) = (q.from_ms, q.to_ms, q.group_by);
     let a = observer
-        .with_reader(move |c| db::analytics(c, from, to, group))
+        .with_reader(move |c| db::analytics(c, from, to, now_ms(), group))
         .await
         .map_err(unavailable)?;
     let groups: Vec<serde_json::Value> = a

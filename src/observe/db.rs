@@ -1134,13 +1134,23 @@ fn group_name(
 
 /// The totals and groups for `[from_ms, to_ms)`: whole hours from the rollup, the partial
 /// hours at either end from the raw rows (`minute` groups always from the raw rows).
+///
+/// No request arrives after `now_ms`, so a range that reaches it holds its last hour whole
+/// and reads that hour from the rollup too: a dashboard's "up to now" costs no raw reads
+/// at that end.
 pub fn analytics(
     conn: &Connection,
     from_ms: i64,
     to_ms: i64,
+    now_ms: i64,
     group: GroupBy,
 ) -> rusqlite::Result<Analytics> {
     let mut out = Analytics::default();
+    let to_ms = if to_ms > now_ms && group != GroupBy::Minute {
+        now_ms.div_euclid(HOUR_MS) * HOUR_MS + HOUR_MS
+    } else {
+        to_ms
+    };
     let first_hour = (from_ms + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS;
     let last_hour = to_ms.div_euclid(HOUR_MS) * HOUR_MS;
     if group == GroupBy::Minute || first_hour >= last_hour {
@@ -1356,7 +1366,7 @@ mod tests {
         rs.push(failed);
         rs.push(rec(99_999, "a", 200, 1.0)); // outside the range
         insert(&mut c, &rs).unwrap();
-        let a = analytics(&c, 0, 10_000, GroupBy::Provider).unwrap();
+        let a = analytics(&c, 0, 10_000, i64::MAX, GroupBy::Provider).unwrap();
         assert_eq!(a.totals.requests, 102);
         assert_eq!(a.totals.success, 100);
         assert_eq!(a.totals.failure, 2);
@@ -1372,7 +1382,7 @@ mod tests {
         assert_eq!(f.len(), 2);
         assert_eq!(f[0].status, 502);
         assert_eq!(f[0].failures, vec!["b/m: HTTP 500".to_string()]);
-        let m = analytics(&c, 0, 10_000, GroupBy::Model).unwrap();
+        let m = analytics(&c, 0, 10_000, i64::MAX, GroupBy::Model).unwrap();
         assert!(m.groups.contains_key("a/m"));
     }
 
@@ -1400,7 +1410,7 @@ mod tests {
             .query_row("SELECT min(hour_ms) FROM request_hourly", [], |r| r.get(0))
             .unwrap();
         assert_eq!(oldest_hour, 5 * HOUR_MS);
-        let a = analytics(&c, 6 * HOUR_MS, 9 * HOUR_MS, GroupBy::None).unwrap();
+        let a = analytics(&c, 6 * HOUR_MS, 9 * HOUR_MS, i64::MAX, GroupBy::None).unwrap();
         assert_eq!(a.totals.requests, 14);
     }
 
@@ -1482,7 +1492,7 @@ mod tests {
                 GroupBy::Day,
                 GroupBy::Hour,
             ] {
-                let a = analytics(&c, from, to, group).unwrap();
+                let a = analytics(&c, from, to, i64::MAX, group).unwrap();
                 assert!(a.totals.requests > 0);
                 assert_same(&a, &raw_only(&c, from, to, group));
             }
@@ -1501,7 +1511,7 @@ mod tests {
         // A two-hour stream that arrived at 0h30 ends and is logged after the rows above.
         insert(&mut c, &[rec(HOUR_MS / 2, "b", 200, 7_200_000.0)]).unwrap();
         let count = |from: i64, to: i64| {
-            analytics(&c, from, to, GroupBy::Provider)
+            analytics(&c, from, to, i64::MAX, GroupBy::Provider)
                 .unwrap()
                 .groups
                 .get("b")
@@ -1515,19 +1525,41 @@ mod tests {
         assert_eq!(count(0, HOUR_MS), 1, "whole hour, rollup");
         assert_eq!(count(HOUR_MS * 3 / 4, 3 * HOUR_MS), 0);
         assert_eq!(count(0, HOUR_MS / 4), 0);
-        let all = analytics(&c, 0, 3 * HOUR_MS, GroupBy::None).unwrap();
+        let all = analytics(&c, 0, 3 * HOUR_MS, i64::MAX, GroupBy::None).unwrap();
         assert_eq!(all.totals.requests, 11);
+    }
+
+    #[test]
+    fn a_range_reaching_now_reads_its_last_hour_from_the_rollup_with_the_same_answer() {
+        let mut c = temp_db("now");
+        spread(&mut c);
+        // `spread` fills 5 hours, its last row before 17,999,000 ms: "now" is just after it,
+        // in hour 4, and the range runs past it.
+        let now = 17_999_100;
+        let (from, to) = (1_000_000, now + 60_000);
+        for group in [GroupBy::None, GroupBy::Provider, GroupBy::Hour] {
+            let fast = analytics(&c, from, to, now, group).unwrap();
+            assert!(fast.totals.requests > 0);
+            assert_same(&fast, &raw_only(&c, from, now + 1, group));
+        }
+        // The tail was the rollup's: a raw row stamped after `now` (which cannot happen) is
+        // counted with its hour, while the raw-only answer leaves it out.
+        insert(&mut c, &[rec(now + 500, "late", 200, 1.0)]).unwrap();
+        let fast = analytics(&c, from, to, now, GroupBy::Provider).unwrap();
+        assert_eq!(fast.groups["late"].requests, 1);
+        let raw = raw_only(&c, from, now + 1, GroupBy::Provider);
+        assert!(!raw.groups.contains_key("late"));
     }
 
     #[test]
     fn a_store_without_the_rollup_gets_it_built_on_open() {
         let mut c = temp_db("backfill");
         spread(&mut c);
-        let want = analytics(&c, 1_000, 17_000_000, GroupBy::Model).unwrap();
+        let want = analytics(&c, 1_000, 17_000_000, i64::MAX, GroupBy::Model).unwrap();
         c.execute_batch("DROP TABLE request_hourly").unwrap();
         ensure_rollup(&c).unwrap();
         assert_same(
-            &analytics(&c, 1_000, 17_000_000, GroupBy::Model).unwrap(),
+            &analytics(&c, 1_000, 17_000_000, i64::MAX, GroupBy::Model).unwrap(),
             &want,
         );
     }
@@ -1712,7 +1744,7 @@ mod tests {
                 vec![I(8), I(6000), t("r2"), Null, I(0), R(1.0), Null],
             ]
         );
-        let a = analytics(&c, 0, 10_000, GroupBy::Provider).unwrap();
+        let a = analytics(&c, 0, 10_000, i64::MAX, GroupBy::Provider).unwrap();
         assert_eq!(
             (a.totals.requests, a.totals.rate_limited, a.totals.failovers),
             (2, 1, 1)
