@@ -996,26 +996,73 @@ struct RecordFields<'a> {
 
 impl<'de: 'a, 'a> serde::Deserialize<'de> for RecordFields<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, SeqAccess, Visitor};
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-        /// A string (borrowed from the input when it has no escapes), or null.
-        struct Text<'a>(Cow<'a, str>);
-        impl<'de> serde::Deserialize<'de> for Text<'de> {
+        /// One element of the array, as far as analytics cares: text (borrowed from the
+        /// input when it has no escapes), a number, or anything else (null, bool, nested).
+        enum Elem<'a> {
+            Text(Cow<'a, str>),
+            Int(u64),
+            Real(f64),
+            Other,
+        }
+        impl<'a> Elem<'a> {
+            fn text(self) -> Cow<'a, str> {
+                match self {
+                    Elem::Text(t) => t,
+                    _ => Cow::Borrowed(""),
+                }
+            }
+            fn int(self) -> u64 {
+                match self {
+                    Elem::Int(n) => n,
+                    _ => 0,
+                }
+            }
+            fn real(self) -> f64 {
+                match self {
+                    Elem::Int(n) => n as f64,
+                    Elem::Real(x) => x,
+                    _ => 0.0,
+                }
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for Elem<'de> {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 struct V;
                 impl<'de> Visitor<'de> for V {
-                    type Value = Text<'de>;
+                    type Value = Elem<'de>;
                     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                        f.write_str("a string or null")
+                        f.write_str("a JSON value")
                     }
-                    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
-                        Ok(Text(Cow::Borrowed(v)))
+                    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Elem<'de>, E> {
+                        Ok(Elem::Text(Cow::Borrowed(v)))
                     }
-                    fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
-                        Ok(Text(Cow::Owned(v.to_owned())))
+                    fn visit_str<E>(self, v: &str) -> Result<Elem<'de>, E> {
+                        Ok(Elem::Text(Cow::Owned(v.to_owned())))
                     }
-                    fn visit_unit<E>(self) -> Result<Text<'de>, E> {
-                        Ok(Text(Cow::Borrowed("")))
+                    fn visit_u64<E>(self, v: u64) -> Result<Elem<'de>, E> {
+                        Ok(Elem::Int(v))
+                    }
+                    fn visit_i64<E>(self, v: i64) -> Result<Elem<'de>, E> {
+                        Ok(Elem::Int(v.max(0) as u64))
+                    }
+                    fn visit_f64<E>(self, v: f64) -> Result<Elem<'de>, E> {
+                        Ok(Elem::Real(v))
+                    }
+                    fn visit_unit<E>(self) -> Result<Elem<'de>, E> {
+                        Ok(Elem::Other)
+                    }
+                    fn visit_bool<E>(self, _: bool) -> Result<Elem<'de>, E> {
+                        Ok(Elem::Other)
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Elem<'de>, A::Error> {
+                        while a.next_element::<IgnoredAny>()?.is_some() {}
+                        Ok(Elem::Other)
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Elem<'de>, A::Error> {
+                        while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                        Ok(Elem::Other)
                     }
                 }
                 d.deserialize_any(V)
@@ -1031,56 +1078,23 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for RecordFields<'a> {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut out = RecordFields::default();
                 let mut i = 0;
-                loop {
-                    let name = FIELDS.get(i).copied().unwrap_or("");
-                    let present = match name {
-                        "key_label" | "provider" | "model" | "cache_status" => {
-                            match seq.next_element::<Text<'de>>()? {
-                                None => false,
-                                Some(Text(v)) => {
-                                    *match name {
-                                        "key_label" => &mut out.key_label,
-                                        "provider" => &mut out.provider,
-                                        "model" => &mut out.model,
-                                        _ => &mut out.cache_status,
-                                    } = v;
-                                    true
-                                }
-                            }
-                        }
-                        "attempts" | "prompt_tokens" | "completion_tokens" => {
-                            match seq.next_element::<Option<u64>>()? {
-                                None => false,
-                                Some(v) => {
-                                    *match name {
-                                        "attempts" => &mut out.attempts,
-                                        "prompt_tokens" => &mut out.prompt_tokens,
-                                        _ => &mut out.completion_tokens,
-                                    } = v.unwrap_or(0);
-                                    true
-                                }
-                            }
-                        }
-                        "duration_ms" | "overhead_ms" | "cost_usd" => {
-                            match seq.next_element::<Option<f64>>()? {
-                                None => false,
-                                Some(v) => {
-                                    *match name {
-                                        "duration_ms" => &mut out.duration_ms,
-                                        "overhead_ms" => &mut out.overhead_ms,
-                                        _ => &mut out.cost_usd,
-                                    } = v.unwrap_or(0.0);
-                                    true
-                                }
-                            }
-                        }
-                        _ => seq.next_element::<IgnoredAny>()?.is_some(),
-                    };
-                    if !present {
-                        return Ok(out);
+                while let Some(v) = seq.next_element::<Elem<'de>>()? {
+                    match FIELDS.get(i).copied().unwrap_or("") {
+                        "key_label" => out.key_label = v.text(),
+                        "provider" => out.provider = v.text(),
+                        "model" => out.model = v.text(),
+                        "cache_status" => out.cache_status = v.text(),
+                        "attempts" => out.attempts = v.int(),
+                        "prompt_tokens" => out.prompt_tokens = v.int(),
+                        "completion_tokens" => out.completion_tokens = v.int(),
+                        "duration_ms" => out.duration_ms = v.real(),
+                        "overhead_ms" => out.overhead_ms = v.real(),
+                        "cost_usd" => out.cost_usd = v.real(),
+                        _ => {}
                     }
                     i += 1;
                 }
+                Ok(out)
             }
         }
         d.deserialize_seq(Fields)

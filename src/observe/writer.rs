@@ -198,7 +198,7 @@ fn run(rx: Receiver<Box<RequestRecord>>, config: WriterConfig, stop: Arc<AtomicB
             let mut out = stdout.lock();
             for r in &batch {
                 line.clear();
-                let client_ip = r.client_ip.map(|ip| ips.get(ip).to_owned());
+                let client_ip = r.client_ip.map(|ip| ips.get(ip));
                 let access = AccessLine {
                     record: r,
                     client_ip,
@@ -242,7 +242,7 @@ fn retention(conn: &rusqlite::Connection, config: &WriterConfig) {
 /// can pick it out.
 struct AccessLine<'a> {
     record: &'a RequestRecord,
-    client_ip: Option<String>,
+    client_ip: Option<&'a str>,
 }
 
 impl serde::Serialize for AccessLine<'_> {
@@ -251,13 +251,13 @@ impl serde::Serialize for AccessLine<'_> {
         struct Line<'a> {
             #[serde(rename = "type")]
             kind: &'static str,
-            client_ip: &'a Option<String>,
+            client_ip: Option<&'a str>,
             #[serde(flatten)]
             record: &'a RequestRecord,
         }
         Line {
             kind: "access",
-            client_ip: &self.client_ip,
+            client_ip: self.client_ip,
             record: self.record,
         }
         .serialize(s)

@@ -25,11 +25,10 @@ use crate::request::ChatRequest;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use parking_lot::Mutex;
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Tokens a provider reported (or the gateway estimated) for one request.
@@ -377,8 +376,9 @@ pub struct PoolKey {
     pub hint: String,
     /// Unix ms until which the key rests after a 429 (0 = not resting).
     resting_until: AtomicU64,
-    /// Why the provider rejected the key (401/403), once it has.
-    rejected: Mutex<Option<String>>,
+    /// Why the provider rejected the key (401/403), once it has (read without a lock on
+    /// every pick).
+    rejected: OnceLock<String>,
 }
 
 impl PoolKey {
@@ -395,12 +395,12 @@ impl PoolKey {
             header,
             hint: format!("…{tail}"),
             resting_until: AtomicU64::new(0),
-            rejected: Mutex::new(None),
+            rejected: OnceLock::new(),
         }
     }
 
     fn usable(&self, now_ms: u64) -> bool {
-        self.resting_until.load(Ordering::Relaxed) <= now_ms && self.rejected.lock().is_none()
+        self.resting_until.load(Ordering::Relaxed) <= now_ms && self.rejected.get().is_none()
     }
 
     /// Rests the key for `wait` (a 429).
@@ -411,11 +411,11 @@ impl PoolKey {
 
     /// Takes the key out: the provider refused it.
     pub fn reject(&self, why: String) {
-        *self.rejected.lock() = Some(why);
+        let _ = self.rejected.set(why);
     }
 
-    pub fn rejected(&self) -> Option<String> {
-        self.rejected.lock().clone()
+    pub fn rejected(&self) -> Option<&str> {
+        self.rejected.get().map(String::as_str)
     }
 
     /// Unix ms the key rests until, if it is resting now.
