@@ -12,6 +12,7 @@
 
 use super::media::{b64, unb64, MediaRequest};
 use super::voyage;
+use super::Usage;
 use crate::config::ProviderKind;
 use crate::errors::ApiError;
 use serde_json::{json, Map, Value};
@@ -168,7 +169,7 @@ pub fn response(
     body: &[u8],
     req: &EmbeddingRequest,
     model_id: &str,
-) -> Result<Vec<u8>, String> {
+) -> Result<(Vec<u8>, Option<Usage>), String> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| format!("the provider's embeddings answer is not JSON: {e}"))?;
     let not = |what: &str| format!("the provider's answer has no {what}");
@@ -177,15 +178,15 @@ pub fn response(
             .as_ref()
             .map_or(0, |t| t.iter().map(|s| s.len().div_ceil(4) as u64).sum())
     };
-    let (vectors, tokens): (Vec<Value>, u64) = match kind {
+    // `reported`: the provider's own count, when it gives one (else the estimate is shown).
+    let (vectors, reported): (Vec<Value>, Option<u64>) = match kind {
         ProviderKind::Openai | ProviderKind::Voyage => {
             let data = v["data"].as_array().ok_or_else(|| not("`data` list"))?;
             let mut data = data.clone();
             data.sort_by_key(|d| d["index"].as_u64().unwrap_or(0));
             let tokens = v["usage"]["prompt_tokens"]
                 .as_u64()
-                .or_else(|| v["usage"]["total_tokens"].as_u64())
-                .unwrap_or_else(estimate);
+                .or_else(|| v["usage"]["total_tokens"].as_u64());
             (
                 data.into_iter().map(|d| d["embedding"].clone()).collect(),
                 tokens,
@@ -196,13 +197,13 @@ pub fn response(
                 Some(Value::Array(l)) => l.iter().map(|e| e["values"].clone()).collect(),
                 _ => vec![v["embedding"]["values"].clone()],
             };
-            (list, estimate())
+            (list, None)
         }
         ProviderKind::WorkersAi => {
             let data = v["result"]["data"]
                 .as_array()
                 .ok_or_else(|| not("`result.data` matrix"))?;
-            (data.clone(), estimate())
+            (data.clone(), None)
         }
         ProviderKind::Anthropic => return Err("Anthropic has no embeddings API".into()),
     };
@@ -225,12 +226,18 @@ pub fn response(
         };
         data.push(json!({"object": "embedding", "index": i, "embedding": embedding}));
     }
-    Ok(to_vec(&json!({
+    let tokens = reported.unwrap_or_else(estimate);
+    let body = to_vec(&json!({
         "object": "list",
         "data": data,
         "model": model_id,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })))
+    }));
+    let usage = reported.map(|prompt_tokens| Usage {
+        prompt_tokens,
+        completion_tokens: 0,
+    });
+    Ok((body, usage))
 }
 
 /// A vector as floats, from a JSON array or OpenAI's base64 string.
@@ -330,7 +337,8 @@ mod tests {
                 &r,
                 "bge",
             )
-            .unwrap(),
+            .unwrap()
+            .0,
         )
         .unwrap();
         let b = out["data"][1]["embedding"].as_str().unwrap();
@@ -344,18 +352,20 @@ mod tests {
         let floats = req(json!({"input": "a"}));
         let g = json!({"embedding": {"values": [0.1, 0.2]}});
         let out: Value = serde_json::from_slice(
-            &response(ProviderKind::Gemini, g.to_string().as_bytes(), &floats, "g").unwrap(),
+            &response(ProviderKind::Gemini, g.to_string().as_bytes(), &floats, "g")
+                .unwrap()
+                .0,
         )
         .unwrap();
         assert_eq!(out["data"][0]["embedding"].as_array().unwrap().len(), 2);
         // An OpenAI-compatible provider that answers floats to a base64 request.
         let o = json!({"data": [{"index": 1, "embedding": [1.0]}, {"index": 0, "embedding": [3.0]}], "usage": {"prompt_tokens": 7}});
-        let out: Value = serde_json::from_slice(
-            &response(ProviderKind::Openai, o.to_string().as_bytes(), &r, "m").unwrap(),
-        )
-        .unwrap();
+        let (body, usage) =
+            response(ProviderKind::Openai, o.to_string().as_bytes(), &r, "m").unwrap();
+        let out: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(out["data"][0]["embedding"], encode_base64(&[3.0]));
         assert_eq!(out["usage"]["prompt_tokens"], 7);
+        assert_eq!(usage.map(|u| u.prompt_tokens), Some(7));
         assert!(response(ProviderKind::WorkersAi, b"{}", &r, "m").is_err());
     }
 }

@@ -106,7 +106,7 @@ async fn embeddings_endpoint(
     let build = |m: &ModelEntry| embeddings::request(m.provider_kind, &req, &m.id);
     let capture = |m: &ModelEntry, _ctype: &str, body: Bytes| {
         embeddings::response(m.provider_kind, &body, &req, &m.id)
-            .map(|b| ("application/json".to_string(), Bytes::from(b)))
+            .map(|(b, _usage)| ("application/json".to_string(), Bytes::from(b)))
     };
     let stage = Stage {
         build: &build,
