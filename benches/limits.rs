@@ -4,9 +4,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use freeway::cache::{self, Cache};
+use freeway::client_ip::{bucket_id, client_ip};
 use freeway::config::CacheConfig;
 use freeway::limits::bucket::Rule;
-use freeway::limits::client_ip::{bucket_id, client_ip};
 use freeway::limits::{Charge, Limiter};
 use std::hint::black_box;
 use std::net::IpAddr;

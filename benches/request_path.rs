@@ -3,8 +3,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use freeway::config::Config;
+use freeway::live::{Board, LiveBoard, ProviderState};
 use freeway::request::parse_chat;
-use freeway::routing::board::{Board, LiveBoard, ProviderState};
 use freeway::routing::{Ask, Catalog, Router};
 use std::hint::black_box;
 use std::time::Instant;
@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
         .map(|m| board.model(&m.qualified))
         .collect();
     let providers: Vec<ProviderState> = (0..10).map(|_| ProviderState::default()).collect();
-    let pace = freeway::limits::pace::Pace::default();
+    let pace = freeway::live::pace::Pace::default();
     let live = LiveBoard {
         models: &states,
         providers: &providers,
@@ -85,6 +85,7 @@ fn bench(c: &mut Criterion) {
         fallback_auto: false,
         metadata: None,
         max_attempts: 4,
+        provider: None,
     };
     c.bench_function("route_plan_auto_100_models", |b| {
         b.iter(|| {

@@ -773,7 +773,7 @@ impl Config {
             }
         }
         for (i, p) in l.trusted_proxies.iter().enumerate() {
-            crate::limits::client_ip::IpNet::parse(p)
+            crate::client_ip::IpNet::parse(p)
                 .map_err(|m| err(format!("limits.trusted_proxies[{i}]"), m))?;
         }
         let c = &self.cache;

@@ -9,16 +9,17 @@
 
 pub mod auth;
 pub mod cache;
+pub mod client_ip;
 pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod errors;
 pub mod limits;
+pub mod live;
 pub mod multipart;
 pub mod observe;
 pub mod providers;
 pub mod proxy;
-pub mod redis_link;
 pub mod reload;
 pub mod request;
 pub mod responses;

@@ -10,7 +10,7 @@
 //! or a binary upgrade (`-u`), which the log says.
 
 use crate::config::Config;
-use crate::routing::board::Board;
+use crate::live::Board;
 use crate::state::State;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;

@@ -3,10 +3,10 @@
 
 use crate::config::Config;
 use crate::conn::BoundedHttp;
+use crate::live::{Board, BoardFlusher};
 use crate::observe::{metrics, Observer};
 use crate::proxy::Gateway;
 use crate::reload::Upkeep;
-use crate::routing::board::{Board, BoardFlusher};
 use crate::sim::SimProvider;
 use crate::state::State;
 use pingora::apps::http_app::ServeHttp;

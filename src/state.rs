@@ -3,9 +3,9 @@
 
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::limits::slots::Slots;
+use crate::live::slots::Slots;
+use crate::live::{Board, LiveBoard, ModelState, ProviderState};
 use crate::providers::{PeerTimeouts, Upstream};
-use crate::routing::board::{Board, LiveBoard, ModelState, ProviderState};
 use crate::routing::routes::Routes;
 use crate::routing::{Catalog, Router};
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub struct State {
     pub auth: Auth,
     pub router: Router,
     /// Request/token rate estimates (shared with the board, across config generations).
-    pub pace: Arc<crate::limits::pace::Pace>,
+    pub pace: Arc<crate::live::pace::Pace>,
 }
 
 impl State {

@@ -18,7 +18,7 @@ pub mod disk;
 pub mod sse;
 
 use crate::config::CacheConfig;
-use crate::redis_link::RedisLink;
+use crate::live::redis_link::RedisLink;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};

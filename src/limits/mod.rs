@@ -12,11 +12,8 @@
 //! [`slots`] caps the requests in flight to each provider (`[[providers]].max_connections`).
 
 pub mod bucket;
-pub mod client_ip;
-pub mod pace;
-pub mod slots;
 
-use crate::redis_link::RedisLink;
+use crate::live::redis_link::RedisLink;
 use bucket::{Buckets, Rule, Take};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! Labels are bounded: endpoint names are a fixed set, providers and models come from the
 //! config, statuses are HTTP codes. Never a request id, key or IP.
 
-use crate::proxy::local::{headroom, model_status};
+use crate::routing::status::{headroom, model_status};
 use crate::state::State;
 use arc_swap::ArcSwap;
 use prometheus::core::{Collector, Desc};

@@ -2,9 +2,9 @@
 //! through a bounded queue and a writer thread), the JSON access log, `/v1/analytics` and
 //! the `/usage` dashboard.
 //!
-//! Everything is recorded in one place, `Observer::record`, called from the `logging`
+//! Every request is recorded in one place, `proxy::record`, called from the `logging`
 //! phase, which Pingora runs for every request (answered locally, proxied, rejected or
-//! failed).
+//! failed); it counts the metrics here and pushes a [`RequestRecord`] to the log queue.
 
 pub mod analytics;
 pub mod dashboard;
@@ -14,11 +14,8 @@ pub mod record;
 pub mod writer;
 
 use crate::config::Config;
-use crate::proxy::ctx::RequestCtx;
-use metrics::{status_label, METRICS};
 use parking_lot::Mutex;
-use pingora::proxy::Session;
-use record::{cap, cost_usd, method_name, IpRedactor, RequestRecord, MAX_FIELD};
+use record::{IpRedactor, RequestRecord};
 use rusqlite::Connection;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -65,120 +62,16 @@ impl Observer {
         (observer, service)
     }
 
-    /// Records a finished request: metrics, then (unless it is dashboard or health polling)
-    /// a log record. Moves strings out of `ctx`, which is done with after this.
-    pub fn record(&self, session: &Session, ctx: &mut RequestCtx) {
-        let req = session.req_header();
-        let path = req.uri.path();
-        let endpoint = endpoint_label(path);
-        let status = match ctx.status {
-            0 => 499, // the client left before any answer
-            s => s,
-        };
-        let elapsed = ctx.start.elapsed();
-        let overhead = ctx.overhead();
-        let provider = ctx.provider.as_deref().unwrap_or("");
-        let model = ctx.model.as_deref().unwrap_or("");
+    /// Queues a finished request's record for the request log (and the access log).
+    pub fn push(&self, record: Box<RequestRecord>) {
+        if let Some(queue) = &self.queue {
+            queue.push(record);
+        }
+    }
 
-        let (prompt, completion, estimated) = match ctx.usage {
-            Some(u) => (u.prompt_tokens, u.completion_tokens, false),
-            None if ctx.attempts > 0 && status < 400 => {
-                // No usage from the provider: ~4 bytes a token, less the JSON wrapper.
-                let completion = if ctx.streamed {
-                    0
-                } else {
-                    ctx.response_bytes.saturating_sub(300) / 4
-                };
-                (u64::from(ctx.prompt_estimate), completion, true)
-            }
-            None => (0, 0, false),
-        };
-        let cost = ctx.price.map_or(0.0, |p| {
-            cost_usd(prompt, completion, p.input_per_mtok, p.output_per_mtok)
-        });
-
-        let m = &*METRICS;
-        m.requests
-            .with_label_values(&[endpoint, provider, model, status_label(status)])
-            .inc();
-        m.duration
-            .with_label_values(&[endpoint])
-            .observe(elapsed.as_secs_f64());
-        m.overhead.observe(overhead.as_secs_f64());
-        if let Some(v) = ctx.stamp.limit.filter(|v| !v.admitted) {
-            metrics::rate_limited(v.scope);
-        }
-        if ctx.attempts > 0 || ctx.stamp.cache.is_some() {
-            let cache = match ctx.stamp.cache {
-                Some("HIT") => "hit",
-                Some("MISS") => "miss",
-                _ => "bypass",
-            };
-            m.cache.with_label_values(&[cache]).inc();
-        }
-        if ctx.attempts > 0 {
-            if status == 429 {
-                metrics::rate_limited("upstream");
-            }
-            if let (Some(t), true) = (ctx.ttft, status < 400) {
-                m.ttft
-                    .with_label_values(&[provider])
-                    .observe(t.as_secs_f64());
-            }
-            if prompt > 0 {
-                m.tokens
-                    .with_label_values(&[provider, model, "prompt"])
-                    .inc_by(prompt);
-            }
-            if completion > 0 {
-                m.tokens
-                    .with_label_values(&[provider, model, "completion"])
-                    .inc_by(completion);
-            }
-        }
-
-        let Some(queue) = &self.queue else { return };
-        if status < 400 && is_polling(endpoint) {
-            return;
-        }
-        let now = SystemTime::now();
-        let started = now.checked_sub(elapsed).unwrap_or(now);
-        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-        let metadata = header("x-gateway-metadata")
-            .or_else(|| header("cf-aig-metadata"))
-            .map(|m| cap(m.to_string(), MAX_FIELD));
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        queue.push(Box::new(RequestRecord {
-            ts_ms: started
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
-            request_id: std::mem::take(&mut ctx.id),
-            key_label: ctx.key_label.take().unwrap_or_default(),
-            client_ip,
-            method: method_name(&req.method),
-            endpoint,
-            path: matches!(endpoint, "other" | "passthrough")
-                .then(|| cap(path.to_string(), MAX_FIELD)),
-            requested_model: ctx.requested_model.take(),
-            provider: ctx.provider.take().unwrap_or_default(),
-            model: ctx.model.take().unwrap_or_default(),
-            attempts: ctx.attempts,
-            failures: std::mem::take(&mut ctx.failures),
-            status,
-            cache_status: ctx.stamp.cache.unwrap_or("BYPASS"),
-            streamed: ctx.streamed,
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            tokens_estimated: estimated,
-            ttft_ms: ctx.ttft.map(record::ms),
-            duration_ms: record::ms(elapsed),
-            overhead_ms: record::ms(overhead),
-            cost_usd: cost,
-            metadata,
-        }));
+    /// Whether records are written anywhere (else building one is wasted work).
+    pub fn logging(&self) -> bool {
+        self.queue.is_some()
     }
 
     /// Runs `f` with a read connection to the store, off the async threads.
@@ -205,34 +98,6 @@ impl Observer {
         .await
         .map_err(|e| format!("request log query failed: {e}"))?
     }
-}
-
-/// A fixed name per endpoint: bounded metric labels, and a column to group by.
-pub fn endpoint_label(path: &str) -> &'static str {
-    match path {
-        "/v1/chat/completions" | "/chat/completions" => "chat",
-        "/v1/responses" | "/responses" => "responses",
-        "/v1/embeddings" | "/embeddings" => "embeddings",
-        "/v1/audio/transcriptions" => "transcriptions",
-        "/v1/audio/speech" => "speech",
-        "/v1/models" | "/models" => "models",
-        "/v1/routing/status" => "routing_status",
-        "/v1/analytics" => "analytics",
-        "/v1/analytics/failures" => "analytics_failures",
-        "/health" | "/healthz" => "health",
-        "/metrics" => "metrics",
-        "/usage" => "usage",
-        p if p.starts_with("/providers/") => "passthrough",
-        _ => "other",
-    }
-}
-
-/// Endpoints that dashboards and probes poll: their successes would drown the log.
-fn is_polling(endpoint: &str) -> bool {
-    matches!(
-        endpoint,
-        "health" | "metrics" | "usage" | "analytics" | "analytics_failures" | "routing_status"
-    )
 }
 
 /// Unix milliseconds now.

@@ -14,6 +14,10 @@ pub struct RequestCtx {
     /// Time spent waiting on providers (connect, first byte, body reads). The gateway's own
     /// overhead is the elapsed time minus this.
     pub upstream_wait: Duration,
+    /// The endpoint serving the request (its label, whether it is limited, its handler).
+    pub endpoint: &'static super::endpoint::Endpoint,
+    /// The request's `x-gateway-*` controls, parsed once (model endpoints only).
+    pub controls: super::controls::Controls,
     /// Label of the gateway key used, once authenticated.
     pub key_label: Option<String>,
     /// The provider and model that served (or last tried) the request.
@@ -70,6 +74,8 @@ impl RequestCtx {
             id: format!("fw-{:08x}{:08x}", boot_id(), n),
             start: Instant::now(),
             upstream_wait: Duration::ZERO,
+            endpoint: &super::endpoint::NOT_FOUND,
+            controls: Default::default(),
             key_label: None,
             provider: None,
             model: None,

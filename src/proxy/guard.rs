@@ -2,14 +2,13 @@
 //! client request) and the response cache (lookup, coalescing, storing). The logic lives
 //! in `crate::limits` and `crate::cache`; this file only connects it to the session.
 
-use super::chat::Api;
 use super::ctx::RequestCtx;
 use super::respond::{send, send_error};
 use super::Gateway;
 use crate::cache::{self, sse, Cache, Cached, Key, LeadGuard, Turn};
+use crate::client_ip::{bucket_id, client_ip, IpNet};
 use crate::errors::ApiError;
 use crate::limits::bucket::Rule;
-use crate::limits::client_ip::{bucket_id, client_ip, IpNet};
 use crate::limits::{Charge, Verdict};
 use crate::request::ChatRequest;
 use crate::state::State;
@@ -37,27 +36,15 @@ impl Stamp {
     }
 }
 
-/// Requests the per-client limits apply to: model calls and native passthrough. Local
-/// endpoints (health, models, status) are not limited, so probes never eat a client's budget.
-fn is_limited(path: &str) -> bool {
-    matches!(
-        path,
-        "/v1/chat/completions" | "/chat/completions" | "/v1/responses" | "/responses"
-    ) || path.starts_with("/providers/")
-}
-
-/// Charges the request against its client's buckets. `false` when it was refused (a 429
-/// has been sent).
+/// Charges a model request against its client's buckets. `false` when it was refused (a
+/// 429 has been sent). Local endpoints (health, models, status) are never charged, so
+/// probes never eat a client's budget (see `endpoint::Endpoint::model`).
 pub async fn admit(
     gw: &Gateway,
     state: &State,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    path: &str,
 ) -> bool {
-    if !is_limited(path) {
-        return true;
-    }
     let limits = &state.config.limits;
     let mut charges = Vec::with_capacity(2);
     if let Some((burst, per_minute)) = limits.per_ip.enabled() {
@@ -158,12 +145,6 @@ impl Ticket {
     }
 }
 
-fn header<'a>(session: &'a Session, names: [&str; 2]) -> Option<&'a str> {
-    names
-        .into_iter()
-        .find_map(|n| session.req_header().headers.get(n)?.to_str().ok())
-}
-
 /// Looks the request up in the cache. `None` when it was answered (a HIT, or a bad cache
 /// header); otherwise the ticket for the upstream attempt.
 pub async fn cache_gate(
@@ -171,37 +152,20 @@ pub async fn cache_gate(
     state: &State,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    api: Api,
+    cacheable: bool,
     raw: &[u8],
     req: &ChatRequest<'_>,
 ) -> Option<Ticket> {
     let cfg = &gw.cache.config;
-    // The Responses API is reshaped per request; only chat completions are cached.
-    if !cfg.enabled || api != Api::Chat {
+    let c = &ctx.controls;
+    if !cfg.enabled || !cacheable || c.skip_cache {
         return Some(Ticket::bypass());
     }
-    let skip = header(session, ["x-gateway-skip-cache", "cf-aig-skip-cache"])
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true") || v.trim() == "1");
-    if skip {
-        return Some(Ticket::bypass());
-    }
-    let ttl = match header(session, ["x-gateway-cache-ttl", "cf-aig-cache-ttl"]) {
-        None => cfg.default_ttl_seconds,
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(s) => s,
-            Err(_) => {
-                let e = ApiError::invalid(format!(
-                    "x-gateway-cache-ttl must be a whole number of seconds, not `{v}`."
-                ));
-                send_error(session, ctx, &e).await;
-                return None;
-            }
-        },
-    };
+    let ttl = c.cache_ttl.unwrap_or(cfg.default_ttl_seconds);
     if ttl == 0 {
         return Some(Ticket::bypass());
     }
-    let client_key = header(session, ["x-gateway-cache-key", "cf-aig-cache-key"]);
+    let client_key = c.cache_key.as_deref();
     let model = req.model.as_deref().unwrap_or("auto");
     let Ok(key) = cache::key("chat", model, raw, client_key) else {
         return Some(Ticket::bypass());
@@ -292,7 +256,7 @@ pub fn storage_health(gw: &Gateway) -> serde_json::Value {
 pub struct Guards {
     limiter: Arc<crate::limits::Limiter>,
     cache: Arc<cache::Cache>,
-    redis: Option<Arc<crate::redis_link::RedisLink>>,
+    redis: Option<Arc<crate::live::redis_link::RedisLink>>,
 }
 
 impl Guards {
@@ -300,7 +264,7 @@ impl Guards {
     /// before the fork). The Redis link connects later, in its keeper task.
     pub fn build(config: &crate::config::Config) -> Result<Guards, String> {
         let url = &config.storage.redis_url;
-        let redis = (!url.is_empty()).then(|| crate::redis_link::RedisLink::new(url));
+        let redis = (!url.is_empty()).then(|| crate::live::redis_link::RedisLink::new(url));
         let cache = cache::Cache::open(
             std::path::Path::new(&config.storage.path),
             &config.cache,
@@ -319,14 +283,14 @@ impl Guards {
         self,
         gw: &mut Gateway,
         server: &mut pingora::server::Server,
-        board: &Arc<crate::routing::board::Board>,
+        board: &Arc<crate::live::Board>,
     ) {
         use pingora::services::background::background_service;
         if let Some(link) = &self.redis {
             log::info!("shared mode: limits, daily counts and the cache live in Redis");
             server.add_service(background_service(
                 "redis link",
-                crate::redis_link::RedisKeeper {
+                crate::live::redis_link::RedisKeeper {
                     link: link.clone(),
                     board: board.clone(),
                 },

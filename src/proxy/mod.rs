@@ -5,22 +5,27 @@
 //! endpoints too; the stock upstream phases are unused for now. `logging` records every
 //! request (metrics, request log) through `observe`.
 
+pub mod attempt;
+pub mod body;
 pub mod chat;
+pub mod controls;
 pub mod ctx;
+pub mod endpoint;
 pub mod guard;
 pub mod local;
 pub mod media;
 pub mod passthrough;
-pub mod relay;
+pub mod record;
 pub mod respond;
 
 use crate::errors::ApiError;
+use crate::live::Board;
 use crate::observe::{analytics, dashboard, metrics, Observer};
-use crate::routing::board::Board;
 use crate::state::State;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ctx::RequestCtx;
+use endpoint::Handler;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -42,7 +47,7 @@ pub struct Gateway {
     /// Per-client limits, the response cache and the optional Redis link (see `guard`).
     pub limiter: Arc<crate::limits::Limiter>,
     pub cache: Arc<crate::cache::Cache>,
-    pub redis: Option<Arc<crate::redis_link::RedisLink>>,
+    pub redis: Option<Arc<crate::live::redis_link::RedisLink>>,
 }
 
 impl Gateway {
@@ -63,52 +68,6 @@ impl Gateway {
     }
 }
 
-/// What a request asks for, by method and path.
-enum Endpoint {
-    Chat,
-    Responses,
-    Media(media::Media),
-    Models,
-    RoutingStatus,
-    Health,
-    Analytics,
-    AnalyticsFailures,
-    Usage,
-    Metrics,
-    NotFound,
-    WrongMethod,
-}
-
-fn endpoint(method: &http::Method, path: &str) -> Endpoint {
-    let (want_post, ep) = match path {
-        "/v1/chat/completions" | "/chat/completions" => (true, Endpoint::Chat),
-        "/v1/responses" | "/responses" => (true, Endpoint::Responses),
-        "/v1/embeddings" | "/embeddings" => (true, Endpoint::Media(media::Media::Embeddings)),
-        "/v1/audio/transcriptions" => (true, Endpoint::Media(media::Media::Transcriptions)),
-        "/v1/audio/translations" => (true, Endpoint::Media(media::Media::Translations)),
-        "/v1/audio/speech" => (true, Endpoint::Media(media::Media::Speech)),
-        "/v1/audio/speech-to-speech" => (true, Endpoint::Media(media::Media::SpeechToSpeech)),
-        "/v1/models" | "/models" => (false, Endpoint::Models),
-        "/v1/routing/status" => (false, Endpoint::RoutingStatus),
-        "/health" | "/healthz" => (false, Endpoint::Health),
-        "/v1/analytics" => (false, Endpoint::Analytics),
-        "/v1/analytics/failures" => (false, Endpoint::AnalyticsFailures),
-        "/usage" => (false, Endpoint::Usage),
-        "/metrics" => (false, Endpoint::Metrics),
-        _ => return Endpoint::NotFound,
-    };
-    let ok = if want_post {
-        method == http::Method::POST
-    } else {
-        method == http::Method::GET || method == http::Method::HEAD
-    };
-    if ok {
-        ep
-    } else {
-        Endpoint::WrongMethod
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -119,11 +78,11 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let state = self.state();
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_string();
+        let path = session.req_header().uri.path();
+        let ep = endpoint::find(path);
+        ctx.endpoint = ep;
 
-        // The dashboard page holds no data: it asks for the key and sends it on its API calls.
-        if !state.auth.is_public(&path) && path != "/usage" {
+        if ep.keyed && !state.auth.is_public(path) {
             let h = &session.req_header().headers;
             let label = state.auth.check(
                 h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
@@ -138,45 +97,60 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-
-        if !guard::admit(self, &state, session, ctx, &path).await {
-            return Ok(true); // over a per-client limit: 429 sent
-        }
-
-        if path.starts_with("/providers/") {
-            let query = session.req_header().uri.query().map(str::to_string);
-            match passthrough::target(&state, &path, query.as_deref()).await {
-                Ok(t) => {
-                    ctx.attempts = 1;
-                    ctx.provider = Some(t.upstream.name.clone());
-                    ctx.passthrough = Some(t);
-                    return Ok(false); // on to the proxy phases
-                }
+        if ep.model {
+            if !guard::admit(self, &state, session, ctx).await {
+                return Ok(true); // over a per-client limit: 429 sent
+            }
+            match controls::Controls::parse(&session.req_header().headers) {
+                Ok(c) => ctx.controls = c,
                 Err(e) => {
                     respond::send_error(session, ctx, &e).await;
                     return Ok(true);
                 }
             }
         }
+        if !ep.methods.allows(&session.req_header().method) {
+            let req = session.req_header();
+            let e = ApiError::method_not_allowed(req.method.as_str(), req.uri.path());
+            respond::send_error(session, ctx, &e).await;
+            return Ok(true);
+        }
 
-        let ep = endpoint(&method, &path);
-        match ep {
-            Endpoint::Chat => chat::handle(self, &state, session, ctx, chat::Api::Chat).await,
-            Endpoint::Responses => {
+        match ep.handler {
+            Handler::Passthrough => {
+                let req = session.req_header();
+                match passthrough::target(&state, req.uri.path(), req.uri.query()).await {
+                    Ok(t) => {
+                        ctx.attempts = 1;
+                        ctx.provider = Some(t.upstream.name.clone());
+                        ctx.passthrough = Some(t);
+                        return Ok(false); // on to the proxy phases
+                    }
+                    Err(e) => respond::send_error(session, ctx, &e).await,
+                }
+            }
+            Handler::Chat => chat::handle(self, &state, session, ctx, chat::Api::Chat).await,
+            Handler::Responses => {
                 chat::handle(self, &state, session, ctx, chat::Api::Responses).await
             }
-            Endpoint::Media(m) => media::handle(self, &state, session, ctx, m).await,
-            Endpoint::Models => respond::send_json(session, ctx, 200, local::models(&state)).await,
-            Endpoint::RoutingStatus => {
+            Handler::Embeddings => media::embeddings(self, &state, session, ctx).await,
+            Handler::Transcriptions => {
+                media::transcription(self, &state, session, ctx, false).await
+            }
+            Handler::Translations => media::transcription(self, &state, session, ctx, true).await,
+            Handler::Speech => media::speech(self, &state, session, ctx).await,
+            Handler::SpeechToSpeech => media::speech_to_speech(self, &state, session, ctx).await,
+            Handler::Models => respond::send_json(session, ctx, 200, local::models(&state)).await,
+            Handler::RoutingStatus => {
                 respond::send_json(session, ctx, 200, local::routing_status(&state)).await
             }
-            Endpoint::Health => {
+            Handler::Health => {
                 let (status, body) = local::health(&state, guard::storage_health(self));
                 respond::send_json(session, ctx, status, body).await
             }
-            Endpoint::Analytics | Endpoint::AnalyticsFailures => {
+            Handler::Analytics | Handler::AnalyticsFailures => {
                 let query = session.req_header().uri.query().unwrap_or("").to_string();
-                let answer = if matches!(ep, Endpoint::Analytics) {
+                let answer = if ep.handler == Handler::Analytics {
                     analytics::analytics(&self.observer, &query).await
                 } else {
                     analytics::failures(&self.observer, &query).await
@@ -186,20 +160,17 @@ impl ProxyHttp for Gateway {
                     Err(e) => respond::send_error(session, ctx, &e).await,
                 }
             }
-            Endpoint::Usage => {
+            Handler::Usage => {
                 let page = bytes::Bytes::from_static(dashboard::PAGE.as_bytes());
                 respond::send(session, ctx, 200, "text/html; charset=utf-8", page, &[]).await
             }
-            Endpoint::Metrics => {
+            Handler::Metrics => {
                 let body = bytes::Bytes::from(metrics::render());
                 let ct = "text/plain; version=0.0.4; charset=utf-8";
                 respond::send(session, ctx, 200, ct, body, &[]).await
             }
-            Endpoint::NotFound => {
-                respond::send_error(session, ctx, &ApiError::not_found(&path)).await
-            }
-            Endpoint::WrongMethod => {
-                let e = ApiError::method_not_allowed(method.as_str(), &path);
+            Handler::NotFound => {
+                let e = ApiError::not_found(session.req_header().uri.path());
                 respond::send_error(session, ctx, &e).await
             }
         }
@@ -208,7 +179,7 @@ impl ProxyHttp for Gateway {
 
     /// Every request ends here, whichever way it was answered: record it.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        self.observer.record(session, ctx);
+        record::record(&self.observer, session, ctx);
     }
 
     /// Only passthrough requests reach the proxy phases.

@@ -6,7 +6,7 @@
 
 use super::ctx::RequestCtx;
 use crate::errors::ApiError;
-use crate::limits::slots::Slot;
+use crate::live::slots::Slot;
 use crate::providers::Upstream;
 use crate::state::State;
 use pingora::http::RequestHeader;

@@ -6,9 +6,10 @@
 //! (unconfigured, key rejected, cooling down, probe busy, daily limit reached), then order
 //! the rest by a weighted random draw (see [`weight`]).
 
-pub mod board;
 pub mod health;
+pub mod load;
 pub mod routes;
+pub mod status;
 
 use crate::config::{Config, Cost, ModelType, ProviderKind, Tier};
 use crate::errors::ApiError;
@@ -293,7 +294,7 @@ pub struct Snapshot {
     pub last_error: Option<String>,
     /// Estimated requests and tokens in the last minute (read only for models with an
     /// `rpm`/`tpm` ceiling on them or their provider).
-    pub load: crate::limits::pace::Load,
+    pub load: load::Load,
 }
 
 impl Default for Snapshot {
@@ -395,7 +396,7 @@ pub fn weight(m: &ModelEntry, s: &Snapshot, needs: &Needs) -> f64 {
     if s.gate == Gate::ProbeFree {
         return f64::INFINITY;
     }
-    let pace = crate::limits::pace::headroom_factor(&s.load, m.ceilings());
+    let pace = load::headroom_factor(&s.load, m.ceilings());
     (success * speed * headroom * pace * tier_fit).max(1e-9)
 }
 
@@ -414,6 +415,8 @@ pub struct Ask<'a> {
     /// `x-gateway-metadata`, for route conditions.
     pub metadata: Option<&'a serde_json::Value>,
     pub max_attempts: usize,
+    /// `x-gateway-force-provider`: only this provider's models.
+    pub provider: Option<&'a str>,
 }
 
 impl Router {
@@ -442,6 +445,13 @@ impl Router {
             let mut ready = Vec::with_capacity(group.len());
             for &i in group {
                 let m = &catalog.models[i];
+                if let Some(p) = ask.provider.filter(|p| *p != m.provider_name) {
+                    unfit.push(format!(
+                        "`{}` is not a model of `{p}` (x-gateway-force-provider)",
+                        m.qualified
+                    ));
+                    continue;
+                }
                 if let Some(why) = m.unfit(needs) {
                     unfit.push(why);
                     continue;
@@ -720,6 +730,7 @@ base_url = "http://127.0.0.1:2"
             fallback_auto,
             metadata: None,
             max_attempts,
+            provider: None,
         };
         r.plan(cat, &AllHealthy, &ask, Instant::now())
     }
@@ -767,6 +778,7 @@ base_url = "http://127.0.0.1:2"
             fallback_auto: false,
             metadata: None,
             max_attempts: 9,
+            provider: None,
         };
         Router::default().plan(cat, live, &ask, Instant::now())
     }
@@ -878,7 +890,9 @@ base_url = "http://127.0.0.1:2"
 
     #[test]
     fn a_model_near_its_rpm_ceiling_is_drawn_less_often() {
-        use crate::limits::pace::{Load, Pace};
+        use crate::live as board;
+        use crate::live::pace::Pace;
+        use load::Load;
         let mut cat = catalog();
         let busy = cat.by_qualified["a/vision"];
         cat.models[busy].rpm = 30;
@@ -972,6 +986,7 @@ models = ["a/y", "a/x"]
             fallback_auto: false,
             metadata: None,
             max_attempts: 9,
+            provider: None,
         };
         for _ in 0..20 {
             let p = r.plan(&cat, &AllHealthy, &ask, Instant::now()).unwrap();
@@ -1115,6 +1130,7 @@ base_url = "http://127.0.0.1:2"
             fallback_auto,
             metadata: None,
             max_attempts: 9,
+            provider: None,
         };
         match Router::default().plan(cat, &AllHealthy, &ask, Instant::now()) {
             Ok(p) => ids(cat, &p),

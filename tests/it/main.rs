@@ -1,5 +1,6 @@
 //! The one integration-test crate: real freeway processes on loopback.
 
+mod architecture;
 mod cache;
 mod core;
 mod errors;
@@ -10,6 +11,7 @@ mod native;
 mod observe;
 mod ops;
 mod passthrough;
+mod pipeline;
 mod redis_proc;
 mod resources;
 mod responses;

@@ -8,7 +8,7 @@ use freeway::multipart;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn provider(
+pub(crate) fn provider(
     name: &str,
     kind: &str,
     base: &str,
@@ -62,7 +62,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// `(status, headers, body)` of a multipart POST built with the gateway's own builder.
-fn post_form(
+pub(crate) fn post_form(
     url: &str,
     fields: &[(&str, &str)],
     file: &[u8],

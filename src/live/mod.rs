@@ -1,14 +1,22 @@
-//! The live state of every model: health and today's request count. Survives config reloads
-//! (keyed by `provider/model`), and persists daily counts to the store every second.
+//! Live state, across config generations: every model's health and today's request count
+//! (the board, persisted to the store every second and shared through Redis), request/token
+//! rates (`pace`), requests in flight per provider (`slots`) and the Redis link (`redis_link`).
+//!
+//! `routing` is the pure logic that reads this state through its `Live` trait; this module
+//! does the I/O (SQLite, Redis) and holds the locks and atomics.
 
-use super::health::{Gate, Health, Report};
-use super::{Catalog, Live, Snapshot};
-use crate::limits::pace::Pace;
-use crate::limits::slots::{SlotCount, Slots};
-use crate::redis_link::RedisLink;
+pub mod pace;
+pub mod redis_link;
+pub mod slots;
+
+use crate::routing::health::{Gate, Health, Report};
+use crate::routing::{Catalog, Live, Snapshot};
 use crate::store::Store;
 use crate::time::{day_string, utc_day};
+use pace::Pace;
 use parking_lot::Mutex;
+use redis_link::RedisLink;
+use slots::{SlotCount, Slots};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -156,7 +156,7 @@ impl RedisLink {
 /// Keeps the link's state current, and runs `on_tick` (shared-state sync) while it is up.
 pub struct RedisKeeper {
     pub link: Arc<RedisLink>,
-    pub board: Arc<crate::routing::board::Board>,
+    pub board: Arc<crate::live::Board>,
 }
 
 #[async_trait::async_trait]

@@ -1,0 +1,891 @@
+//! The one attempt engine every model endpoint runs (chat, Responses, embeddings, audio,
+//! speech-to-speech): take the planned candidates in order, claim one (a slot at its
+//! provider, a key of its pool, the recovery probe), build its upstream request, send it,
+//! classify the answer, decide what comes next (another key of the pool, the next candidate,
+//! or done) and record the attempt — health, daily count, rate pace, the attempt metric,
+//! usage and price — in one place.
+//!
+//! An endpoint supplies only what differs, as a [`Call`]: how to build its request for a
+//! model, and how to read a successful answer (relay it to the client, or capture it).
+//!
+//! The gateway drives the upstream exchange itself with Pingora's pooled connector rather
+//! than the stock proxy phases: that works for bodies of any size (the stock path can replay
+//! only 64 KiB on retry), and lets an answer be held until its first content, so a provider
+//! that opens a 200 and dies at once is still failed over invisibly.
+
+use super::ctx::RequestCtx;
+use super::respond::{send, send_error};
+use super::Gateway;
+use crate::errors::{upstream_envelope, ApiError};
+use crate::live::slots::Slot;
+use crate::observe::metrics;
+use crate::providers::media::{MediaRequest, Piece};
+use crate::providers::{self, Upstream, UpstreamRequest, Usage};
+use crate::routing::health::{parse_reset, Report};
+use crate::routing::{Ask, ModelEntry, Needs};
+use crate::state::State;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The most of an upstream answer read whole into memory (JSON answers, transcripts,
+/// embeddings, audio in JSON).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+/// The most of an upstream error body kept for the client's error message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// How long a pooled key rests after a 429 that did not say (`retry-after`).
+const KEY_REST: Duration = Duration::from_secs(30);
+
+/// What one endpoint adds to the engine.
+pub trait Call: Sync {
+    /// What a successful attempt hands back to the endpoint (`()` when the answer was
+    /// already relayed to the client).
+    type Out: Send;
+
+    /// The upstream request for `model`.
+    fn build(&self, model: &ModelEntry) -> Result<Outbound, Refusal>;
+
+    /// Reads a 2xx answer. `Err` while nothing has reached the client: the engine fails
+    /// over. Once the client has seen bytes, a failure is an `Ok` with `answer.broken`.
+    fn answer(
+        &self,
+        reply: Reply<'_>,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> impl Future<Output = Result<(Self::Out, Answer), Failure>> + Send;
+
+    /// The error to answer when every candidate failed, where the endpoint can say more
+    /// than the generic one.
+    fn exhausted(&self, _failures: &[(String, Failure)], _ctx: &RequestCtx) -> Option<ApiError> {
+        None
+    }
+}
+
+/// Why a candidate is not tried.
+pub enum Refusal {
+    /// This model cannot serve the request as asked (another may).
+    Skip(String),
+    /// The request cannot be served as asked: answered to the client at once.
+    Final(ApiError),
+}
+
+/// An upstream request: `POST {base}{path}`.
+pub struct Outbound {
+    pub path: String,
+    pub content_type: HeaderValue,
+    pub accept: &'static str,
+    pub body: Body,
+    /// Headers the format needs (`anthropic-version`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// An upstream body: one buffer, or pieces that reference the client's buffer (uploads are
+/// never copied whole, see `providers::media`).
+pub enum Body {
+    One(Bytes),
+    Pieces(Vec<Piece>),
+}
+
+impl Outbound {
+    /// A JSON request built by a chat translator.
+    pub fn json(req: UpstreamRequest, stream: bool) -> Outbound {
+        Outbound {
+            path: req.path,
+            content_type: HeaderValue::from_static("application/json"),
+            accept: if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+            body: Body::One(req.body),
+            headers: req.headers,
+        }
+    }
+
+    /// A media request (JSON, multipart or raw audio).
+    pub fn media(req: MediaRequest) -> Result<Outbound, Refusal> {
+        let content_type = HeaderValue::from_str(&req.content_type).map_err(|_| {
+            Refusal::Final(ApiError::invalid("The upload's content type is not valid."))
+        })?;
+        Ok(Outbound {
+            path: req.path,
+            content_type,
+            accept: "*/*",
+            body: Body::Pieces(req.body),
+            headers: req.headers,
+        })
+    }
+
+    fn len(&self) -> usize {
+        match &self.body {
+            Body::One(b) => b.len(),
+            Body::Pieces(p) => p.iter().map(Piece::len).sum(),
+        }
+    }
+}
+
+/// Time limits for one exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Until the response head arrives.
+    pub first_byte: Duration,
+    /// Between two reads of the body (SSE silence).
+    pub idle: Duration,
+}
+
+/// Why one attempt failed in a way worth trying the next candidate.
+#[derive(Debug)]
+pub enum Failure {
+    /// Could not connect, TLS failed, or the connection broke before an answer.
+    Connect(String),
+    /// No answer (or no further body) within the time limit.
+    Timeout(String),
+    /// A retryable status: 429, 5xx, 408, or 401/403 (a bad provider key is the gateway's
+    /// problem, not the client's).
+    Status {
+        status: u16,
+        /// The provider's error, as an OpenAI envelope.
+        body: Bytes,
+        /// When the provider said to come back (`retry-after`, or the later of its
+        /// `x-ratelimit-reset-*` hints).
+        retry_after: Option<Duration>,
+    },
+    /// The provider answered 200 with something that is not its format.
+    Malformed(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "{e}"),
+            Failure::Timeout(e) => write!(f, "timeout: {e}"),
+            Failure::Malformed(e) => write!(f, "bad answer: {e}"),
+            Failure::Status { status, body, .. } => {
+                let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+                write!(f, "HTTP {status} {}", text.trim())
+            }
+        }
+    }
+}
+
+impl Failure {
+    /// `outcome` label of `freeway_upstream_attempts_total`.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Failure::Status { status: 429, .. } => "rate_limited",
+            Failure::Status {
+                status: 401 | 403, ..
+            } => "auth_error",
+            Failure::Status { .. } => "upstream_error",
+            Failure::Timeout(_) => "timeout",
+            Failure::Connect(_) => "connect_error",
+            Failure::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// What an answered attempt produced, for health tracking and the request log.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub status: u16,
+    /// Time from sending the request to the first content (stream) or the whole answer.
+    pub first_content: Duration,
+    /// Tokens the provider reported.
+    pub usage: Option<Usage>,
+    /// The answer broke off after it started reaching the client.
+    pub broken: bool,
+    pub streamed: bool,
+}
+
+impl Answer {
+    /// `outcome` label of `freeway_upstream_attempts_total`.
+    fn outcome(&self) -> &'static str {
+        match self.status {
+            _ if self.broken => "broken_stream",
+            400.. => "client_error",
+            _ => "success",
+        }
+    }
+
+    fn report(&self) -> Report {
+        if self.broken {
+            Report::Failed {
+                reason: "the answer broke off mid-way".into(),
+            }
+        } else if self.status >= 400 {
+            Report::ClientError
+        } else {
+            Report::Success {
+                latency: self.first_content,
+                streamed: self.streamed,
+            }
+        }
+    }
+}
+
+/// A 2xx answer being read.
+pub struct Reply<'a> {
+    http: HttpSession,
+    peer: Arc<HttpPeer>,
+    connector: &'a Connector,
+    pub model: &'a ModelEntry,
+    /// When the request was sent.
+    pub started: Instant,
+    pub timeouts: Timeouts,
+}
+
+impl Reply<'_> {
+    pub fn status(&self) -> u16 {
+        self.http
+            .response_header()
+            .map_or(200, |h| h.status.as_u16())
+    }
+
+    pub fn header(&self, name: http::header::HeaderName) -> Option<&str> {
+        self.http
+            .response_header()?
+            .headers
+            .get(name)?
+            .to_str()
+            .ok()
+    }
+
+    pub fn is_sse(&self) -> bool {
+        self.header(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+    }
+
+    /// The next body chunk (`None` at the end); upstream time is not gateway overhead.
+    pub async fn chunk(&mut self, ctx: &mut RequestCtx) -> pingora::Result<Option<Bytes>> {
+        read_chunk(&mut self.http, ctx).await
+    }
+
+    /// The whole body, failing over if it is larger than [`MAX_ANSWER_BYTES`].
+    pub async fn whole(&mut self, ctx: &mut RequestCtx) -> Result<Bytes, Failure> {
+        read_capped(&mut self.http, MAX_ANSWER_BYTES, ctx).await
+    }
+
+    /// The first-content failure for an error while reading.
+    pub fn read_failure(&self, e: &Error, what: &str) -> Failure {
+        if is_timeout(e) {
+            Failure::Timeout(format!(
+                "{what}: silent for {} ms",
+                self.timeouts.idle.as_millis()
+            ))
+        } else {
+            Failure::Connect(describe(e))
+        }
+    }
+
+    /// Returns the connection to the pool if the answer was read to its end.
+    pub async fn release(mut self) {
+        if self.http.response_done() {
+            let idle = self.peer.options.idle_timeout;
+            self.connector
+                .release_http_session(self.http, &*self.peer, idle)
+                .await;
+        } else {
+            self.http.shutdown().await;
+        }
+    }
+}
+
+/// The request's routing inputs from its controls: the candidates to try, in order.
+pub fn plan(
+    state: &State,
+    ctx: &RequestCtx,
+    model: Option<&str>,
+    needs: &Needs,
+) -> Result<Vec<usize>, ApiError> {
+    let c = &ctx.controls;
+    let ask = Ask {
+        model,
+        needs,
+        fallback_auto: c.fallback_auto,
+        metadata: c.metadata.as_ref(),
+        max_attempts: c.attempts(state.config.server.max_attempts),
+        provider: c.force_provider.as_deref(),
+    };
+    state
+        .router
+        .plan(&state.catalog, &state.live(), &ask, Instant::now())
+}
+
+/// The time limits for this request.
+pub fn timeouts(state: &State, ctx: &RequestCtx) -> Timeouts {
+    let server = &state.config.server;
+    Timeouts {
+        first_byte: Duration::from_millis(ctx.controls.first_byte_ms(server.upstream_timeout_ms)),
+        idle: Duration::from_millis(server.stream_idle_timeout_ms),
+    }
+}
+
+/// Runs the candidates of `plan` until one answers. `None` when the client has already been
+/// answered with an error (every attempt failed, or the request was refused).
+pub async fn run<C: Call>(
+    gw: &Gateway,
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    plan: Vec<usize>,
+    needs: &Needs,
+    call: &C,
+) -> Option<C::Out> {
+    let timeouts = timeouts(state, ctx);
+    let mut failures: Vec<(String, Failure)> = Vec::new();
+    let mut refusals = Vec::new();
+    // A model whose key was rate limited or rejected comes again at once with another key
+    // of its provider's pool (after the client's retry delay, if it asked for one).
+    let mut queue = VecDeque::from(plan);
+    let mut tried: Vec<usize> = Vec::new();
+    while let Some(idx) = queue.pop_front() {
+        let model = &state.catalog.models[idx];
+        let request = match call.build(model) {
+            Ok(r) => r,
+            Err(Refusal::Skip(why)) => {
+                refusals.push(format!("`{}`: {why}", model.qualified));
+                continue;
+            }
+            Err(Refusal::Final(e)) => {
+                send_error(session, ctx, &e).await;
+                return None;
+            }
+        };
+        let retry = tried.iter().filter(|&&i| i == idx).count() as u32;
+        if retry > 0 {
+            let wait = ctx.controls.retry_delay(retry);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let Some(_slot) = claim(state, idx, ctx) else {
+            continue;
+        };
+        tried.push(idx);
+        ctx.price = Some(model.cost);
+        let reserved = gw.board.pace.reserve(model, needs);
+        let upstream = &state.upstreams[model.provider];
+        let attempt_start = Instant::now();
+        let outcome = attempt(gw, upstream, model, request, timeouts, call, session, ctx).await;
+        let live = &state.models[idx];
+        match outcome {
+            Attempt::Done(out, answer) => {
+                gw.board.pace.settle_answer(model, reserved, answer.usage);
+                record_answer(ctx, model, live, attempt_start, &answer);
+                return Some(out);
+            }
+            Attempt::Refused { status, body } => {
+                gw.board.pace.release(model, reserved);
+                let answer = Answer {
+                    status,
+                    first_content: attempt_start.elapsed(),
+                    ..Answer::default()
+                };
+                record_answer(ctx, model, live, attempt_start, &answer);
+                send(session, ctx, status, "application/json", body, &[]).await;
+                return None;
+            }
+            Attempt::Retry(failure) => {
+                metrics::attempt(&model.provider_name, &model.id, failure.outcome());
+                gw.board.pace.release(model, reserved);
+                log::warn!("{}: {} failed: {failure}", ctx.id, model.qualified);
+                if record_failure(state, idx, ctx.upstream_key, &failure) {
+                    queue.push_front(idx);
+                }
+                ctx.failures.push(format!("{}: {failure}", model.qualified));
+                failures.push((model.provider_name.clone(), failure));
+            }
+        }
+    }
+    if failures.is_empty() {
+        let e = if refusals.is_empty() {
+            // Every candidate was claimed by other requests' probes meanwhile.
+            ApiError::no_capacity(format!(
+                "No capable model can serve this request now: {}.",
+                ctx.failures.join("; ")
+            ))
+        } else {
+            let mut e = ApiError::invalid(format!(
+                "No candidate model can serve this request as asked: {}.",
+                refusals.join("; ")
+            ));
+            e.code = Some("model_not_capable");
+            e
+        };
+        send_error(session, ctx, &e).await;
+        return None;
+    }
+    ctx.failures.append(&mut refusals);
+    match call.exhausted(&failures, ctx) {
+        Some(e) => send_error(session, ctx, &e).await,
+        None => answer_exhausted(session, ctx, failures).await,
+    }
+    None
+}
+
+/// Records an answered attempt: the attempt metric, health, daily count, usage and the
+/// time to first content.
+fn record_answer(
+    ctx: &mut RequestCtx,
+    model: &ModelEntry,
+    live: &crate::live::ModelState,
+    attempt_start: Instant,
+    answer: &Answer,
+) {
+    metrics::attempt(&model.provider_name, &model.id, answer.outcome());
+    live.count_request();
+    live.report(&answer.report());
+    if answer.usage.is_some() {
+        ctx.usage = answer.usage;
+    }
+    ctx.ttft = Some(attempt_start.duration_since(ctx.start) + answer.first_content);
+}
+
+/// How one attempt ended.
+enum Attempt<T> {
+    /// An answer (relayed or captured).
+    Done(T, Answer),
+    /// The provider refused the request itself (400, 404, 413, 422…): final, the error is
+    /// passed on, never retried elsewhere.
+    Refused {
+        status: u16,
+        body: Bytes,
+    },
+    Retry(Failure),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt<C: Call>(
+    gw: &Gateway,
+    upstream: &Upstream,
+    model: &ModelEntry,
+    request: Outbound,
+    timeouts: Timeouts,
+    call: &C,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Attempt<C::Out> {
+    let peer = match upstream.peer().await {
+        Ok(p) => p,
+        Err(e) => return Attempt::Retry(Failure::Connect(e)),
+    };
+    let header = match request_header(upstream, &request, ctx.upstream_key) {
+        Ok(h) => h,
+        Err(e) => return Attempt::Retry(Failure::Connect(describe(&e))),
+    };
+    let started = Instant::now();
+    let sent = send_request(&gw.connector, &peer, header, &request, timeouts).await;
+    ctx.upstream_wait += started.elapsed();
+    let mut http = match sent {
+        Ok(h) => h,
+        Err(f) => return Attempt::Retry(f),
+    };
+    let Some(head) = http.response_header() else {
+        return Attempt::Retry(Failure::Connect("no response header".into()));
+    };
+    let status = head.status.as_u16();
+    let retry_after = retry_hint(&head.headers);
+    http.set_read_timeout(Some(timeouts.idle));
+    if !(200..300).contains(&status) {
+        let body = read_capped(&mut http, MAX_ERROR_BODY, ctx)
+            .await
+            .unwrap_or_default();
+        // Kept as an OpenAI envelope: it may become the final answer.
+        let body = providers::translator(model.provider_kind).error(status, &body, &upstream.name);
+        return if is_retryable_status(status) {
+            Attempt::Retry(Failure::Status {
+                status,
+                body,
+                retry_after,
+            })
+        } else {
+            Attempt::Refused { status, body }
+        };
+    }
+    let reply = Reply {
+        http,
+        peer,
+        connector: &gw.connector,
+        model,
+        started,
+        timeouts,
+    };
+    match call.answer(reply, session, ctx).await {
+        Ok((out, answer)) => Attempt::Done(out, answer),
+        Err(f) => Attempt::Retry(f),
+    }
+}
+
+/// The request head for `POST {base}{path}`, carrying key `key` of the pool.
+fn request_header(
+    upstream: &Upstream,
+    req: &Outbound,
+    key: Option<usize>,
+) -> pingora::Result<RequestHeader> {
+    use http::header;
+    let path = upstream.path(&req.path);
+    let mut h = RequestHeader::build(
+        "POST",
+        path.as_bytes(),
+        Some(8 + upstream.extra_headers.len() + req.headers.len()),
+    )?;
+    h.insert_header(header::HOST, upstream.host_header.clone())?;
+    if let Some((name, value)) = key.and_then(|k| upstream.keys.get(k)).map(|k| &k.header) {
+        h.insert_header(name.clone(), value.clone())?;
+    }
+    h.insert_header(header::CONTENT_TYPE, req.content_type.clone())?;
+    h.insert_header(header::CONTENT_LENGTH, req.len())?;
+    h.insert_header(header::ACCEPT, req.accept)?;
+    h.insert_header(
+        header::USER_AGENT,
+        concat!("freeway/", env!("CARGO_PKG_VERSION")),
+    )?;
+    for (k, v) in upstream.extra_headers.iter().chain(&req.headers) {
+        h.insert_header(k.clone(), v.clone())?;
+    }
+    Ok(h)
+}
+
+/// Connects (retrying on a stale pooled connection), sends the head and the body, and reads
+/// the response head.
+async fn send_request(
+    connector: &Connector,
+    peer: &HttpPeer,
+    header: RequestHeader,
+    req: &Outbound,
+    timeouts: Timeouts,
+) -> Result<HttpSession, Failure> {
+    let mut stale_retries = 0;
+    loop {
+        let (mut http, reused) = connector
+            .get_http_session(peer)
+            .await
+            .map_err(|e| Failure::Connect(describe(&e)))?;
+        http.set_read_timeout(Some(timeouts.first_byte));
+        match write_and_read_head(&mut http, header.clone(), &req.body).await {
+            Ok(()) => return Ok(http),
+            // A pooled connection the provider already closed: try a fresh one.
+            Err(e) if reused && !is_timeout(&e) && stale_retries < 2 => stale_retries += 1,
+            Err(e) if is_timeout(&e) => {
+                return Err(Failure::Timeout(format!(
+                    "no response within {} ms",
+                    timeouts.first_byte.as_millis()
+                )))
+            }
+            Err(e) => return Err(Failure::Connect(describe(&e))),
+        }
+    }
+}
+
+async fn write_and_read_head(
+    http: &mut HttpSession,
+    header: RequestHeader,
+    body: &Body,
+) -> pingora::Result<()> {
+    // Pingora flushes the head and the body in separate writes; corking the socket sends
+    // them as one segment, which on loopback halves the receive work done on our CPU.
+    let fd = http.stream().map(|s| s.id());
+    set_cork(fd, true);
+    let written = async {
+        http.write_request_header(Box::new(header)).await?;
+        match body {
+            Body::One(b) => {
+                http.write_request_body(b.clone(), true).await?;
+            }
+            Body::Pieces(pieces) => {
+                for chunk in pieces.iter().flat_map(Piece::chunks) {
+                    if !chunk.is_empty() {
+                        http.write_request_body(chunk, false).await?;
+                    }
+                }
+            }
+        }
+        http.finish_request_body().await
+    }
+    .await;
+    set_cork(fd, false);
+    written?;
+    http.read_response_header().await
+}
+
+/// Sets TCP_CORK on an upstream socket (best effort: a failure only costs a packet).
+fn set_cork(fd: Option<i32>, on: bool) {
+    let Some(fd) = fd else { return };
+    let value: libc::c_int = on.into();
+    // SAFETY: setsockopt on a descriptor owned by the live session, with a valid int option.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+async fn read_chunk(
+    http: &mut HttpSession,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<Option<Bytes>> {
+    let t = Instant::now();
+    let r = http.read_response_body().await;
+    ctx.upstream_wait += t.elapsed();
+    r
+}
+
+/// Reads a whole response body, failing if it exceeds `cap`.
+async fn read_capped(
+    http: &mut HttpSession,
+    cap: usize,
+    ctx: &mut RequestCtx,
+) -> Result<Bytes, Failure> {
+    let mut body = BytesMut::new();
+    loop {
+        match read_chunk(http, ctx).await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > cap {
+                    return Err(Failure::Connect(format!(
+                        "response larger than {cap} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) if is_timeout(&e) => return Err(Failure::Timeout(describe(&e))),
+            Err(e) => return Err(Failure::Connect(describe(&e))),
+        }
+    }
+}
+
+/// `retry-after`, else the later of the `x-ratelimit-reset-*` hints.
+fn retry_hint(headers: &http::HeaderMap) -> Option<Duration> {
+    let parse = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_reset)
+    };
+    parse("retry-after").or_else(|| {
+        [
+            "x-ratelimit-reset-requests",
+            "x-ratelimit-reset-tokens",
+            "x-ratelimit-reset",
+        ]
+        .into_iter()
+        .filter_map(parse)
+        .max()
+    })
+}
+
+fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 401 | 403 | 408 | 429) || status >= 500
+}
+
+pub fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
+    )
+}
+
+pub fn describe(e: &Error) -> String {
+    // Pingora's Display carries the type, source and context; that is what operators need.
+    e.to_string()
+}
+
+/// Claims candidate `idx` for one attempt, and stamps it on `ctx`: a slot at its provider
+/// (held for the whole exchange: the provider may have filled up since planning), a key of
+/// its pool and, if the model is recovering, its single probe (another request may have
+/// taken it since planning). `None`, with the reason in `ctx.failures`, when one is taken.
+fn claim(state: &State, idx: usize, ctx: &mut RequestCtx) -> Option<Slot> {
+    let model = &state.catalog.models[idx];
+    let Some(slot) = state.slots[model.provider].try_acquire() else {
+        ctx.failures.push(format!(
+            "{}: skipped (provider at max_connections)",
+            model.qualified
+        ));
+        return None;
+    };
+    let key = match state.upstreams[model.provider].pick_key() {
+        Ok(k) => k,
+        Err(why) => {
+            ctx.failures
+                .push(format!("{}: skipped ({why})", model.qualified));
+            return None;
+        }
+    };
+    if state.models[idx].acquire().is_none() {
+        ctx.failures
+            .push(format!("{}: skipped (recovering)", model.qualified));
+        return None;
+    }
+    ctx.upstream_key = key;
+    ctx.attempts += 1;
+    ctx.provider = Some(model.provider_name.clone());
+    ctx.model = Some(model.id.clone());
+    Some(slot)
+}
+
+/// Updates health, daily counts and provider state after a failed attempt.
+///
+/// With a pool of keys, a 429 or a rejected key is the key's, not the model's: the key rests
+/// (or is taken out) and, when another key can serve, this returns `true`: try the model
+/// again with it.
+fn record_failure(state: &State, idx: usize, key: Option<usize>, failure: &Failure) -> bool {
+    let model = &state.catalog.models[idx];
+    let live = &state.models[idx];
+    let upstream = &state.upstreams[model.provider];
+    if let (
+        Some(k),
+        Failure::Status {
+            status,
+            retry_after,
+            ..
+        },
+    ) = (key, failure)
+    {
+        let pooled = upstream.keys.len() > 1;
+        match status {
+            429 if pooled => {
+                let wait = retry_after.unwrap_or(KEY_REST);
+                upstream.keys[k].rest(wait);
+                log::warn!(
+                    "provider `{}`: key {} rate limited, resting {} s",
+                    model.provider_name,
+                    upstream.keys[k].hint,
+                    wait.as_secs()
+                );
+                if upstream.other_key_usable(k) {
+                    return true;
+                }
+            }
+            401 | 403 if pooled => {
+                let why = format!("the provider rejected this key (HTTP {status})");
+                log::error!(
+                    "provider `{}`: key {}: {why}: fix or remove it and reload",
+                    model.provider_name,
+                    upstream.keys[k].hint
+                );
+                upstream.keys[k].reject(why);
+                if upstream.other_key_usable(k) {
+                    live.count_request();
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    let report = match failure {
+        Failure::Status {
+            status: 429,
+            retry_after,
+            ..
+        } => Report::RateLimited {
+            retry_after: *retry_after,
+        },
+        Failure::Status {
+            status: status @ (401 | 403),
+            ..
+        } => {
+            // The provider refused our key: no request can succeed there until the config
+            // changes. Say so loudly and stop routing to it.
+            let why = format!(
+                "the provider rejected its API key (HTTP {status}): fix the key and reload"
+            );
+            log::error!("provider `{}`: {why}", model.provider_name);
+            state.providers[model.provider].block(why);
+            live.count_request();
+            return false;
+        }
+        Failure::Status { status, .. } => Report::Failed {
+            reason: format!("HTTP {status}"),
+        },
+        Failure::Timeout(_) => Report::TimedOut,
+        Failure::Connect(e) => Report::Failed { reason: e.clone() },
+        Failure::Malformed(e) => Report::Failed { reason: e.clone() },
+    };
+    // The provider counted the request unless it refused it (429) or never saw it.
+    if matches!(failure, Failure::Malformed(_))
+        || matches!(failure, Failure::Status { status, .. } if *status != 429)
+    {
+        live.count_request();
+    }
+    live.report(&report);
+    false
+}
+
+/// The soonest time a failed attempt said capacity returns, in whole seconds.
+pub fn min_retry_after(failures: &[(String, Failure)]) -> Option<u64> {
+    failures
+        .iter()
+        .filter_map(|(_, f)| match f {
+            Failure::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        })
+        .min()
+        .map(|d| d.as_secs().max(1))
+}
+
+/// The answer when every attempt failed: a single upstream error passes through; otherwise
+/// one error that lists what each attempt ran into.
+async fn answer_exhausted(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    failures: Vec<(String, Failure)>,
+) {
+    if let [(
+        provider,
+        Failure::Status {
+            status,
+            body,
+            retry_after,
+        },
+    )] = failures.as_slice()
+    {
+        let extra: Vec<(&'static str, String)> = retry_after
+            .map(|d| vec![("retry-after", d.as_secs().max(1).to_string())])
+            .unwrap_or_default();
+        let envelope = upstream_envelope(*status, provider, body);
+        let status = if *status == 401 || *status == 403 {
+            502
+        } else {
+            *status
+        };
+        send(session, ctx, status, "application/json", envelope, &extra).await;
+        return;
+    }
+    let summary = ctx.failures.join("; ");
+    let n = failures.len();
+    let all = |pred: fn(&Failure) -> bool| failures.iter().all(|(_, f)| pred(f));
+    let mut err = if all(|f| matches!(f, Failure::Status { status: 429, .. })) {
+        let mut e = ApiError::upstream(
+            429,
+            format!("Every candidate model is rate-limited ({n} tried): {summary}"),
+        );
+        e.kind = "rate_limit_error";
+        e.code = Some("rate_limited");
+        e
+    } else if all(|f| matches!(f, Failure::Timeout(_))) {
+        ApiError::timeout(format!(
+            "No provider answered in time ({n} tried): {summary}"
+        ))
+    } else {
+        ApiError::upstream(
+            502,
+            format!("Every upstream attempt failed ({n} tried): {summary}"),
+        )
+    };
+    err.retry_after = min_retry_after(&failures);
+    send_error(session, ctx, &err).await;
+}

@@ -1,0 +1,277 @@
+//! Every endpoint the gateway serves, declared once: its paths, method, whether it needs a
+//! key, whether it is a model endpoint (per-client limits, routing, tokens and cost in the
+//! log), its metric/log label, and which handler serves it. Routing (`proxy::mod`), the
+//! limits (`guard`), the request log and the metrics all read the entry stored on the
+//! request context; nothing else in the gateway matches paths.
+
+/// Which handler serves an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    Chat,
+    Responses,
+    Embeddings,
+    Transcriptions,
+    Translations,
+    Speech,
+    SpeechToSpeech,
+    /// `/providers/{name}/…`: the stock proxy phases.
+    Passthrough,
+    Models,
+    RoutingStatus,
+    Health,
+    Analytics,
+    AnalyticsFailures,
+    Usage,
+    Metrics,
+    /// No endpoint has the path (404).
+    NotFound,
+}
+
+/// The methods an endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Methods {
+    Post,
+    /// `GET` and `HEAD`.
+    Get,
+    /// Whatever the provider's API takes (passthrough).
+    Any,
+}
+
+impl Methods {
+    pub fn allows(self, m: &http::Method) -> bool {
+        match self {
+            Methods::Post => m == http::Method::POST,
+            Methods::Get => m == http::Method::GET || m == http::Method::HEAD,
+            Methods::Any => true,
+        }
+    }
+}
+
+/// One endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub handler: Handler,
+    /// Exact paths; a path ending in `/` matches every path under it.
+    pub paths: &'static [&'static str],
+    pub methods: Methods,
+    /// Whether a gateway key is required (unless `[auth].public_paths` lists the path).
+    /// Only the dashboard page is open: it holds no data and sends the key on its API calls.
+    pub keyed: bool,
+    /// A model endpoint: charged to the per-IP/per-key limits, routed over candidates, and
+    /// logged with tokens and cost.
+    pub model: bool,
+    /// `endpoint` label of the metrics and the request log.
+    pub label: &'static str,
+    /// Polled by dashboards and probes: successful answers are not written to the log.
+    pub polled: bool,
+    /// One line for humans (the API description).
+    pub summary: &'static str,
+}
+
+const fn model(
+    handler: Handler,
+    paths: &'static [&'static str],
+    label: &'static str,
+    summary: &'static str,
+) -> Endpoint {
+    Endpoint {
+        handler,
+        paths,
+        methods: Methods::Post,
+        keyed: true,
+        model: true,
+        label,
+        polled: false,
+        summary,
+    }
+}
+
+const fn local(
+    handler: Handler,
+    paths: &'static [&'static str],
+    label: &'static str,
+    summary: &'static str,
+) -> Endpoint {
+    Endpoint {
+        handler,
+        paths,
+        methods: Methods::Get,
+        keyed: true,
+        model: false,
+        label,
+        polled: true,
+        summary,
+    }
+}
+
+/// The table. Order only matters for prefixes (none overlap).
+pub static ENDPOINTS: &[Endpoint] = &[
+    model(
+        Handler::Chat,
+        &["/v1/chat/completions", "/chat/completions"],
+        "chat",
+        "OpenAI chat completions, JSON or SSE, on any chat provider",
+    ),
+    model(
+        Handler::Responses,
+        &["/v1/responses", "/responses"],
+        "responses",
+        "OpenAI Responses API, JSON or SSE, on any chat provider",
+    ),
+    model(
+        Handler::Embeddings,
+        &["/v1/embeddings", "/embeddings"],
+        "embeddings",
+        "Embeddings; never mixes vector spaces",
+    ),
+    model(
+        Handler::Transcriptions,
+        &["/v1/audio/transcriptions"],
+        "transcriptions",
+        "Speech to text (multipart upload)",
+    ),
+    model(
+        Handler::Translations,
+        &["/v1/audio/translations"],
+        "translations",
+        "Speech to English text (multipart upload)",
+    ),
+    model(
+        Handler::Speech,
+        &["/v1/audio/speech"],
+        "speech",
+        "Text to speech (audio bytes)",
+    ),
+    model(
+        Handler::SpeechToSpeech,
+        &["/v1/audio/speech-to-speech"],
+        "speech_to_speech",
+        "Audio in, transcript, chat answer, audio out",
+    ),
+    Endpoint {
+        methods: Methods::Any,
+        ..model(
+            Handler::Passthrough,
+            &["/providers/"],
+            "passthrough",
+            "Native passthrough to a provider with its stored key",
+        )
+    },
+    local(
+        Handler::Models,
+        &["/v1/models", "/models"],
+        "models",
+        "The models the gateway can route to",
+    ),
+    local(
+        Handler::RoutingStatus,
+        &["/v1/routing/status"],
+        "routing_status",
+        "Every model's state: health, cooldowns, daily use",
+    ),
+    local(
+        Handler::Health,
+        &["/health", "/healthz"],
+        "health",
+        "Liveness and readiness",
+    ),
+    local(
+        Handler::Analytics,
+        &["/v1/analytics"],
+        "analytics",
+        "Aggregates from the request log",
+    ),
+    local(
+        Handler::AnalyticsFailures,
+        &["/v1/analytics/failures"],
+        "analytics_failures",
+        "Recent failed requests",
+    ),
+    Endpoint {
+        keyed: false,
+        ..local(Handler::Usage, &["/usage"], "usage", "The usage dashboard")
+    },
+    local(
+        Handler::Metrics,
+        &["/metrics"],
+        "metrics",
+        "Prometheus metrics",
+    ),
+];
+
+/// What an unknown path is logged as.
+pub static NOT_FOUND: Endpoint = Endpoint {
+    handler: Handler::NotFound,
+    paths: &[],
+    methods: Methods::Any,
+    keyed: true,
+    model: false,
+    label: "other",
+    polled: false,
+    summary: "",
+};
+
+/// The endpoint serving `path` ([`NOT_FOUND`] when none does).
+pub fn find(path: &str) -> &'static Endpoint {
+    ENDPOINTS
+        .iter()
+        .find(|e| {
+            e.paths.iter().any(|p| match p.strip_suffix('/') {
+                Some(_) => path.starts_with(p),
+                None => path == *p,
+            })
+        })
+        .unwrap_or(&NOT_FOUND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_finds_its_own_entry() {
+        for e in ENDPOINTS {
+            for p in e.paths {
+                let path = if p.ends_with('/') {
+                    format!("{p}x/y")
+                } else {
+                    p.to_string()
+                };
+                assert_eq!(find(&path).handler, e.handler, "{path}");
+            }
+        }
+        assert_eq!(find("/v1/nope").handler, Handler::NotFound);
+        assert_eq!(find("/providers").handler, Handler::NotFound);
+        assert_eq!(find("/v1/chat/completions/x").label, "other");
+    }
+
+    #[test]
+    fn labels_are_unique_and_model_endpoints_are_limited_posts_with_keys() {
+        let mut labels: Vec<_> = ENDPOINTS.iter().map(|e| e.label).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), ENDPOINTS.len());
+        for e in ENDPOINTS.iter().filter(|e| e.model) {
+            assert!(e.keyed, "{}", e.label);
+            assert!(!e.polled, "{}", e.label);
+        }
+        let model_labels: Vec<_> = ENDPOINTS
+            .iter()
+            .filter(|e| e.model)
+            .map(|e| e.label)
+            .collect();
+        assert_eq!(
+            model_labels,
+            [
+                "chat",
+                "responses",
+                "embeddings",
+                "transcriptions",
+                "translations",
+                "speech",
+                "speech_to_speech",
+                "passthrough"
+            ]
+        );
+    }
+}

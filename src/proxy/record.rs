@@ -1,0 +1,125 @@
+//! Recording a finished request, whichever way it was answered (locally, proxied, refused,
+//! failed): the Prometheus series, then one request-log row. Called once, from the
+//! `logging` phase. The endpoint label and the controls come from the request context.
+
+use super::ctx::RequestCtx;
+use super::endpoint::Handler;
+use crate::observe::metrics::{self, status_label, METRICS};
+use crate::observe::record::{cap, cost_usd, method_name, ms, RequestRecord, MAX_FIELD};
+use crate::observe::Observer;
+use pingora::proxy::Session;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Records a finished request. Moves strings out of `ctx`, which is done with after this.
+pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
+    let req = session.req_header();
+    let ep = ctx.endpoint;
+    let endpoint = ep.label;
+    let status = match ctx.status {
+        0 => 499, // the client left before any answer
+        s => s,
+    };
+    let elapsed = ctx.start.elapsed();
+    let overhead = ctx.overhead();
+    let provider = ctx.provider.as_deref().unwrap_or("");
+    let model = ctx.model.as_deref().unwrap_or("");
+
+    let (prompt, completion, estimated) = match ctx.usage {
+        Some(u) => (u.prompt_tokens, u.completion_tokens, false),
+        None if ctx.attempts > 0 && status < 400 => {
+            // No usage from the provider: the prompt estimate, and for a chat answer ~4
+            // bytes a token, less the JSON wrapper. Other answers (vectors, audio) are not
+            // tokens of text.
+            let chat = matches!(ep.handler, Handler::Chat | Handler::Responses);
+            let completion = if chat && !ctx.streamed {
+                ctx.response_bytes.saturating_sub(300) / 4
+            } else {
+                0
+            };
+            (u64::from(ctx.prompt_estimate), completion, true)
+        }
+        None => (0, 0, false),
+    };
+    let cost = ctx.price.map_or(0.0, |p| {
+        cost_usd(prompt, completion, p.input_per_mtok, p.output_per_mtok)
+    });
+
+    let m = &*METRICS;
+    m.requests
+        .with_label_values(&[endpoint, provider, model, status_label(status)])
+        .inc();
+    m.duration
+        .with_label_values(&[endpoint])
+        .observe(elapsed.as_secs_f64());
+    m.overhead.observe(overhead.as_secs_f64());
+    if let Some(v) = ctx.stamp.limit.filter(|v| !v.admitted) {
+        metrics::rate_limited(v.scope);
+    }
+    if ctx.attempts > 0 || ctx.stamp.cache.is_some() {
+        let cache = match ctx.stamp.cache {
+            Some("HIT") => "hit",
+            Some("MISS") => "miss",
+            _ => "bypass",
+        };
+        m.cache.with_label_values(&[cache]).inc();
+    }
+    if ctx.attempts > 0 {
+        if status == 429 {
+            metrics::rate_limited("upstream");
+        }
+        if let (Some(t), true) = (ctx.ttft, status < 400) {
+            m.ttft
+                .with_label_values(&[provider])
+                .observe(t.as_secs_f64());
+        }
+        if prompt > 0 {
+            m.tokens
+                .with_label_values(&[provider, model, "prompt"])
+                .inc_by(prompt);
+        }
+        if completion > 0 {
+            m.tokens
+                .with_label_values(&[provider, model, "completion"])
+                .inc_by(completion);
+        }
+    }
+
+    if !observer.logging() || !ctx.controls.collect_log || (status < 400 && ep.polled) {
+        return;
+    }
+    let now = SystemTime::now();
+    let started = now.checked_sub(elapsed).unwrap_or(now);
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let path = req.uri.path();
+    observer.push(Box::new(RequestRecord {
+        ts_ms: started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        request_id: std::mem::take(&mut ctx.id),
+        key_label: ctx.key_label.take().unwrap_or_default(),
+        client_ip,
+        method: method_name(&req.method),
+        endpoint,
+        path: matches!(ep.handler, Handler::NotFound | Handler::Passthrough)
+            .then(|| cap(path.to_string(), MAX_FIELD)),
+        requested_model: ctx.requested_model.take(),
+        provider: ctx.provider.take().unwrap_or_default(),
+        model: ctx.model.take().unwrap_or_default(),
+        attempts: ctx.attempts,
+        failures: std::mem::take(&mut ctx.failures),
+        status,
+        cache_status: ctx.stamp.cache.unwrap_or("BYPASS"),
+        streamed: ctx.streamed,
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        tokens_estimated: estimated,
+        ttft_ms: ctx.ttft.map(ms),
+        duration_ms: ms(elapsed),
+        overhead_ms: ms(overhead),
+        cost_usd: cost,
+        metadata: ctx.controls.metadata_raw.take().map(|m| cap(m, MAX_FIELD)),
+    }));
+}
