@@ -251,6 +251,17 @@ impl Reply<'_> {
             .map_or(200, |h| h.status.as_u16())
     }
 
+    /// The answer as it stands now: its status, and the time since the request was sent
+    /// as the time to first content.
+    pub fn answered(&self, streamed: bool) -> Answer {
+        Answer {
+            status: self.status(),
+            first_content: self.started.elapsed(),
+            streamed,
+            ..Answer::default()
+        }
+    }
+
     pub fn header(&self, name: http::header::HeaderName) -> Option<&str> {
         self.http
             .response_header()?

@@ -7,7 +7,7 @@ use super::attempt::{self, Answer, Call, Failure, Outbound, Refusal, Reply};
 use super::body::read_body;
 use super::ctx::RequestCtx;
 use super::guard::Ticket;
-use super::respond::{gateway_headers, send, send_error};
+use super::respond::{send, send_error, write_head};
 use super::Gateway;
 use crate::errors::ApiError;
 use crate::providers::{self, StreamTranslator};
@@ -16,7 +16,6 @@ use crate::responses;
 use crate::routing::ModelEntry;
 use crate::state::State;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
@@ -127,25 +126,22 @@ impl ChatCall<'_> {
                 responses::from_chat_completion(meta, &translated.body, translated.usage)
                     .map_err(Failure::Malformed)?;
         }
-        let first_content = reply.started.elapsed();
-        let status = reply.status();
+        let answer = Answer {
+            usage: translated.usage,
+            ..reply.answered(false)
+        };
         reply.release().await;
         self.keep(ctx, Some(translated.body.clone())).await;
         send(
             session,
             ctx,
-            status,
+            answer.status,
             "application/json",
             translated.body,
             &[],
         )
         .await;
-        Ok(Answer {
-            status,
-            first_content,
-            usage: translated.usage,
-            ..Answer::default()
-        })
+        Ok(answer)
     }
 
     /// A streamed answer: hold the client's headers until the first content delta, then
@@ -184,26 +180,10 @@ impl ChatCall<'_> {
                 Err(e) => return Err(reply.read_failure(&e, "stream before its first content")),
             }
         }
-        let mut answer = Answer {
-            status: 200,
-            first_content: reply.started.elapsed(),
-            streamed: true,
-            ..Answer::default()
-        };
+        let mut answer = reply.answered(true);
 
         ctx.streamed = true;
-        ctx.status = 200;
-        let mut resp = ResponseHeader::build(200, Some(8))
-            .map_err(|e| Failure::Connect(attempt::describe(&e)))?;
-        let _ = resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream");
-        let _ = resp.insert_header(http::header::CACHE_CONTROL, "no-cache");
-        let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
-        gateway_headers(&mut resp, ctx);
-        if session
-            .write_response_header(Box::new(resp), false)
-            .await
-            .is_err()
-        {
+        if !write_head(session, ctx, 200, "text/event-stream", None, &[]).await {
             return Ok(answer); // the client left; dropping the reply closes upstream
         }
 

@@ -68,133 +68,141 @@ pub struct Endpoint {
     pub summary: &'static str,
 }
 
-const fn model(
+/// A model endpoint (`POST`, keyed, limited, logged with tokens) or, with `model` false, a
+/// local one (`GET`, keyed, polled).
+const fn entry(
     handler: Handler,
     paths: &'static [&'static str],
     label: &'static str,
+    model: bool,
     summary: &'static str,
 ) -> Endpoint {
     Endpoint {
         handler,
         paths,
-        methods: Methods::Post,
+        methods: if model { Methods::Post } else { Methods::Get },
         keyed: true,
-        model: true,
+        model,
         label,
-        polled: false,
+        polled: !model,
         summary,
     }
 }
 
-const fn local(
-    handler: Handler,
-    paths: &'static [&'static str],
-    label: &'static str,
-    summary: &'static str,
-) -> Endpoint {
-    Endpoint {
-        handler,
-        paths,
-        methods: Methods::Get,
-        keyed: true,
-        model: false,
-        label,
-        polled: true,
-        summary,
-    }
-}
+const MODEL: bool = true;
+const LOCAL: bool = false;
 
 /// The table. Order only matters for prefixes (none overlap).
 pub static ENDPOINTS: &[Endpoint] = &[
-    model(
+    entry(
         Handler::Chat,
         &["/v1/chat/completions", "/chat/completions"],
         "chat",
+        MODEL,
         "OpenAI chat completions, JSON or SSE, on any chat provider",
     ),
-    model(
+    entry(
         Handler::Responses,
         &["/v1/responses", "/responses"],
         "responses",
+        MODEL,
         "OpenAI Responses API, JSON or SSE, on any chat provider",
     ),
-    model(
+    entry(
         Handler::Embeddings,
         &["/v1/embeddings", "/embeddings"],
         "embeddings",
+        MODEL,
         "Embeddings; never mixes vector spaces",
     ),
-    model(
+    entry(
         Handler::Transcriptions,
         &["/v1/audio/transcriptions"],
         "transcriptions",
+        MODEL,
         "Speech to text (multipart upload)",
     ),
-    model(
+    entry(
         Handler::Translations,
         &["/v1/audio/translations"],
         "translations",
+        MODEL,
         "Speech to English text (multipart upload)",
     ),
-    model(
+    entry(
         Handler::Speech,
         &["/v1/audio/speech"],
         "speech",
+        MODEL,
         "Text to speech (audio bytes)",
     ),
-    model(
+    entry(
         Handler::SpeechToSpeech,
         &["/v1/audio/speech-to-speech"],
         "speech_to_speech",
+        MODEL,
         "Audio in, transcript, chat answer, audio out",
     ),
     Endpoint {
         methods: Methods::Any,
-        ..model(
+        ..entry(
             Handler::Passthrough,
             &["/providers/"],
             "passthrough",
+            MODEL,
             "Native passthrough to a provider with its stored key",
         )
     },
-    local(
+    entry(
         Handler::Models,
         &["/v1/models", "/models"],
         "models",
+        LOCAL,
         "The models the gateway can route to",
     ),
-    local(
+    entry(
         Handler::RoutingStatus,
         &["/v1/routing/status"],
         "routing_status",
+        LOCAL,
         "Every model's state: health, cooldowns, daily use",
     ),
-    local(
+    entry(
         Handler::Health,
         &["/health", "/healthz"],
         "health",
+        LOCAL,
         "Liveness and readiness",
     ),
-    local(
+    entry(
         Handler::Analytics,
         &["/v1/analytics"],
         "analytics",
+        LOCAL,
         "Aggregates from the request log",
     ),
-    local(
+    entry(
         Handler::AnalyticsFailures,
         &["/v1/analytics/failures"],
         "analytics_failures",
+        LOCAL,
         "Recent failed requests",
     ),
     Endpoint {
         keyed: false,
-        ..local(Handler::Usage, &["/usage"], "usage", "The usage dashboard")
+        ..entry(
+            Handler::Usage,
+            &["/usage"],
+            "usage",
+            LOCAL,
+            "The usage dashboard",
+        )
     },
-    local(
+    entry(
         Handler::Metrics,
         &["/metrics"],
         "metrics",
+        LOCAL,
         "Prometheus metrics",
     ),
 ];

@@ -11,7 +11,7 @@
 use super::attempt::{self, min_retry_after, Answer, Call, Failure, Outbound, Refusal, Reply};
 use super::body::{read_body, read_form};
 use super::ctx::RequestCtx;
-use super::respond::{gateway_headers, send, send_error};
+use super::respond::{send, send_error, write_head};
 use super::Gateway;
 use crate::config::ModelType;
 use crate::errors::ApiError;
@@ -24,7 +24,6 @@ use crate::request::parse_chat;
 use crate::routing::{ModelEntry, Needs};
 use crate::state::State;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 /// The most of a transcript or reply carried in a speech-to-speech header.
@@ -422,16 +421,13 @@ where
             .header(http::header::CONTENT_TYPE)
             .unwrap_or("")
             .to_string();
-        let status = reply.status();
-        let first_content = reply.started.elapsed();
+        let answered = reply.answered(false);
         let model = reply.model;
         reply.release().await;
         let captured = (self.read)(model, &ctype, body).map_err(Failure::Malformed)?;
         let answer = Answer {
-            status,
-            first_content,
             usage: captured.usage,
-            ..Answer::default()
+            ..answered
         };
         Ok((captured, answer))
     }
@@ -471,15 +467,10 @@ impl Call for SpeechCall<'_> {
             // MeloTTS and friends: base64 audio inside JSON. Anything else (audio bytes,
             // `stream_format: "sse"` events) is relayed as it arrives.
             let body = reply.whole(ctx).await?;
-            let first_content = reply.started.elapsed();
+            let answer = reply.answered(false);
             reply.release().await;
             let (ctype, audio) = audio::speech_from_json(&body).map_err(Failure::Malformed)?;
             send(session, ctx, 200, &ctype, audio, &self.extra).await;
-            let answer = Answer {
-                status: 200,
-                first_content,
-                ..Answer::default()
-            };
             return Ok(((), answer));
         }
         let answer = self.stream_audio(reply, &ctype, session, ctx).await?;
@@ -505,38 +496,13 @@ impl SpeechCall<'_> {
             Ok(None) => return Err(Failure::Malformed("the audio answer was empty".into())),
             Err(e) => return Err(reply.read_failure(&e, "audio")),
         };
-        let mut answer = Answer {
-            status: 200,
-            first_content: reply.started.elapsed(),
-            streamed: true,
-            ..Answer::default()
-        };
-        ctx.status = 200;
-        let mut resp = ResponseHeader::build(200, Some(8 + self.extra.len()))
-            .map_err(|_| Failure::Connect("could not build the response head".into()))?;
+        let mut answer = reply.answered(true);
         let ctype = if ctype == "application/octet-stream" {
             audio::sniff_audio(&first)
         } else {
             ctype
         };
-        let _ = resp.insert_header(http::header::CONTENT_TYPE, ctype);
-        match length {
-            Some(n) => {
-                let _ = resp.insert_header(http::header::CONTENT_LENGTH, n);
-            }
-            None => {
-                let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
-            }
-        }
-        for (k, v) in &self.extra {
-            let _ = resp.insert_header(*k, v.as_str());
-        }
-        gateway_headers(&mut resp, ctx);
-        if session
-            .write_response_header(Box::new(resp), false)
-            .await
-            .is_err()
-        {
+        if !write_head(session, ctx, 200, ctype, length, &self.extra).await {
             return Ok(answer); // the client left
         }
         let mut chunk = first;

@@ -250,3 +250,6 @@ impl ProxyHttp for Gateway {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

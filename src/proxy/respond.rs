@@ -22,6 +22,43 @@ pub fn gateway_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
     let _ = resp.insert_header("x-gateway-overhead-ms", format!("{overhead:.3}"));
 }
 
+/// Writes a response head: status, content type, `content-length` (or chunked when the
+/// length is not known), `extra` headers and the `x-gateway-*` headers. An event stream is
+/// marked `no-cache`. `false` when the client has left.
+pub async fn write_head(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    content_type: &str,
+    length: Option<u64>,
+    extra: &[(&'static str, String)],
+) -> bool {
+    ctx.status = status;
+    let Ok(mut resp) = ResponseHeader::build(status, Some(7 + extra.len())) else {
+        return false;
+    };
+    let _ = resp.insert_header(http::header::CONTENT_TYPE, content_type);
+    match length {
+        Some(n) => {
+            let _ = resp.insert_header(http::header::CONTENT_LENGTH, n);
+        }
+        None => {
+            let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        }
+    }
+    if content_type == "text/event-stream" {
+        let _ = resp.insert_header(http::header::CACHE_CONTROL, "no-cache");
+    }
+    for (k, v) in extra {
+        let _ = resp.insert_header(*k, v.as_str());
+    }
+    gateway_headers(&mut resp, ctx);
+    session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_ok()
+}
+
 /// Sends a complete response with a body. Write errors mean the client left: ignored.
 pub async fn send(
     session: &mut Session,
@@ -31,22 +68,9 @@ pub async fn send(
     body: Bytes,
     extra: &[(&'static str, String)],
 ) {
-    ctx.status = status;
     ctx.response_bytes = body.len() as u64;
-    let Ok(mut resp) = ResponseHeader::build(status, Some(6 + extra.len())) else {
-        return;
-    };
-    let _ = resp.insert_header(http::header::CONTENT_TYPE, content_type);
-    let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len());
-    for (k, v) in extra {
-        let _ = resp.insert_header(*k, v.as_str());
-    }
-    gateway_headers(&mut resp, ctx);
-    if session
-        .write_response_header(Box::new(resp), false)
-        .await
-        .is_ok()
-    {
+    let length = Some(body.len() as u64);
+    if write_head(session, ctx, status, content_type, length, extra).await {
         let _ = session.write_response_body(Some(body), true).await;
     }
 }
