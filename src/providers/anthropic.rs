@@ -7,13 +7,11 @@
 //! client the gateway sends [`DEFAULT_MAX_TOKENS`]. Temperatures above Anthropic's maximum
 //! of 1.0 are clamped. JSON mode has no native switch: it becomes a system instruction.
 
-use super::common::{
-    self, ChunkWriter, EventTranslator, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
-};
+use super::common::{self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice};
+use super::stream::{ChatEvents, ChatStream, StreamState};
 use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
 use crate::request::ChatRequest;
-use crate::sse::{SseEvent, SseReader};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
@@ -333,49 +331,49 @@ struct Delta<'a> {
 }
 
 /// Translates one Anthropic message stream.
-pub struct AnthropicStream {
-    reader: SseReader,
-    /// The event buffer the reader fills, reused.
-    scratch: SseEvent,
-    writer: ChunkWriter,
-    include_usage: bool,
-    role_sent: bool,
-    started: bool,
-    /// (content block index, tool call index) of the tool_use blocks seen.
-    tool_blocks: Vec<(usize, usize)>,
-    finish: Option<&'static str>,
-    done: bool,
-    input_tokens: u64,
-    output_tokens: u64,
-    saw_usage: bool,
-}
+pub type AnthropicStream = ChatStream<AnthropicEvents>;
 
 impl AnthropicStream {
     pub fn new(model: &str, include_usage: bool, meta: &Meta) -> AnthropicStream {
-        AnthropicStream {
-            reader: SseReader::new(),
-            scratch: SseEvent::default(),
-            writer: ChunkWriter::new(meta, model),
+        ChatStream::with(
+            AnthropicEvents {
+                writer: ChunkWriter::new(meta, model),
+                tool_blocks: Vec::new(),
+                finish: None,
+                input_tokens: 0,
+                output_tokens: 0,
+            },
             include_usage,
-            role_sent: false,
-            started: false,
-            tool_blocks: Vec::new(),
-            finish: None,
-            done: false,
-            input_tokens: 0,
-            output_tokens: 0,
-            saw_usage: false,
-        }
+        )
     }
+}
 
-    fn take_usage(&mut self, u: &NativeUsage) {
+/// Anthropic's stream events, ended by `message_stop`.
+pub struct AnthropicEvents {
+    writer: ChunkWriter,
+    /// (content block index, tool call index) of the tool_use blocks seen.
+    tool_blocks: Vec<(usize, usize)>,
+    finish: Option<&'static str>,
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+impl AnthropicEvents {
+    fn take_usage(&mut self, s: &mut StreamState, u: &NativeUsage) {
+        let mut seen = false;
         if let Some(i) = u.input() {
             self.input_tokens = self.input_tokens.max(i);
-            self.saw_usage = true;
+            seen = true;
         }
         if let Some(o) = u.output_tokens {
             self.output_tokens = o;
-            self.saw_usage = true;
+            seen = true;
+        }
+        if seen {
+            s.usage = Some(Usage {
+                prompt_tokens: self.input_tokens,
+                completion_tokens: self.output_tokens,
+            });
         }
     }
 
@@ -385,29 +383,28 @@ impl AnthropicStream {
             .find(|(b, _)| *b == block)
             .map(|(_, t)| *t)
     }
+}
 
-    fn role(&mut self, out: &mut Vec<u8>) {
-        if !self.role_sent {
-            self.role_sent = true;
-            self.writer.role(out);
-        }
-    }
+impl ChatEvents for AnthropicEvents {
+    const UNFINISHED: &'static str = "the Anthropic stream ended without message_stop";
 
-    fn handle(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        if self.done {
-            return Ok(());
-        }
+    fn event(
+        &mut self,
+        s: &mut StreamState,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
         let ev: Event = serde_json::from_slice(data)
             .map_err(|e| StreamError::Malformed(format!("bad Anthropic stream event: {e}")))?;
         match ev.kind.as_ref() {
             "message_start" => {
                 if let Some(u) = ev.message.as_ref().and_then(|m| m.usage.as_ref()) {
-                    self.take_usage(u);
+                    self.take_usage(s, u);
                 }
-                self.role(out);
+                s.role(&self.writer, out);
             }
             "content_block_start" => {
-                self.role(out);
+                s.role(&self.writer, out);
                 let (Some(index), Some(block)) = (ev.index, ev.content_block.as_ref()) else {
                     return Err(StreamError::Malformed(
                         "content_block_start without index or content_block".into(),
@@ -424,19 +421,19 @@ impl AnthropicStream {
                             block.name.as_deref().unwrap_or(""),
                             "",
                         );
-                        self.started = true;
+                        s.started = true;
                     }
                     "text" => {
                         if let Some(t) = block.text.as_deref().filter(|t| !t.is_empty()) {
                             self.writer.content(out, t);
-                            self.started = true;
+                            s.started = true;
                         }
                     }
                     _ => {}
                 }
             }
             "content_block_delta" => {
-                self.role(out);
+                s.role(&self.writer, out);
                 let Some(d) = ev.delta.as_ref() else {
                     return Err(StreamError::Malformed(
                         "content_block_delta without delta".into(),
@@ -446,7 +443,7 @@ impl AnthropicStream {
                     Some("text_delta") => {
                         if let Some(t) = d.text.filter(|t| !common::raw_is_empty(t.get())) {
                             self.writer.content_raw(out, t.get());
-                            self.started = true;
+                            s.started = true;
                         }
                     }
                     Some("input_json_delta") => {
@@ -466,23 +463,16 @@ impl AnthropicStream {
             }
             "message_delta" => {
                 if let Some(u) = &ev.usage {
-                    self.take_usage(u);
+                    self.take_usage(s, u);
                 }
                 if let Some(r) = ev.delta.as_ref().and_then(|d| d.stop_reason) {
                     self.finish = Some(stop_reason(r));
-                    self.started = true;
+                    s.started = true;
                 }
             }
             "message_stop" => {
-                self.role(out);
-                self.writer.finish(out, self.finish.unwrap_or("stop"));
-                self.started = true;
-                if self.include_usage {
-                    let u = self.usage().unwrap_or_default();
-                    self.writer.usage(out, u);
-                }
-                ChunkWriter::done(out);
-                self.done = true;
+                s.role(&self.writer, out);
+                s.close(&self.writer, out, self.finish.unwrap_or("stop"));
             }
             "error" => {
                 let msg = ev.error.map_or_else(
@@ -495,43 +485,6 @@ impl AnthropicStream {
             _ => {}
         }
         Ok(())
-    }
-}
-
-impl EventTranslator for AnthropicStream {
-    fn parts(&mut self) -> (&mut SseReader, &mut SseEvent) {
-        (&mut self.reader, &mut self.scratch)
-    }
-
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.handle(data, out)
-    }
-}
-
-impl StreamTranslator for AnthropicStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.feed_events(chunk, out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.flush_events(out)?;
-        if !self.done {
-            return Err(StreamError::Malformed(
-                "the Anthropic stream ended without message_stop".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn started(&self) -> bool {
-        self.started
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.saw_usage.then_some(Usage {
-            prompt_tokens: self.input_tokens,
-            completion_tokens: self.output_tokens,
-        })
     }
 }
 

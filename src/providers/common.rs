@@ -549,36 +549,6 @@ pub fn kind_for_status(status: u16) -> &'static str {
     }
 }
 
-/// A native stream translator built on the shared SSE reader: it handles one event's data
-/// at a time, and gets `feed`/flush-at-end logic for free.
-pub trait EventTranslator {
-    /// The reader and the reused event buffer (no allocation per event).
-    fn parts(&mut self) -> (&mut crate::sse::SseReader, &mut crate::sse::SseEvent);
-    /// Handles one complete event's `data:` payload.
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), super::StreamError>;
-
-    /// Pushes `chunk` and handles every event it completes; stops at the first error.
-    fn feed_events(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), super::StreamError> {
-        let (reader, scratch) = self.parts();
-        reader.push(chunk);
-        let mut ev = std::mem::take(scratch);
-        let mut result = Ok(());
-        while result.is_ok() && self.parts().0.next_event_into(&mut ev) {
-            result = self.event(&ev.data, out);
-        }
-        *self.parts().1 = ev;
-        result
-    }
-
-    /// At end of stream: handles an event the provider did not close with a blank line.
-    fn flush_events(&mut self, out: &mut Vec<u8>) -> Result<(), super::StreamError> {
-        match self.parts().0.finish() {
-            Some(ev) => self.event(&ev.data, out),
-            None => Ok(()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

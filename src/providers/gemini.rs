@@ -8,13 +8,11 @@
 //! name through the assistant message that made the call.
 //! JSON schemas are reduced to Gemini's OpenAPI-subset `Schema` dialect.
 
-use super::common::{
-    self, ChunkWriter, EventTranslator, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
-};
+use super::common::{self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice};
+use super::stream::{ChatEvents, ChatStream, StreamState};
 use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
 use crate::request::ChatRequest;
-use crate::sse::{SseEvent, SseReader};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -458,48 +456,47 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
     })
 }
 
-/// Translates one `streamGenerateContent?alt=sse` answer. Gemini sends no end marker, so
-/// the finish chunk, the usage chunk and `[DONE]` are written when the upstream ends.
-pub struct GeminiStream {
-    reader: SseReader,
-    /// The event buffer the reader fills, reused.
-    scratch: SseEvent,
-    writer: ChunkWriter,
-    include_usage: bool,
-    role_sent: bool,
-    started: bool,
-    tool_calls: usize,
-    finish: Option<&'static str>,
-    usage: Option<Usage>,
-}
+/// Translates one `streamGenerateContent?alt=sse` answer.
+pub type GeminiStream = ChatStream<GeminiEvents>;
 
 impl GeminiStream {
     pub fn new(model: &str, include_usage: bool, meta: &Meta) -> GeminiStream {
-        GeminiStream {
-            reader: SseReader::new(),
-            scratch: SseEvent::default(),
-            writer: ChunkWriter::new(meta, model),
+        ChatStream::with(
+            GeminiEvents {
+                writer: ChunkWriter::new(meta, model),
+                tool_calls: 0,
+                finish: None,
+            },
             include_usage,
-            role_sent: false,
-            started: false,
-            tool_calls: 0,
-            finish: None,
-            usage: None,
-        }
+        )
     }
+}
 
-    fn handle(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+/// Gemini's stream events. Gemini sends no end marker, so the finish chunk, the usage
+/// chunk and `[DONE]` are written when the upstream ends.
+pub struct GeminiEvents {
+    writer: ChunkWriter,
+    tool_calls: usize,
+    finish: Option<&'static str>,
+}
+
+impl ChatEvents for GeminiEvents {
+    const UNFINISHED: &'static str = "the Gemini stream ended without a finish reason";
+
+    fn event(
+        &mut self,
+        s: &mut StreamState,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
         let r: Response = serde_json::from_slice(data)
             .map_err(|e| StreamError::Malformed(format!("bad Gemini stream event: {e}")))?;
         if let Some(e) = r.error {
             return Err(StreamError::Upstream(e.get().to_string()));
         }
-        if !self.role_sent {
-            self.role_sent = true;
-            self.writer.role(out);
-        }
+        s.role(&self.writer, out);
         if let Some(u) = r.usage_metadata {
-            self.usage = Some(u.into());
+            s.usage = Some(u.into());
         }
         if r.candidates.is_empty()
             && r.prompt_feedback
@@ -507,7 +504,7 @@ impl GeminiStream {
                 .is_some_and(|f| f.block_reason.is_some())
         {
             self.finish = Some("content_filter");
-            self.started = true;
+            s.started = true;
         }
         for c in r.candidates.iter().take(1) {
             for p in c.content.iter().flat_map(|c| &c.parts) {
@@ -516,7 +513,7 @@ impl GeminiStream {
                     .filter(|t| !p.thought && !common::raw_is_empty(t.get()))
                 {
                     self.writer.content_raw(out, t.get());
-                    self.started = true;
+                    s.started = true;
                 }
                 if let Some(f) = &p.function_call {
                     let i = self.tool_calls;
@@ -528,39 +525,20 @@ impl GeminiStream {
                         &f.name,
                         &args_text(f.args),
                     );
-                    self.started = true;
+                    s.started = true;
                 }
             }
             if let Some(reason) = c.finish_reason {
                 self.finish = Some(finish_reason(reason, self.tool_calls > 0));
-                self.started = true;
+                s.started = true;
             }
         }
         Ok(())
     }
-}
 
-impl EventTranslator for GeminiStream {
-    fn parts(&mut self) -> (&mut SseReader, &mut SseEvent) {
-        (&mut self.reader, &mut self.scratch)
-    }
-
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.handle(data, out)
-    }
-}
-
-impl StreamTranslator for GeminiStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.feed_events(chunk, out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.flush_events(out)?;
+    fn end(&mut self, s: &mut StreamState, out: &mut Vec<u8>) -> Result<(), StreamError> {
         let Some(reason) = self.finish else {
-            return Err(StreamError::Malformed(
-                "the Gemini stream ended without a finish reason".into(),
-            ));
+            return Err(StreamError::Malformed(Self::UNFINISHED.into()));
         };
         // A tool call seen after the finish reason still makes this a tool-call answer.
         let reason = if reason == "stop" && self.tool_calls > 0 {
@@ -568,20 +546,8 @@ impl StreamTranslator for GeminiStream {
         } else {
             reason
         };
-        self.writer.finish(out, reason);
-        if self.include_usage {
-            self.writer.usage(out, self.usage.unwrap_or_default());
-        }
-        ChunkWriter::done(out);
+        s.close(&self.writer, out, reason);
         Ok(())
-    }
-
-    fn started(&self) -> bool {
-        self.started
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
     }
 }
 

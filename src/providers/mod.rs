@@ -14,6 +14,7 @@ pub mod gemini;
 mod golden;
 pub mod media;
 pub mod openai;
+pub mod stream;
 pub mod voyage;
 pub mod workers_ai;
 

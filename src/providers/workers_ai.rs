@@ -7,11 +7,11 @@
 //! by `data: [DONE]`. Tool calls arrive either in the legacy `{name, arguments: {…}}` shape or
 //! OpenAI's `{id, type, function: {name, arguments: "…"}}`; both are read.
 
-use super::common::{self, ChunkWriter, EventTranslator, Image, Meta, OutToolCall, Part};
+use super::common::{self, ChunkWriter, Image, Meta, OutToolCall, Part};
+use super::stream::{ChatEvents, ChatStream, StreamState};
 use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
 use crate::request::ChatRequest;
-use crate::sse::{SseEvent, SseReader};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -295,56 +295,44 @@ struct StreamEvent<'a> {
 }
 
 /// Translates one Workers AI stream.
-pub struct WorkersAiStream {
-    reader: SseReader,
-    /// The event buffer the reader fills, reused.
-    scratch: SseEvent,
-    writer: ChunkWriter,
-    include_usage: bool,
-    role_sent: bool,
-    started: bool,
-    /// Tool call indexes already opened.
-    tool_calls: Vec<usize>,
-    done: bool,
-    usage: Option<Usage>,
-}
+pub type WorkersAiStream = ChatStream<WorkersAiEvents>;
 
 impl WorkersAiStream {
     pub fn new(model: &str, include_usage: bool, meta: &Meta) -> WorkersAiStream {
-        WorkersAiStream {
-            reader: SseReader::new(),
-            scratch: SseEvent::default(),
-            writer: ChunkWriter::new(meta, model),
+        ChatStream::with(
+            WorkersAiEvents {
+                writer: ChunkWriter::new(meta, model),
+                tool_calls: Vec::new(),
+            },
             include_usage,
-            role_sent: false,
-            started: false,
-            tool_calls: Vec::new(),
-            done: false,
-            usage: None,
-        }
+        )
     }
+}
 
-    fn handle(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        if self.done {
-            return Ok(());
-        }
-        if !self.role_sent {
-            self.role_sent = true;
-            self.writer.role(out);
-        }
+/// Workers AI's stream events, ended by `data: [DONE]`.
+pub struct WorkersAiEvents {
+    writer: ChunkWriter,
+    /// Tool call indexes already opened.
+    tool_calls: Vec<usize>,
+}
+
+impl ChatEvents for WorkersAiEvents {
+    const UNFINISHED: &'static str = "the Workers AI stream ended without [DONE]";
+
+    fn event(
+        &mut self,
+        s: &mut StreamState,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
+        s.role(&self.writer, out);
         if data == b"[DONE]" {
             let reason = if self.tool_calls.is_empty() {
                 "stop"
             } else {
                 "tool_calls"
             };
-            self.writer.finish(out, reason);
-            self.started = true;
-            if self.include_usage {
-                self.writer.usage(out, self.usage.unwrap_or_default());
-            }
-            ChunkWriter::done(out);
-            self.done = true;
+            s.close(&self.writer, out, reason);
             return Ok(());
         }
         let ev: StreamEvent = serde_json::from_slice(data)
@@ -353,19 +341,19 @@ impl WorkersAiStream {
             return Err(StreamError::Upstream(e.get().to_string()));
         }
         if let Some(u) = ev.usage {
-            self.usage = Some(u.into());
+            s.usage = Some(u.into());
         }
         if let Some(r) = ev.response {
             match r.get().as_bytes().first() {
                 Some(b'"') if !common::raw_is_empty(r.get()) => {
                     self.writer.content_raw(out, r.get());
-                    self.started = true;
+                    s.started = true;
                 }
                 Some(b'"') | Some(b'n') => {}
                 // JSON mode may stream an object: pass its text on.
                 _ => {
                     self.writer.content(out, r.get());
-                    self.started = true;
+                    s.started = true;
                 }
             }
         }
@@ -395,44 +383,10 @@ impl WorkersAiStream {
                     self.writer
                         .tool_args_raw(out, index, &String::from_utf8_lossy(&raw));
                 }
-                self.started = true;
+                s.started = true;
             }
         }
         Ok(())
-    }
-}
-
-impl EventTranslator for WorkersAiStream {
-    fn parts(&mut self) -> (&mut SseReader, &mut SseEvent) {
-        (&mut self.reader, &mut self.scratch)
-    }
-
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.handle(data, out)
-    }
-}
-
-impl StreamTranslator for WorkersAiStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.feed_events(chunk, out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.flush_events(out)?;
-        if !self.done {
-            return Err(StreamError::Malformed(
-                "the Workers AI stream ended without [DONE]".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn started(&self) -> bool {
-        self.started
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
     }
 }
 
