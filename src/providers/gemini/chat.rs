@@ -8,10 +8,14 @@
 //! name through the assistant message that made the call.
 //! JSON schemas are reduced to Gemini's OpenAPI-subset `Schema` dialect.
 
-use super::common::{self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice};
-use super::stream::{ChatEvents, ChatStream, StreamState};
-use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
+use crate::providers::common::{
+    self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
+};
+use crate::providers::stream::{ChatEvents, ChatStream, StreamState};
+use crate::providers::{
+    StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage,
+};
 use crate::request::ChatRequest;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -551,43 +555,6 @@ impl ChatEvents for GeminiEvents {
     }
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    status: Option<String>,
-}
-
-/// A Gemini error body (`{"error":{"code","message","status"}}`) → OpenAI envelope.
-pub fn translate_error(status: u16, body: &[u8], provider: &str) -> Bytes {
-    let parsed = serde_json::from_slice::<ErrorBody>(body).ok().or_else(|| {
-        // Some proxies answer a one-element array of errors.
-        serde_json::from_slice::<Vec<ErrorBody>>(body)
-            .ok()?
-            .into_iter()
-            .next()
-    });
-    let Some(e) = parsed else {
-        return crate::errors::upstream_envelope(status, provider, body);
-    };
-    let kind = match e.error.status.as_deref() {
-        Some("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "NOT_FOUND" | "OUT_OF_RANGE") => {
-            "invalid_request_error"
-        }
-        Some("UNAUTHENTICATED" | "PERMISSION_DENIED") => "authentication_error",
-        Some("RESOURCE_EXHAUSTED") => "rate_limit_error",
-        _ => common::kind_for_status(status),
-    };
-    let code = e.error.status.as_deref().map(str::to_ascii_lowercase);
-    common::native_error(status, provider, kind, code.as_deref(), &e.error.message)
-}
-
 impl Translator for Gemini {
     fn chat_request(
         &self,
@@ -617,7 +584,7 @@ impl Translator for Gemini {
     }
 
     fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
-        translate_error(status, body, provider)
+        super::error::translate_error(status, body, provider)
     }
 }
 
@@ -883,30 +850,5 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"lo \\\"w\\u00e9\
         assert!(matches!(r, Err(StreamError::Upstream(m)) if m.contains("boom")));
         let (_, r, _) = run(b"data: {not json\n\n", false);
         assert!(matches!(r, Err(StreamError::Malformed(_))));
-    }
-
-    #[test]
-    fn errors_become_openai_envelopes() {
-        let b = translate_error(
-            429,
-            br#"{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED"}}"#,
-            "gemini",
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["error"]["type"], "rate_limit_error");
-        assert_eq!(v["error"]["code"], "resource_exhausted");
-        assert!(v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("Quota exceeded"));
-        let b = translate_error(
-            400,
-            br#"[{"error":{"code":400,"message":"API key not valid","status":"INVALID_ARGUMENT"}}]"#,
-            "gemini",
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["error"]["type"], "invalid_request_error");
-        let v: Value = serde_json::from_slice(&translate_error(503, b"nope", "gemini")).unwrap();
-        assert_eq!(v["error"]["type"], "upstream_error");
     }
 }

@@ -7,10 +7,12 @@
 //! by `data: [DONE]`. Tool calls arrive either in the legacy `{name, arguments: {…}}` shape or
 //! OpenAI's `{id, type, function: {name, arguments: "…"}}`; both are read.
 
-use super::common::{self, ChunkWriter, Image, Meta, OutToolCall, Part};
-use super::stream::{ChatEvents, ChatStream, StreamState};
-use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
+use crate::providers::common::{self, ChunkWriter, Image, Meta, OutToolCall, Part};
+use crate::providers::stream::{ChatEvents, ChatStream, StreamState};
+use crate::providers::{
+    StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage,
+};
 use crate::request::ChatRequest;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -141,22 +143,23 @@ pub fn build_request(body: &[u8], stream: bool) -> Result<Value, ApiError> {
 // Answers
 // ---------------------------------------------------------------------------------------
 
+/// The wrapper of every answer, and of error bodies.
 #[derive(Deserialize)]
-struct Envelope<'a> {
+pub(super) struct Envelope<'a> {
     #[serde(borrow, default)]
     result: Option<&'a RawValue>,
     #[serde(default)]
     success: Option<bool>,
     #[serde(default)]
-    errors: Vec<NativeError>,
+    pub(super) errors: Vec<NativeError>,
 }
 
 #[derive(Deserialize)]
-struct NativeError {
+pub(super) struct NativeError {
     #[serde(default)]
-    code: Option<Value>,
+    pub(super) code: Option<Value>,
     #[serde(default)]
-    message: String,
+    pub(super) message: String,
 }
 
 #[derive(Deserialize)]
@@ -390,35 +393,6 @@ impl ChatEvents for WorkersAiEvents {
     }
 }
 
-/// A Workers AI error body (`{"success":false,"errors":[{"code","message"}]}`) → envelope.
-pub fn translate_error(status: u16, body: &[u8], provider: &str) -> Bytes {
-    let Ok(env) = serde_json::from_slice::<Envelope>(body) else {
-        return crate::errors::upstream_envelope(status, provider, body);
-    };
-    if env.errors.is_empty() {
-        return crate::errors::upstream_envelope(status, provider, body);
-    }
-    let message: Vec<String> = env
-        .errors
-        .iter()
-        .map(|e| match &e.code {
-            Some(c) => format!("{} (code {c})", e.message),
-            None => e.message.clone(),
-        })
-        .collect();
-    let code = env.errors[0].code.as_ref().map(|c| match c {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    });
-    common::native_error(
-        status,
-        provider,
-        common::kind_for_status(status),
-        code.as_deref(),
-        &message.join("; "),
-    )
-}
-
 impl Translator for WorkersAi {
     fn chat_request(
         &self,
@@ -447,7 +421,7 @@ impl Translator for WorkersAi {
     }
 
     fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
-        translate_error(status, body, provider)
+        super::error::translate_error(status, body, provider)
     }
 }
 
@@ -635,18 +609,5 @@ data: {\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"c\\\":1}\
         assert!(matches!(r, Err(StreamError::Malformed(_))));
         let (_, r, _) = run(b"data: {\"errors\":[{\"code\":3040,\"message\":\"Capacity temporarily exceeded\"}]}\n\n", false);
         assert!(matches!(r, Err(StreamError::Upstream(m)) if m.contains("Capacity")));
-    }
-
-    #[test]
-    fn errors_become_openai_envelopes() {
-        let b = translate_error(
-            400,
-            br#"{"result":null,"success":false,"errors":[{"code":5006,"message":"Error: oneOf at '/' not met"}],"messages":[]}"#,
-            "workers-ai",
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["error"]["type"], "invalid_request_error");
-        assert_eq!(v["error"]["code"], "5006");
-        assert!(v["error"]["message"].as_str().unwrap().contains("oneOf"));
     }
 }

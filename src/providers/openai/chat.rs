@@ -3,9 +3,11 @@
 //! streams pass through event by event, inspected only for usage, errors and the first
 //! content delta.
 
-use super::stream::{ChatEvents, ChatStream, StreamState};
-use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
-use crate::errors::{upstream_envelope, ApiError};
+use crate::errors::ApiError;
+use crate::providers::stream::{ChatEvents, ChatStream, StreamState};
+use crate::providers::{
+    StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage,
+};
 use crate::request::ChatRequest;
 use crate::sse::write_data;
 use bytes::Bytes;
@@ -78,7 +80,7 @@ impl Translator for OpenAi {
     }
 
     fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
-        upstream_envelope(status, provider, body)
+        super::error::translate_error(status, body, provider)
     }
 }
 

@@ -3,8 +3,8 @@
 //! `output_dimension` (OpenAI's `dimensions`). Answers have OpenAI's list shape with
 //! `usage.total_tokens`; `embeddings::response` reads them.
 
-use super::embeddings::EmbeddingRequest;
-use super::media::MediaRequest;
+use crate::providers::embeddings::EmbeddingRequest;
+use crate::providers::media::MediaRequest;
 use serde_json::{json, Value};
 
 pub fn embeddings_request(

@@ -7,10 +7,14 @@
 //! client the gateway sends [`DEFAULT_MAX_TOKENS`]. Temperatures above Anthropic's maximum
 //! of 1.0 are clamped. JSON mode has no native switch: it becomes a system instruction.
 
-use super::common::{self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice};
-use super::stream::{ChatEvents, ChatStream, StreamState};
-use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
+use crate::providers::common::{
+    self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
+};
+use crate::providers::stream::{ChatEvents, ChatStream, StreamState};
+use crate::providers::{
+    StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage,
+};
 use crate::request::ChatRequest;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -488,36 +492,6 @@ impl ChatEvents for AnthropicEvents {
     }
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    message: String,
-}
-
-/// An Anthropic error body (`{"type":"error","error":{"type","message"}}`) → OpenAI envelope.
-pub fn translate_error(status: u16, body: &[u8], provider: &str) -> Bytes {
-    let Ok(e) = serde_json::from_slice::<ErrorBody>(body) else {
-        return crate::errors::upstream_envelope(status, provider, body);
-    };
-    let kind = match e.error.kind.as_str() {
-        "invalid_request_error" | "not_found_error" | "request_too_large" => {
-            "invalid_request_error"
-        }
-        "authentication_error" | "permission_error" => "authentication_error",
-        "rate_limit_error" => "rate_limit_error",
-        _ => common::kind_for_status(status),
-    };
-    let code = (!e.error.kind.is_empty()).then_some(e.error.kind.as_str());
-    common::native_error(status, provider, kind, code, &e.error.message)
-}
-
 impl Translator for Anthropic {
     fn chat_request(
         &self,
@@ -549,7 +523,7 @@ impl Translator for Anthropic {
     }
 
     fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
-        translate_error(status, body, provider)
+        super::error::translate_error(status, body, provider)
     }
 }
 
@@ -792,28 +766,5 @@ data: {\"type\":\"message_stop\"}\n\n";
         t.feed(&STREAM[..first], &mut out).unwrap();
         assert!(!t.started(), "message_start alone is not content");
         assert_eq!(t.usage().unwrap().prompt_tokens, 25);
-    }
-
-    #[test]
-    fn errors_become_openai_envelopes() {
-        let b = translate_error(
-            529,
-            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
-            "anthropic",
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["error"]["type"], "upstream_error");
-        assert_eq!(v["error"]["code"], "overloaded_error");
-        let b = translate_error(
-            401,
-            br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
-            "anthropic",
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["error"]["type"], "authentication_error");
-        assert!(v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("invalid x-api-key"));
     }
 }

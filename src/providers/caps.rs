@@ -1,0 +1,77 @@
+//! Providers as capabilities: each wire format (one directory under `providers/`) says
+//! what it serves in one [`Format`], and [`format`] is the only place a [`ProviderKind`] is
+//! matched. An endpoint a format does not serve is a `None` there, refused by the endpoint's
+//! dispatcher, never a match arm per function.
+
+use super::{anthropic, gemini, openai, voyage, workers_ai, Translator};
+use crate::config::ProviderKind;
+use bytes::Bytes;
+use http::header::InvalidHeaderValue;
+use http::{HeaderName, HeaderValue};
+
+/// What one wire format serves, and how it authenticates and reports errors.
+pub struct Format {
+    /// `/v1/chat/completions`.
+    pub chat: Option<&'static dyn Translator>,
+    /// A native error body → OpenAI error envelope (status, body, provider name).
+    pub error: fn(u16, &[u8], &str) -> Bytes,
+    /// The header the key goes in.
+    pub auth: Auth,
+}
+
+/// How a format sends its key.
+#[derive(Debug, Clone, Copy)]
+pub enum Auth {
+    /// `authorization: Bearer <key>`.
+    Bearer,
+    /// The key as it is, in this header.
+    Header(&'static str),
+}
+
+impl Auth {
+    /// The header carrying `key` (marked sensitive, so it is never logged).
+    pub fn header(self, key: &str) -> Result<(HeaderName, HeaderValue), InvalidHeaderValue> {
+        let (name, value) = match self {
+            Auth::Bearer => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+            Auth::Header(name) => (HeaderName::from_static(name), key.to_string()),
+        };
+        let mut value = HeaderValue::from_str(&value)?;
+        value.set_sensitive(true);
+        Ok((name, value))
+    }
+}
+
+/// The wire format of a provider kind.
+pub fn format(kind: ProviderKind) -> &'static Format {
+    match kind {
+        ProviderKind::Openai => &openai::FORMAT,
+        ProviderKind::Gemini => &gemini::FORMAT,
+        ProviderKind::Anthropic => &anthropic::FORMAT,
+        ProviderKind::WorkersAi => &workers_ai::FORMAT,
+        ProviderKind::Voyage => &voyage::FORMAT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_go_in_each_formats_header() {
+        let name = |kind| format(kind).auth.header("k").unwrap().0;
+        assert_eq!(name(ProviderKind::Gemini), "x-goog-api-key");
+        assert_eq!(name(ProviderKind::Anthropic), "x-api-key");
+        for kind in [
+            ProviderKind::Openai,
+            ProviderKind::WorkersAi,
+            ProviderKind::Voyage,
+        ] {
+            let (name, value) = format(kind).auth.header("k").unwrap();
+            assert_eq!(
+                (name.as_str(), value.to_str().unwrap()),
+                ("authorization", "Bearer k")
+            );
+            assert!(value.is_sensitive());
+        }
+    }
+}
