@@ -1,22 +1,71 @@
 //! Providers as capabilities: each wire format (one directory under `providers/`) says
-//! what it serves in one [`Format`], and [`format`] is the only place a [`ProviderKind`] is
+//! what it serves in one [`Format`], and [`format()`] is the only place a [`ProviderKind`] is
 //! matched. An endpoint a format does not serve is a `None` there, refused by the endpoint's
 //! dispatcher, never a match arm per function.
 
+use super::audio::{SpeechRequest, SttRequest};
+use super::embeddings::EmbeddingRequest;
+use super::media::MediaRequest;
 use super::{anthropic, gemini, openai, voyage, workers_ai, Translator};
 use crate::config::ProviderKind;
 use bytes::Bytes;
 use http::header::InvalidHeaderValue;
 use http::{HeaderName, HeaderValue};
+use serde_json::Value;
 
 /// What one wire format serves, and how it authenticates and reports errors.
 pub struct Format {
     /// `/v1/chat/completions`.
     pub chat: Option<&'static dyn Translator>,
+    /// `/v1/embeddings`.
+    pub embeddings: Option<&'static dyn Embeddings>,
+    /// `/v1/audio/transcriptions` and `/v1/audio/translations`.
+    pub transcription: Option<&'static dyn Transcription>,
+    /// `/v1/audio/speech`.
+    pub speech: Option<&'static dyn Speech>,
     /// A native error body → OpenAI error envelope (status, body, provider name).
     pub error: fn(u16, &[u8], &str) -> Bytes,
     /// The header the key goes in.
     pub auth: Auth,
+}
+
+/// Embeddings in one format. The shared part (vector count check, float/base64 encoding,
+/// the OpenAI list, token estimate) is `embeddings::response`.
+pub trait Embeddings: Sync {
+    /// Whether token-id input can be sent; formats that cannot are only given text
+    /// ([`EmbeddingRequest::text_list`]).
+    fn takes_token_ids(&self) -> bool {
+        false
+    }
+
+    /// The native request for `model_id`, or why this provider cannot serve it.
+    fn request(&self, req: &EmbeddingRequest, model_id: &str) -> Result<MediaRequest, String>;
+
+    /// The vectors of a native answer (JSON arrays or base64 strings) in input order, and
+    /// the prompt tokens the provider reported, if it did.
+    fn vectors(&self, answer: &Value) -> Result<(Vec<Value>, Option<u64>), String>;
+}
+
+/// Speech-to-text (transcription, and translation into English) in one format.
+pub trait Transcription: Sync {
+    /// The native request for `model_id`, or why this provider cannot serve it.
+    fn request(&self, req: &SttRequest, model_id: &str) -> Result<MediaRequest, String>;
+
+    /// A native answer (its content type, its body) → the answer in the response format
+    /// the client asked for: `(content type, body)`.
+    fn response(
+        &self,
+        upstream_type: &str,
+        body: Bytes,
+        req: &SttRequest,
+    ) -> Result<(String, Bytes), String>;
+}
+
+/// Text-to-speech in one format. Answers are audio bytes, or JSON read by
+/// `audio::speech_from_json`.
+pub trait Speech: Sync {
+    /// The native request for `model_id`, or why this provider cannot serve it.
+    fn request(&self, req: &SpeechRequest, model_id: &str) -> Result<MediaRequest, String>;
 }
 
 /// How a format sends its key.

@@ -4,7 +4,7 @@
 //! the environment, its auth and extra headers pre-built, and its socket address resolved off
 //! the request path (Pingora's `HttpPeer::new` would resolve DNS synchronously).
 //! One module per wire format (`openai/`, `gemini/`, `anthropic/`, `workers_ai/`, `voyage/`)
-//! implements the endpoints that format serves; [`format`] maps a kind to it.
+//! implements the endpoints that format serves; [`format()`] maps a kind to it.
 
 pub mod anthropic;
 pub mod audio;
@@ -20,7 +20,7 @@ pub mod stream;
 pub mod voyage;
 pub mod workers_ai;
 
-pub use caps::{format, Auth, Format};
+pub use caps::{format, Auth, Embeddings, Format, Speech, Transcription};
 
 use crate::config::{
     expand_env_placeholders, resolve_secret, ProviderConfig, ProviderKind, UpstreamUrl,

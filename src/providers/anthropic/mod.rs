@@ -13,6 +13,9 @@ use super::caps::{Auth, Format};
 
 pub static FORMAT: Format = Format {
     chat: Some(&Anthropic),
+    embeddings: None,
+    transcription: None,
+    speech: None,
     error: translate_error,
     auth: Auth::Header("x-api-key"),
 };

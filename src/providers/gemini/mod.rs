@@ -1,6 +1,8 @@
 //! Google AI Studio's native Gemini API.
 
+mod audio;
 mod chat;
+mod embeddings;
 mod error;
 
 pub use chat::{
@@ -9,9 +11,14 @@ pub use chat::{
 pub use error::translate_error;
 
 use super::caps::{Auth, Format};
+use audio::GeminiAudio;
+use embeddings::GeminiEmbeddings;
 
 pub static FORMAT: Format = Format {
     chat: Some(&Gemini),
+    embeddings: Some(&GeminiEmbeddings),
+    transcription: Some(&GeminiAudio),
+    speech: None,
     error: translate_error,
     auth: Auth::Header("x-goog-api-key"),
 };

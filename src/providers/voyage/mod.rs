@@ -2,12 +2,14 @@
 
 mod embeddings;
 
-pub(crate) use embeddings::embeddings_request;
-
 use super::caps::{Auth, Format};
+use embeddings::VoyageEmbeddings;
 
 pub static FORMAT: Format = Format {
     chat: None,
+    embeddings: Some(&VoyageEmbeddings),
+    transcription: None,
+    speech: None,
     error: super::openai::translate_error,
     auth: Auth::Bearer,
 };
