@@ -162,6 +162,14 @@ pub struct Transcript {
     pub segments: Vec<(f64, f64, String)>,
 }
 
+/// What a format makes of its native transcription answer.
+pub enum SttAnswer {
+    /// A transcript, rendered in the response format the client asked for.
+    Transcript(Transcript),
+    /// The answer as the client gets it: (content type, body).
+    AsIs(String, Bytes),
+}
+
 /// A native answer → the answer in the client's format: `(content type, body)`.
 pub fn stt_response(
     kind: ProviderKind,
@@ -169,10 +177,16 @@ pub fn stt_response(
     body: Bytes,
     req: &SttRequest,
 ) -> Result<(String, Bytes), String> {
-    format(kind)
-        .transcription
-        .ok_or("no speech-to-text API")?
-        .response(upstream_type, body, req)
+    let transcription = format(kind).transcription.ok_or("no speech-to-text API")?;
+    match transcription.answer(upstream_type, body)? {
+        SttAnswer::Transcript(t) => render(&t, req.format, req.translate),
+        SttAnswer::AsIs(ctype, body) => Ok((ctype, body)),
+    }
+}
+
+/// A native answer as JSON; `who` names the provider when it is not.
+pub(crate) fn json_answer(body: &[u8], who: &str) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the {who} answer is not JSON: {e}"))
 }
 
 /// Renders a transcript in an OpenAI response format.

@@ -3,7 +3,7 @@
 //! matched. An endpoint a format does not serve is a `None` there, refused by the endpoint's
 //! dispatcher, never a match arm per function.
 
-use super::audio::{SpeechRequest, SttRequest};
+use super::audio::{SpeechRequest, SttAnswer, SttRequest};
 use super::embeddings::EmbeddingRequest;
 use super::media::MediaRequest;
 use super::{anthropic, gemini, openai, voyage, workers_ai, Translator};
@@ -13,7 +13,8 @@ use http::header::InvalidHeaderValue;
 use http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
-/// What one wire format serves, and how it authenticates and reports errors.
+/// What one wire format serves, and how it authenticates. (Its error translation goes with
+/// its chat translator: `<kind>/error.rs`, wired in `<kind>/chat.rs`.)
 pub struct Format {
     /// `/v1/chat/completions`.
     pub chat: Option<&'static dyn Translator>,
@@ -23,8 +24,6 @@ pub struct Format {
     pub transcription: Option<&'static dyn Transcription>,
     /// `/v1/audio/speech`.
     pub speech: Option<&'static dyn Speech>,
-    /// A native error body → OpenAI error envelope (status, body, provider name).
-    pub error: fn(u16, &[u8], &str) -> Bytes,
     /// The header the key goes in.
     pub auth: Auth,
 }
@@ -51,14 +50,9 @@ pub trait Transcription: Sync {
     /// The native request for `model_id`, or why this provider cannot serve it.
     fn request(&self, req: &SttRequest, model_id: &str) -> Result<MediaRequest, String>;
 
-    /// A native answer (its content type, its body) → the answer in the response format
-    /// the client asked for: `(content type, body)`.
-    fn response(
-        &self,
-        upstream_type: &str,
-        body: Bytes,
-        req: &SttRequest,
-    ) -> Result<(String, Bytes), String>;
+    /// A native answer (its content type, its body) → a transcript to render in the format
+    /// the client asked for, or the answer as it is (formats that speak OpenAI's).
+    fn answer(&self, upstream_type: &str, body: Bytes) -> Result<SttAnswer, String>;
 }
 
 /// Text-to-speech in one format. Answers are audio bytes, or JSON read by

@@ -242,6 +242,23 @@ pub fn tool_calls(msg: &Value) -> Result<Vec<ToolCall<'_>>, ApiError> {
         .collect()
 }
 
+/// Appends a turn `{"role": role, key: items}` to a native conversation, or merges `items`
+/// into the previous turn when it has the same role. Nothing is appended for no items.
+pub fn push_turn(turns: &mut Vec<Value>, role: &str, key: &str, items: Vec<Value>) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut() {
+        if last["role"] == role {
+            if let Some(list) = last[key].as_array_mut() {
+                list.extend(items);
+                return;
+            }
+        }
+    }
+    turns.push(json!({"role": role, key: items}));
+}
+
 /// A declared function tool.
 pub struct Tool<'a> {
     pub name: &'a str,

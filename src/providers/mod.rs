@@ -9,6 +9,7 @@
 pub mod anthropic;
 pub mod audio;
 pub mod caps;
+pub mod chat;
 pub mod common;
 pub mod embeddings;
 pub mod gemini;
@@ -16,7 +17,6 @@ pub mod gemini;
 mod golden;
 pub mod media;
 pub mod openai;
-pub mod stream;
 pub mod voyage;
 pub mod workers_ai;
 
@@ -49,6 +49,17 @@ pub struct UpstreamRequest {
     pub path: String,
     pub body: Bytes,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl UpstreamRequest {
+    /// A JSON body to `path`, with no headers of the format's own.
+    pub fn json(path: String, body: &serde_json::Value) -> UpstreamRequest {
+        UpstreamRequest {
+            path,
+            body: Bytes::from(body.to_string()),
+            headers: Vec::new(),
+        }
+    }
 }
 
 /// A native answer made into OpenAI's `chat.completion` JSON.

@@ -8,15 +8,14 @@
 //! of 1.0 are clamped. JSON mode has no native switch: it becomes a system instruction.
 
 use crate::errors::ApiError;
+use crate::providers::chat::{
+    ChatEvents, ChatStream, ErrorFn, Handled, NativeChat, NativeEvents, StreamState,
+};
 use crate::providers::common::{
     self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
 };
-use crate::providers::stream::{ChatEvents, ChatStream, StreamState};
-use crate::providers::{
-    StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage,
-};
+use crate::providers::{StreamError, Translated, UpstreamRequest, Usage};
 use crate::request::ChatRequest;
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -55,19 +54,9 @@ fn blocks_of(content: Option<&Value>) -> Result<Vec<Value>, ApiError> {
         .collect()
 }
 
+/// Appends a turn, merged into the previous one when the role repeats (strict alternation).
 fn push_turn(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
-            if let Some(c) = last["content"].as_array_mut() {
-                c.extend(blocks);
-                return;
-            }
-        }
-    }
-    messages.push(json!({"role": role, "content": blocks}));
+    common::push_turn(messages, role, "content", blocks);
 }
 
 /// The native request body for an OpenAI chat request.
@@ -337,21 +326,6 @@ struct Delta<'a> {
 /// Translates one Anthropic message stream.
 pub type AnthropicStream = ChatStream<AnthropicEvents>;
 
-impl AnthropicStream {
-    pub fn new(model: &str, include_usage: bool, meta: &Meta) -> AnthropicStream {
-        ChatStream::with(
-            AnthropicEvents {
-                writer: ChunkWriter::new(meta, model),
-                tool_blocks: Vec::new(),
-                finish: None,
-                input_tokens: 0,
-                output_tokens: 0,
-            },
-            include_usage,
-        )
-    }
-}
-
 /// Anthropic's stream events, ended by `message_stop`.
 pub struct AnthropicEvents {
     writer: ChunkWriter,
@@ -389,15 +363,22 @@ impl AnthropicEvents {
     }
 }
 
+impl NativeEvents for AnthropicEvents {
+    fn new(model: &str, meta: &Meta) -> AnthropicEvents {
+        AnthropicEvents {
+            writer: ChunkWriter::new(meta, model),
+            tool_blocks: Vec::new(),
+            finish: None,
+            input_tokens: 0,
+            output_tokens: 0,
+        }
+    }
+}
+
 impl ChatEvents for AnthropicEvents {
     const UNFINISHED: &'static str = "the Anthropic stream ended without message_stop";
 
-    fn event(
-        &mut self,
-        s: &mut StreamState,
-        data: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), StreamError> {
+    fn event(&mut self, s: &mut StreamState, data: &[u8], out: &mut Vec<u8>) -> Handled {
         let ev: Event = serde_json::from_slice(data)
             .map_err(|e| StreamError::Malformed(format!("bad Anthropic stream event: {e}")))?;
         match ev.kind.as_ref() {
@@ -492,62 +473,40 @@ impl ChatEvents for AnthropicEvents {
     }
 }
 
-impl Translator for Anthropic {
-    fn chat_request(
-        &self,
-        req: &ChatRequest,
-        body: &[u8],
-        model_id: &str,
-    ) -> Result<UpstreamRequest, ApiError> {
-        let native = build_request(body, model_id, req.stream)?;
-        Ok(UpstreamRequest {
-            path: "/messages".into(),
-            body: Bytes::from(native.to_string()),
-            headers: vec![(
-                HeaderName::from_static("anthropic-version"),
-                HeaderValue::from_static(API_VERSION),
-            )],
-        })
+impl NativeChat for Anthropic {
+    type Events = AnthropicEvents;
+    const ERROR: ErrorFn = super::error::translate_error;
+
+    fn request(req: &ChatRequest, body: &[u8], model: &str) -> Result<UpstreamRequest, ApiError> {
+        let native = build_request(body, model, req.stream)?;
+        let mut up = UpstreamRequest::json("/messages".into(), &native);
+        up.headers.push((
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(API_VERSION),
+        ));
+        Ok(up)
     }
 
-    fn chat_response(&self, body: Bytes, model_id: &str) -> Result<Translated, String> {
-        translate_response(&body, model_id, &Meta::fresh())
-    }
-
-    fn chat_stream(&self, model_id: &str, include_usage: bool) -> Box<dyn StreamTranslator> {
-        Box::new(AnthropicStream::new(
-            model_id,
-            include_usage,
-            &Meta::fresh(),
-        ))
-    }
-
-    fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
-        super::error::translate_error(status, body, provider)
+    fn response(body: &[u8], model: &str, meta: &Meta) -> Result<Translated, String> {
+        translate_response(body, model, meta)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::chat::testing::{self, chunks};
+    use crate::providers::{StreamTranslator, Translator};
 
     fn req(v: Value) -> Value {
         build_request(v.to_string().as_bytes(), "claude-x", false).unwrap()
     }
 
     fn run(stream: &[u8], include_usage: bool) -> (String, Result<(), StreamError>, bool) {
-        let mut t = AnthropicStream::new("claude-x", include_usage, &Meta::fixed());
-        let mut out = Vec::new();
-        let r = t.feed(stream, &mut out).and_then(|_| t.finish(&mut out));
-        (String::from_utf8(out).unwrap(), r, t.started())
-    }
-
-    fn chunks(out: &str) -> Vec<Value> {
-        out.split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect()
+        testing::run(
+            &mut AnthropicStream::new("claude-x", include_usage, &Meta::fixed()),
+            stream,
+        )
     }
 
     #[test]

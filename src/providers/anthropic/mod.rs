@@ -16,6 +16,5 @@ pub static FORMAT: Format = Format {
     embeddings: None,
     transcription: None,
     speech: None,
-    error: translate_error,
     auth: Auth::Header("x-api-key"),
 };

@@ -2,11 +2,11 @@
 //! transcribe. Plain text only, so json and text (verbose_json, srt and vtt are refused by
 //! name).
 
-use crate::providers::audio::{audio_mime, render, SttRequest, Transcript};
+use crate::providers::audio::{audio_mime, json_answer, SttAnswer, SttRequest, Transcript};
 use crate::providers::media::{around, MediaRequest, Piece};
 use crate::providers::Transcription;
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::fmt::Write as _;
 
 pub struct GeminiAudio;
@@ -47,25 +47,15 @@ impl Transcription for GeminiAudio {
         })
     }
 
-    fn response(
-        &self,
-        _upstream_type: &str,
-        body: Bytes,
-        req: &SttRequest,
-    ) -> Result<(String, Bytes), String> {
-        render(&transcript(&body)?, req.format, req.translate)
+    fn answer(&self, _upstream_type: &str, body: Bytes) -> Result<SttAnswer, String> {
+        let v = json_answer(&body, "Gemini")?;
+        let parts = v["candidates"][0]["content"]["parts"]
+            .as_array()
+            .ok_or("the Gemini answer has no candidate text")?;
+        let text: String = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+        Ok(SttAnswer::Transcript(Transcript {
+            text: text.trim().to_string(),
+            ..Transcript::default()
+        }))
     }
-}
-
-fn transcript(body: &[u8]) -> Result<Transcript, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| format!("the Gemini answer is not JSON: {e}"))?;
-    let parts = v["candidates"][0]["content"]["parts"]
-        .as_array()
-        .ok_or("the Gemini answer has no candidate text")?;
-    let text: String = parts.iter().filter_map(|p| p["text"].as_str()).collect();
-    Ok(Transcript {
-        text: text.trim().to_string(),
-        ..Transcript::default()
-    })
 }

@@ -9,15 +9,14 @@
 //! JSON schemas are reduced to Gemini's OpenAPI-subset `Schema` dialect.
 
 use crate::errors::ApiError;
+use crate::providers::chat::{
+    ChatEvents, ChatStream, ErrorFn, Handled, NativeChat, NativeEvents, StreamState,
+};
 use crate::providers::common::{
     self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
 };
-use crate::providers::stream::{ChatEvents, ChatStream, StreamState};
-use crate::providers::{
-    StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage,
-};
+use crate::providers::{StreamError, Translated, UpstreamRequest, Usage};
 use crate::request::ChatRequest;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -158,18 +157,7 @@ fn parts_of(content: Option<&Value>) -> Result<Vec<Value>, ApiError> {
 /// Appends a turn, merging it into the previous one when the role repeats (Gemini wants
 /// all responses to one turn's function calls in one turn).
 fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
-    if parts.is_empty() {
-        return;
-    }
-    if let Some(last) = contents.last_mut() {
-        if last["role"] == role {
-            if let Some(p) = last["parts"].as_array_mut() {
-                p.extend(parts);
-                return;
-            }
-        }
-    }
-    contents.push(json!({"role": role, "parts": parts}));
+    common::push_turn(contents, role, "parts", parts);
 }
 
 /// The native request body for an OpenAI chat request.
@@ -463,19 +451,6 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
 /// Translates one `streamGenerateContent?alt=sse` answer.
 pub type GeminiStream = ChatStream<GeminiEvents>;
 
-impl GeminiStream {
-    pub fn new(model: &str, include_usage: bool, meta: &Meta) -> GeminiStream {
-        ChatStream::with(
-            GeminiEvents {
-                writer: ChunkWriter::new(meta, model),
-                tool_calls: 0,
-                finish: None,
-            },
-            include_usage,
-        )
-    }
-}
-
 /// Gemini's stream events. Gemini sends no end marker, so the finish chunk, the usage
 /// chunk and `[DONE]` are written when the upstream ends.
 pub struct GeminiEvents {
@@ -484,15 +459,20 @@ pub struct GeminiEvents {
     finish: Option<&'static str>,
 }
 
+impl NativeEvents for GeminiEvents {
+    fn new(model: &str, meta: &Meta) -> GeminiEvents {
+        GeminiEvents {
+            writer: ChunkWriter::new(meta, model),
+            tool_calls: 0,
+            finish: None,
+        }
+    }
+}
+
 impl ChatEvents for GeminiEvents {
     const UNFINISHED: &'static str = "the Gemini stream ended without a finish reason";
 
-    fn event(
-        &mut self,
-        s: &mut StreamState,
-        data: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), StreamError> {
+    fn event(&mut self, s: &mut StreamState, data: &[u8], out: &mut Vec<u8>) -> Handled {
         let r: Response = serde_json::from_slice(data)
             .map_err(|e| StreamError::Malformed(format!("bad Gemini stream event: {e}")))?;
         if let Some(e) = r.error {
@@ -540,7 +520,7 @@ impl ChatEvents for GeminiEvents {
         Ok(())
     }
 
-    fn end(&mut self, s: &mut StreamState, out: &mut Vec<u8>) -> Result<(), StreamError> {
+    fn end(&mut self, s: &mut StreamState, out: &mut Vec<u8>) -> Handled {
         let Some(reason) = self.finish else {
             return Err(StreamError::Malformed(Self::UNFINISHED.into()));
         };
@@ -555,60 +535,39 @@ impl ChatEvents for GeminiEvents {
     }
 }
 
-impl Translator for Gemini {
-    fn chat_request(
-        &self,
-        req: &ChatRequest,
-        body: &[u8],
-        model_id: &str,
-    ) -> Result<UpstreamRequest, ApiError> {
-        let native = build_request(body)?;
+impl NativeChat for Gemini {
+    type Events = GeminiEvents;
+    const ERROR: ErrorFn = super::error::translate_error;
+
+    fn request(req: &ChatRequest, body: &[u8], model: &str) -> Result<UpstreamRequest, ApiError> {
         let path = if req.stream {
-            format!("/models/{model_id}:streamGenerateContent?alt=sse")
+            format!("/models/{model}:streamGenerateContent?alt=sse")
         } else {
-            format!("/models/{model_id}:generateContent")
+            format!("/models/{model}:generateContent")
         };
-        Ok(UpstreamRequest {
-            path,
-            body: Bytes::from(native.to_string()),
-            headers: Vec::new(),
-        })
+        Ok(UpstreamRequest::json(path, &build_request(body)?))
     }
 
-    fn chat_response(&self, body: Bytes, model_id: &str) -> Result<Translated, String> {
-        translate_response(&body, model_id, &Meta::fresh())
-    }
-
-    fn chat_stream(&self, model_id: &str, include_usage: bool) -> Box<dyn StreamTranslator> {
-        Box::new(GeminiStream::new(model_id, include_usage, &Meta::fresh()))
-    }
-
-    fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
-        super::error::translate_error(status, body, provider)
+    fn response(body: &[u8], model: &str, meta: &Meta) -> Result<Translated, String> {
+        translate_response(body, model, meta)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::chat::testing::{self, chunks};
+    use crate::providers::{StreamTranslator, Translator};
 
     fn req(v: Value) -> Value {
         build_request(v.to_string().as_bytes()).unwrap()
     }
 
     fn run(stream: &[u8], include_usage: bool) -> (String, Result<(), StreamError>, bool) {
-        let mut t = GeminiStream::new("gemini-2.5-flash", include_usage, &Meta::fixed());
-        let mut out = Vec::new();
-        let r = t.feed(stream, &mut out).and_then(|_| t.finish(&mut out));
-        (String::from_utf8(out).unwrap(), r, t.started())
-    }
-
-    fn chunks(out: &str) -> Vec<Value> {
-        out.split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect()
+        testing::run(
+            &mut GeminiStream::new("gemini-2.5-flash", include_usage, &Meta::fixed()),
+            stream,
+        )
     }
 
     #[test]

@@ -19,6 +19,5 @@ pub static FORMAT: Format = Format {
     embeddings: Some(&GeminiEmbeddings),
     transcription: Some(&GeminiAudio),
     speech: None,
-    error: translate_error,
     auth: Auth::Header("x-goog-api-key"),
 };

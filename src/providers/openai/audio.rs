@@ -4,7 +4,7 @@
 //!   rewritten; the answer passes through in every format.
 //! - Text-to-speech: `/audio/speech` with `model` rewritten; audio streams back.
 
-use crate::providers::audio::{SpeechRequest, SttRequest};
+use crate::providers::audio::{SpeechRequest, SttAnswer, SttRequest};
 use crate::providers::media::{MediaRequest, Piece};
 use crate::providers::{Speech, Transcription};
 use bytes::Bytes;
@@ -36,12 +36,7 @@ impl Transcription for OpenAiAudio {
         })
     }
 
-    fn response(
-        &self,
-        upstream_type: &str,
-        body: Bytes,
-        _req: &SttRequest,
-    ) -> Result<(String, Bytes), String> {
+    fn answer(&self, upstream_type: &str, body: Bytes) -> Result<SttAnswer, String> {
         let ctype = if upstream_type.is_empty() {
             "application/json"
         } else {
@@ -51,7 +46,7 @@ impl Transcription for OpenAiAudio {
             serde_json::from_slice::<Value>(&body)
                 .map_err(|e| format!("the provider's transcript is not JSON: {e}"))?;
         }
-        Ok((ctype.to_string(), body))
+        Ok(SttAnswer::AsIs(ctype.to_string(), body))
     }
 }
 

@@ -4,7 +4,7 @@
 //! content delta.
 
 use crate::errors::ApiError;
-use crate::providers::stream::{ChatEvents, ChatStream, StreamState};
+use crate::providers::chat::{ChatEvents, ChatStream, Handled, StreamState};
 use crate::providers::{
     StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage,
 };
@@ -93,12 +93,7 @@ impl ChatEvents for OpenAiEvents {
     // Whatever follows `[DONE]` passes through too.
     const AFTER_DONE: bool = true;
 
-    fn event(
-        &mut self,
-        s: &mut StreamState,
-        data: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), StreamError> {
+    fn event(&mut self, s: &mut StreamState, data: &[u8], out: &mut Vec<u8>) -> Handled {
         if data == b"[DONE]" {
             s.done = true;
             write_data(out, data);

@@ -19,6 +19,5 @@ pub static FORMAT: Format = Format {
     embeddings: Some(&OpenAiEmbeddings),
     transcription: Some(&OpenAiAudio),
     speech: Some(&OpenAiAudio),
-    error: translate_error,
     auth: Auth::Bearer,
 };

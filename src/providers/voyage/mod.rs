@@ -1,4 +1,5 @@
-//! Voyage AI: embeddings only. Its answers and errors have OpenAI's shapes.
+//! Voyage AI: embeddings only. Its answers and errors have OpenAI's shapes (without chat,
+//! `translator(Voyage)` is OpenAI's, whose error translation is the one used).
 
 mod embeddings;
 
@@ -10,6 +11,5 @@ pub static FORMAT: Format = Format {
     embeddings: Some(&VoyageEmbeddings),
     transcription: None,
     speech: None,
-    error: super::openai::translate_error,
     auth: Auth::Bearer,
 };

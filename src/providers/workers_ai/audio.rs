@@ -7,7 +7,7 @@
 //! - Text-to-speech: MeloTTS (`{"prompt", "lang"}` → base64 MP3 in JSON) and Deepgram Aura
 //!   (`{"text", "speaker"}` → audio bytes).
 
-use crate::providers::audio::{render, SpeechRequest, SttRequest, Transcript};
+use crate::providers::audio::{json_answer, SpeechRequest, SttAnswer, SttRequest, Transcript};
 use crate::providers::media::{around, MediaRequest, Piece};
 use crate::providers::{Speech, Transcription};
 use bytes::Bytes;
@@ -51,19 +51,13 @@ impl Transcription for WorkersAiAudio {
         })
     }
 
-    fn response(
-        &self,
-        _upstream_type: &str,
-        body: Bytes,
-        req: &SttRequest,
-    ) -> Result<(String, Bytes), String> {
-        render(&transcript(&body)?, req.format, req.translate)
+    fn answer(&self, _upstream_type: &str, body: Bytes) -> Result<SttAnswer, String> {
+        transcript(&body).map(SttAnswer::Transcript)
     }
 }
 
 fn transcript(body: &[u8]) -> Result<Transcript, String> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("the Workers AI answer is not JSON: {e}"))?;
+    let v = json_answer(body, "Workers AI")?;
     let r = &v["result"];
     let text = r["text"]
         .as_str()

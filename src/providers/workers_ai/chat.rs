@@ -8,13 +8,12 @@
 //! OpenAI's `{id, type, function: {name, arguments: "…"}}`; both are read.
 
 use crate::errors::ApiError;
-use crate::providers::common::{self, ChunkWriter, Image, Meta, OutToolCall, Part};
-use crate::providers::stream::{ChatEvents, ChatStream, StreamState};
-use crate::providers::{
-    StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage,
+use crate::providers::chat::{
+    ChatEvents, ChatStream, ErrorFn, Handled, NativeChat, NativeEvents, StreamState,
 };
+use crate::providers::common::{self, ChunkWriter, Image, Meta, OutToolCall, Part};
+use crate::providers::{StreamError, Translated, UpstreamRequest, Usage};
 use crate::request::ChatRequest;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -300,18 +299,6 @@ struct StreamEvent<'a> {
 /// Translates one Workers AI stream.
 pub type WorkersAiStream = ChatStream<WorkersAiEvents>;
 
-impl WorkersAiStream {
-    pub fn new(model: &str, include_usage: bool, meta: &Meta) -> WorkersAiStream {
-        ChatStream::with(
-            WorkersAiEvents {
-                writer: ChunkWriter::new(meta, model),
-                tool_calls: Vec::new(),
-            },
-            include_usage,
-        )
-    }
-}
-
 /// Workers AI's stream events, ended by `data: [DONE]`.
 pub struct WorkersAiEvents {
     writer: ChunkWriter,
@@ -319,15 +306,19 @@ pub struct WorkersAiEvents {
     tool_calls: Vec<usize>,
 }
 
+impl NativeEvents for WorkersAiEvents {
+    fn new(model: &str, meta: &Meta) -> WorkersAiEvents {
+        WorkersAiEvents {
+            writer: ChunkWriter::new(meta, model),
+            tool_calls: Vec::new(),
+        }
+    }
+}
+
 impl ChatEvents for WorkersAiEvents {
     const UNFINISHED: &'static str = "the Workers AI stream ended without [DONE]";
 
-    fn event(
-        &mut self,
-        s: &mut StreamState,
-        data: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), StreamError> {
+    fn event(&mut self, s: &mut StreamState, data: &[u8], out: &mut Vec<u8>) -> Handled {
         s.role(&self.writer, out);
         if data == b"[DONE]" {
             let reason = if self.tool_calls.is_empty() {
@@ -393,59 +384,37 @@ impl ChatEvents for WorkersAiEvents {
     }
 }
 
-impl Translator for WorkersAi {
-    fn chat_request(
-        &self,
-        req: &ChatRequest,
-        body: &[u8],
-        model_id: &str,
-    ) -> Result<UpstreamRequest, ApiError> {
+impl NativeChat for WorkersAi {
+    type Events = WorkersAiEvents;
+    const ERROR: ErrorFn = super::error::translate_error;
+
+    /// Model ids go into the path as they are: Cloudflare's documented URLs keep the `@`
+    /// and slashes.
+    fn request(req: &ChatRequest, body: &[u8], model: &str) -> Result<UpstreamRequest, ApiError> {
         let native = build_request(body, req.stream)?;
-        Ok(UpstreamRequest {
-            path: format!("/run/{model_id}"),
-            body: Bytes::from(native.to_string()),
-            headers: Vec::new(),
-        })
+        Ok(UpstreamRequest::json(format!("/run/{model}"), &native))
     }
 
-    fn chat_response(&self, body: Bytes, model_id: &str) -> Result<Translated, String> {
-        translate_response(&body, model_id, &Meta::fresh())
-    }
-
-    fn chat_stream(&self, model_id: &str, include_usage: bool) -> Box<dyn StreamTranslator> {
-        Box::new(WorkersAiStream::new(
-            model_id,
-            include_usage,
-            &Meta::fresh(),
-        ))
-    }
-
-    fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
-        super::error::translate_error(status, body, provider)
+    fn response(body: &[u8], model: &str, meta: &Meta) -> Result<Translated, String> {
+        translate_response(body, model, meta)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::chat::testing::{self, chunks};
+    use crate::providers::Translator;
 
     fn req(v: Value, stream: bool) -> Value {
         build_request(v.to_string().as_bytes(), stream).unwrap()
     }
 
     fn run(stream: &[u8], include_usage: bool) -> (String, Result<(), StreamError>, bool) {
-        let mut t = WorkersAiStream::new("@cf/meta/llama", include_usage, &Meta::fixed());
-        let mut out = Vec::new();
-        let r = t.feed(stream, &mut out).and_then(|_| t.finish(&mut out));
-        (String::from_utf8(out).unwrap(), r, t.started())
-    }
-
-    fn chunks(out: &str) -> Vec<Value> {
-        out.split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect()
+        testing::run(
+            &mut WorkersAiStream::new("@cf/meta/llama", include_usage, &Meta::fixed()),
+            stream,
+        )
     }
 
     #[test]

@@ -17,6 +17,5 @@ pub static FORMAT: Format = Format {
     embeddings: Some(&WorkersAiEmbeddings),
     transcription: Some(&WorkersAiAudio),
     speech: Some(&WorkersAiAudio),
-    error: translate_error,
     auth: Auth::Bearer,
 };
