@@ -1,22 +1,11 @@
 //! Speech-to-text (`/v1/audio/transcriptions`, `/v1/audio/translations`) and text-to-speech
-//! (`/v1/audio/speech`) in each wire format.
-//!
-//! Speech-to-text:
-//! - openai (Groq, OpenAI, local Whisper servers): the client's multipart body is forwarded
-//!   with only the `model` field rewritten; the answer passes through in every format.
-//! - workers-ai: `whisper-large-v3-turbo` takes `{"audio": base64, "task", "language",
-//!   "initial_prompt"}`; the other Whisper models take the raw audio bytes. Answers carry
-//!   segments (turbo) or word timings, from which json, text, verbose_json, srt and vtt are
-//!   built.
-//! - gemini: `generateContent` with the audio inline and an instruction to transcribe;
-//!   plain text only, so json and text (verbose_json, srt and vtt are refused by name).
-//!
-//! Text-to-speech:
-//! - openai: `/audio/speech` with `model` rewritten; audio streams back.
-//! - workers-ai: MeloTTS (`{"prompt", "lang"}` → base64 MP3 in JSON) and Deepgram Aura
-//!   (`{"text", "speaker"}` → audio bytes).
+//! (`/v1/audio/speech`): the client's requests parsed once and handed to the provider's
+//! format (`<kind>/audio.rs`, see [`Transcription`](super::Transcription) and
+//! [`Speech`](super::Speech)); transcripts the format reads are rendered here in the
+//! response format the client asked for.
 
-use super::media::{around, unb64, MediaRequest, Piece};
+use super::format;
+use super::media::{unb64, MediaRequest};
 use crate::config::ProviderKind;
 use crate::errors::ApiError;
 use crate::multipart::Form;
@@ -56,7 +45,7 @@ impl TextFormat {
         }
     }
 
-    fn needs_timings(self) -> bool {
+    pub(crate) fn needs_timings(self) -> bool {
         matches!(
             self,
             TextFormat::VerboseJson | TextFormat::Srt | TextFormat::Vtt
@@ -115,8 +104,18 @@ pub fn parse_stt(form: Form, translate: bool) -> Result<SttRequest, ApiError> {
     })
 }
 
+impl SttRequest {
+    /// The uploaded audio (empty without a file part, which `parse_stt` refuses).
+    pub fn audio(&self) -> Bytes {
+        self.form
+            .file()
+            .map(|f| self.form.data(f))
+            .unwrap_or_default()
+    }
+}
+
 /// The audio's MIME type: the part's own, else guessed from the file name.
-fn audio_mime(req: &SttRequest) -> String {
+pub(crate) fn audio_mime(req: &SttRequest) -> String {
     let Some(file) = req.form.file() else {
         return "application/octet-stream".into();
     };
@@ -141,105 +140,16 @@ fn audio_mime(req: &SttRequest) -> String {
     .into()
 }
 
-fn is_turbo(model_id: &str) -> bool {
-    model_id.contains("whisper-large-v3-turbo")
-}
-
 /// The native request for `model_id`, or why this provider cannot serve it.
 pub fn stt_request(
     kind: ProviderKind,
     req: &SttRequest,
     model_id: &str,
 ) -> Result<MediaRequest, String> {
-    let audio = req
-        .form
-        .file()
-        .map(|f| req.form.data(f))
-        .unwrap_or_default();
-    match kind {
-        ProviderKind::Openai => Ok(MediaRequest {
-            path: if req.translate {
-                "/audio/translations".into()
-            } else {
-                "/audio/transcriptions".into()
-            },
-            content_type: format!("multipart/form-data; boundary={}", req.form.boundary),
-            body: match &req.only_fields {
-                Some(fields) => {
-                    let mut all = vec![("model", model_id)];
-                    all.extend(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                    req.form.with_fields(&all)
-                }
-                None => req.form.replace_field("model", model_id),
-            }
-            .into_iter()
-            .map(Piece::Raw)
-            .collect(),
-            headers: Vec::new(),
-        }),
-        ProviderKind::WorkersAi if is_turbo(model_id) => {
-            let mut v = json!({"audio": "@@AUDIO@@", "task": if req.translate { "translate" } else { "transcribe" }});
-            if let Some(l) = &req.language {
-                v["language"] = json!(l);
-            }
-            if let Some(p) = &req.prompt {
-                v["initial_prompt"] = json!(p);
-            }
-            let (head, tail) = around(&v.to_string(), "@@AUDIO@@");
-            Ok(MediaRequest {
-                path: format!("/run/{model_id}"),
-                content_type: "application/json".into(),
-                body: vec![Piece::Raw(head), Piece::Base64(audio), Piece::Raw(tail)],
-                headers: Vec::new(),
-            })
-        }
-        ProviderKind::WorkersAi => {
-            if req.translate {
-                return Err(format!(
-                    "`{model_id}` only transcribes; translation needs whisper-large-v3-turbo"
-                ));
-            }
-            Ok(MediaRequest {
-                path: format!("/run/{model_id}"),
-                content_type: "application/octet-stream".into(),
-                body: vec![Piece::Raw(audio)],
-                headers: Vec::new(),
-            })
-        }
-        ProviderKind::Gemini => {
-            if req.format.needs_timings() {
-                return Err(format!(
-                    "Gemini returns plain text: response_format `{}` needs timings it does not give",
-                    req.format.as_str()
-                ));
-            }
-            let mut instruction = if req.translate {
-                String::from("Translate the speech in this audio into English. Answer with the English translation only, nothing else.")
-            } else {
-                String::from("Transcribe the speech in this audio verbatim. Answer with the transcript only, nothing else.")
-            };
-            if let Some(l) = &req.language {
-                let _ = write!(instruction, " The spoken language is `{l}`.");
-            }
-            if let Some(p) = &req.prompt {
-                let _ = write!(instruction, " Context: {p}");
-            }
-            let v = json!({"contents": [{"role": "user", "parts": [
-                {"text": instruction},
-                {"inlineData": {"mimeType": audio_mime(req), "data": "@@AUDIO@@"}},
-            ]}], "generationConfig": {"temperature": 0}});
-            let (head, tail) = around(&v.to_string(), "@@AUDIO@@");
-            Ok(MediaRequest {
-                path: format!("/models/{model_id}:generateContent"),
-                content_type: "application/json".into(),
-                body: vec![Piece::Raw(head), Piece::Base64(audio), Piece::Raw(tail)],
-                headers: Vec::new(),
-            })
-        }
-        ProviderKind::Anthropic | ProviderKind::Voyage => {
-            Err(format!("`{}` has no speech-to-text API", kind.as_str()))
-        }
-    }
+    format(kind)
+        .transcription
+        .ok_or_else(|| format!("`{}` has no speech-to-text API", kind.as_str()))?
+        .request(req, model_id)
 }
 
 /// A transcript with optional timings, as the non-OpenAI providers give it.
@@ -252,6 +162,14 @@ pub struct Transcript {
     pub segments: Vec<(f64, f64, String)>,
 }
 
+/// What a format makes of its native transcription answer.
+pub enum SttAnswer {
+    /// A transcript, rendered in the response format the client asked for.
+    Transcript(Transcript),
+    /// The answer as the client gets it: (content type, body).
+    AsIs(String, Bytes),
+}
+
 /// A native answer → the answer in the client's format: `(content type, body)`.
 pub fn stt_response(
     kind: ProviderKind,
@@ -259,90 +177,16 @@ pub fn stt_response(
     body: Bytes,
     req: &SttRequest,
 ) -> Result<(String, Bytes), String> {
-    let transcript = match kind {
-        ProviderKind::Openai => {
-            let ctype = if upstream_type.is_empty() {
-                "application/json"
-            } else {
-                upstream_type
-            };
-            if ctype.starts_with("application/json") {
-                serde_json::from_slice::<Value>(&body)
-                    .map_err(|e| format!("the provider's transcript is not JSON: {e}"))?;
-            }
-            return Ok((ctype.to_string(), body));
-        }
-        ProviderKind::WorkersAi => workers_transcript(&body)?,
-        ProviderKind::Gemini => gemini_transcript(&body)?,
-        _ => return Err("no speech-to-text API".into()),
-    };
-    render(&transcript, req.format, req.translate)
-}
-
-fn workers_transcript(body: &[u8]) -> Result<Transcript, String> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("the Workers AI answer is not JSON: {e}"))?;
-    let r = &v["result"];
-    let text = r["text"]
-        .as_str()
-        .ok_or("the Workers AI answer has no `result.text`")?
-        .trim()
-        .to_string();
-    let info = &r["transcription_info"];
-    let mut segments: Vec<(f64, f64, String)> = r["segments"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| {
-            Some((
-                s["start"].as_f64()?,
-                s["end"].as_f64()?,
-                s["text"].as_str()?.trim().to_string(),
-            ))
-        })
-        .collect();
-    if segments.is_empty() {
-        // Word timings (the original Whisper): a segment per 12 words.
-        let words: Vec<(f64, f64, &str)> = r["words"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|w| {
-                Some((
-                    w["start"].as_f64()?,
-                    w["end"].as_f64()?,
-                    w["word"].as_str()?,
-                ))
-            })
-            .collect();
-        for group in words.chunks(12) {
-            if let (Some(first), Some(last)) = (group.first(), group.last()) {
-                let text: Vec<&str> = group.iter().map(|w| w.2.trim()).collect();
-                segments.push((first.0, last.1, text.join(" ")));
-            }
-        }
+    let transcription = format(kind).transcription.ok_or("no speech-to-text API")?;
+    match transcription.answer(upstream_type, body)? {
+        SttAnswer::Transcript(t) => render(&t, req.format, req.translate),
+        SttAnswer::AsIs(ctype, body) => Ok((ctype, body)),
     }
-    Ok(Transcript {
-        text,
-        language: info["language"].as_str().map(str::to_string),
-        duration: info["duration"]
-            .as_f64()
-            .or_else(|| segments.last().map(|s| s.1)),
-        segments,
-    })
 }
 
-fn gemini_transcript(body: &[u8]) -> Result<Transcript, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| format!("the Gemini answer is not JSON: {e}"))?;
-    let parts = v["candidates"][0]["content"]["parts"]
-        .as_array()
-        .ok_or("the Gemini answer has no candidate text")?;
-    let text: String = parts.iter().filter_map(|p| p["text"].as_str()).collect();
-    Ok(Transcript {
-        text: text.trim().to_string(),
-        ..Transcript::default()
-    })
+/// A native answer as JSON; `who` names the provider when it is not.
+pub(crate) fn json_answer(body: &[u8], who: &str) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the {who} answer is not JSON: {e}"))
 }
 
 /// Renders a transcript in an OpenAI response format.
@@ -499,61 +343,16 @@ pub fn speech_from_text(
     }
 }
 
+/// The native request for `model_id`, or why this provider cannot serve it.
 pub fn speech_request(
     kind: ProviderKind,
     req: &SpeechRequest,
     model_id: &str,
 ) -> Result<MediaRequest, String> {
-    match kind {
-        ProviderKind::Openai => {
-            let mut body = req.body.clone();
-            body.insert("model".into(), json!(model_id));
-            Ok(MediaRequest::json(
-                "/audio/speech",
-                serde_json::to_vec(&body).unwrap_or_default(),
-            ))
-        }
-        ProviderKind::WorkersAi if model_id.contains("aura") => {
-            let mut v = json!({"text": req.input});
-            if let Some(voice) = &req.voice {
-                v["speaker"] = json!(voice);
-            }
-            if req.format != "mp3" {
-                v["encoding"] = json!(if req.format == "pcm" {
-                    "linear16"
-                } else {
-                    req.format.as_str()
-                });
-            }
-            Ok(MediaRequest::json(
-                format!("/run/{model_id}"),
-                v.to_string().into_bytes(),
-            ))
-        }
-        ProviderKind::WorkersAi => {
-            if req.format != "mp3" {
-                return Err(format!(
-                    "`{model_id}` speaks MP3 only: response_format `{}` is not available",
-                    req.format
-                ));
-            }
-            let lang = req
-                .body
-                .get("language")
-                .and_then(Value::as_str)
-                .unwrap_or("en");
-            Ok(MediaRequest::json(
-                format!("/run/{model_id}"),
-                json!({"prompt": req.input, "lang": lang})
-                    .to_string()
-                    .into_bytes(),
-            ))
-        }
-        _ => Err(format!(
-            "`{}` has no text-to-speech API here",
-            kind.as_str()
-        )),
-    }
+    format(kind)
+        .speech
+        .ok_or_else(|| format!("`{}` has no text-to-speech API here", kind.as_str()))?
+        .request(req, model_id)
 }
 
 /// A JSON speech answer (MeloTTS: `{"result":{"audio": base64}}`) → audio bytes and type.
@@ -696,9 +495,6 @@ mod tests {
         assert!(render(&bare, TextFormat::Srt, false)
             .unwrap_err()
             .contains("srt"));
-        let words = json!({"result": {"text": "a b", "words": [{"word": "a", "start": 0.0, "end": 0.5}, {"word": "b", "start": 0.5, "end": 1.0}]}});
-        let t = workers_transcript(words.to_string().as_bytes()).unwrap();
-        assert_eq!(t.segments, vec![(0.0, 1.0, "a b".to_string())]);
     }
 
     #[test]

@@ -242,6 +242,23 @@ pub fn tool_calls(msg: &Value) -> Result<Vec<ToolCall<'_>>, ApiError> {
         .collect()
 }
 
+/// Appends a turn `{"role": role, key: items}` to a native conversation, or merges `items`
+/// into the previous turn when it has the same role. Nothing is appended for no items.
+pub fn push_turn(turns: &mut Vec<Value>, role: &str, key: &str, items: Vec<Value>) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut() {
+        if last["role"] == role {
+            if let Some(list) = last[key].as_array_mut() {
+                list.extend(items);
+                return;
+            }
+        }
+    }
+    turns.push(json!({"role": role, key: items}));
+}
+
 /// A declared function tool.
 pub struct Tool<'a> {
     pub name: &'a str,
@@ -546,36 +563,6 @@ pub fn kind_for_status(status: u16) -> &'static str {
         429 => "rate_limit_error",
         400..=499 => "invalid_request_error",
         _ => "upstream_error",
-    }
-}
-
-/// A native stream translator built on the shared SSE reader: it handles one event's data
-/// at a time, and gets `feed`/flush-at-end logic for free.
-pub trait EventTranslator {
-    /// The reader and the reused event buffer (no allocation per event).
-    fn parts(&mut self) -> (&mut crate::sse::SseReader, &mut crate::sse::SseEvent);
-    /// Handles one complete event's `data:` payload.
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), super::StreamError>;
-
-    /// Pushes `chunk` and handles every event it completes; stops at the first error.
-    fn feed_events(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), super::StreamError> {
-        let (reader, scratch) = self.parts();
-        reader.push(chunk);
-        let mut ev = std::mem::take(scratch);
-        let mut result = Ok(());
-        while result.is_ok() && self.parts().0.next_event_into(&mut ev) {
-            result = self.event(&ev.data, out);
-        }
-        *self.parts().1 = ev;
-        result
-    }
-
-    /// At end of stream: handles an event the provider did not close with a blank line.
-    fn flush_events(&mut self, out: &mut Vec<u8>) -> Result<(), super::StreamError> {
-        match self.parts().0.finish() {
-            Some(ev) => self.event(&ev.data, out),
-            None => Ok(()),
-        }
     }
 }
 

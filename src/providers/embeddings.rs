@@ -1,18 +1,13 @@
-//! `POST /v1/embeddings` in each wire format: the OpenAI request in, the native request out,
-//! the native answer back to OpenAI's `{"object":"list","data":[…]}`.
-//!
-//! - openai: the body passes through with `model` rewritten.
-//! - gemini: `models/{m}:embedContent` (one input) or `:batchEmbedContents`.
-//! - workers-ai: `/run/{model}` with `{"text": […]}` → `{"result":{"data":[[…]],"shape":[n,d]}}`.
-//! - voyage: see `voyage`.
+//! `POST /v1/embeddings`: the client's request parsed once, handed to the provider's format
+//! (`<kind>/embeddings.rs`, see [`Embeddings`](super::Embeddings)), and the native answer's
+//! vectors made into OpenAI's `{"object":"list","data":[…]}`.
 //!
 //! Answers are normalised to what the client asked: `encoding_format: "base64"` is the
 //! little-endian f32 bytes of each vector, base64-encoded (OpenAI's format), made here when
 //! the provider only returns floats.
 
 use super::media::{b64, unb64, MediaRequest};
-use super::voyage;
-use super::Usage;
+use super::{format, Usage};
 use crate::config::ProviderKind;
 use crate::errors::ApiError;
 use serde_json::{json, Map, Value};
@@ -101,6 +96,14 @@ pub fn parse(raw: &[u8]) -> Result<EmbeddingRequest, ApiError> {
     })
 }
 
+impl EmbeddingRequest {
+    /// The input texts (empty for token ids, which only formats that
+    /// [take them](super::Embeddings::takes_token_ids) are given).
+    pub fn text_list(&self) -> &[String] {
+        self.texts.as_deref().unwrap_or_default()
+    }
+}
+
 /// The native request for `model_id`, or why this provider cannot serve it (the candidate is
 /// skipped).
 pub fn request(
@@ -108,59 +111,29 @@ pub fn request(
     req: &EmbeddingRequest,
     model_id: &str,
 ) -> Result<MediaRequest, String> {
-    if kind == ProviderKind::Openai {
-        let mut body = req.body.clone();
-        body.insert("model".into(), Value::String(model_id.into()));
-        return Ok(MediaRequest::json("/embeddings", to_vec(&body)));
-    }
-    let texts = req.texts.as_ref().ok_or_else(|| {
-        format!(
+    let embeddings = format(kind).embeddings;
+    if req.texts.is_none() && !embeddings.is_some_and(|e| e.takes_token_ids()) {
+        return Err(format!(
             "token-id input needs an OpenAI-compatible provider; `{}` takes text",
             kind.as_str()
-        )
-    })?;
-    match kind {
-        ProviderKind::Gemini => {
-            let one = |t: &str| {
-                let mut r = json!({"model": format!("models/{model_id}"), "content": {"parts": [{"text": t}]}});
-                if let Some(d) = req.dimensions {
-                    r["outputDimensionality"] = json!(d);
-                }
-                r
-            };
-            if texts.len() == 1 {
-                Ok(MediaRequest::json(
-                    format!("/models/{model_id}:embedContent"),
-                    to_vec(&one(&texts[0])),
-                ))
-            } else {
-                let requests: Vec<Value> = texts.iter().map(|t| one(t)).collect();
-                Ok(MediaRequest::json(
-                    format!("/models/{model_id}:batchEmbedContents"),
-                    to_vec(&json!({ "requests": requests })),
-                ))
-            }
-        }
-        ProviderKind::WorkersAi => {
-            if req.dimensions.is_some() {
-                return Err(format!(
-                    "`{model_id}` on Workers AI has a fixed size: `dimensions` is not supported"
-                ));
-            }
-            Ok(MediaRequest::json(
-                format!("/run/{model_id}"),
-                to_vec(&json!({ "text": texts })),
-            ))
-        }
-        ProviderKind::Voyage => Ok(voyage::embeddings_request(req, texts, model_id)),
-        ProviderKind::Anthropic | ProviderKind::Openai => {
-            Err(format!("`{}` has no embeddings API", kind.as_str()))
-        }
+        ));
     }
+    embeddings
+        .ok_or_else(|| unsupported(kind))?
+        .request(req, model_id)
 }
 
-fn to_vec(v: &impl serde::Serialize) -> Vec<u8> {
+fn unsupported(kind: ProviderKind) -> String {
+    format!("`{}` has no embeddings API", kind.as_str())
+}
+
+pub(crate) fn to_vec(v: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Why an answer cannot be read: it has no `what`.
+pub(crate) fn missing(what: &str) -> String {
+    format!("the provider's answer has no {what}")
 }
 
 /// A native answer → the OpenAI embeddings list, in the encoding the client asked for.
@@ -172,41 +145,16 @@ pub fn response(
 ) -> Result<(Vec<u8>, Option<Usage>), String> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| format!("the provider's embeddings answer is not JSON: {e}"))?;
-    let not = |what: &str| format!("the provider's answer has no {what}");
     let estimate = || {
         req.texts
             .as_ref()
             .map_or(0, |t| t.iter().map(|s| s.len().div_ceil(4) as u64).sum())
     };
     // `reported`: the provider's own count, when it gives one (else the estimate is shown).
-    let (vectors, reported): (Vec<Value>, Option<u64>) = match kind {
-        ProviderKind::Openai | ProviderKind::Voyage => {
-            let data = v["data"].as_array().ok_or_else(|| not("`data` list"))?;
-            let mut data = data.clone();
-            data.sort_by_key(|d| d["index"].as_u64().unwrap_or(0));
-            let tokens = v["usage"]["prompt_tokens"]
-                .as_u64()
-                .or_else(|| v["usage"]["total_tokens"].as_u64());
-            (
-                data.into_iter().map(|d| d["embedding"].clone()).collect(),
-                tokens,
-            )
-        }
-        ProviderKind::Gemini => {
-            let list = match v.get("embeddings") {
-                Some(Value::Array(l)) => l.iter().map(|e| e["values"].clone()).collect(),
-                _ => vec![v["embedding"]["values"].clone()],
-            };
-            (list, None)
-        }
-        ProviderKind::WorkersAi => {
-            let data = v["result"]["data"]
-                .as_array()
-                .ok_or_else(|| not("`result.data` matrix"))?;
-            (data.clone(), None)
-        }
-        ProviderKind::Anthropic => return Err("Anthropic has no embeddings API".into()),
-    };
+    let (vectors, reported) = format(kind)
+        .embeddings
+        .ok_or_else(|| unsupported(kind))?
+        .vectors(&v)?;
     if let Some(texts) = &req.texts {
         if vectors.len() != texts.len() {
             return Err(format!(
@@ -218,7 +166,7 @@ pub fn response(
     }
     let mut data = Vec::with_capacity(vectors.len());
     for (i, vector) in vectors.into_iter().enumerate() {
-        let floats = floats_of(&vector).ok_or_else(|| not(&format!("vector at index {i}")))?;
+        let floats = floats_of(&vector).ok_or_else(|| missing(&format!("vector at index {i}")))?;
         let embedding = if req.base64 {
             Value::String(encode_base64(&floats))
         } else {

@@ -3,10 +3,13 @@
 //! An [`Upstream`] is built once per configured provider: its base URL and key resolved from
 //! the environment, its auth and extra headers pre-built, and its socket address resolved off
 //! the request path (Pingora's `HttpPeer::new` would resolve DNS synchronously).
-//! One module per wire format builds the upstream request for that format.
+//! One module per wire format (`openai/`, `gemini/`, `anthropic/`, `workers_ai/`, `voyage/`)
+//! implements the endpoints that format serves; [`format()`] maps a kind to it.
 
 pub mod anthropic;
 pub mod audio;
+pub mod caps;
+pub mod chat;
 pub mod common;
 pub mod embeddings;
 pub mod gemini;
@@ -16,6 +19,8 @@ pub mod media;
 pub mod openai;
 pub mod voyage;
 pub mod workers_ai;
+
+pub use caps::{format, Auth, Embeddings, Format, Speech, Transcription};
 
 use crate::config::{
     expand_env_placeholders, resolve_secret, ProviderConfig, ProviderKind, UpstreamUrl,
@@ -44,6 +49,17 @@ pub struct UpstreamRequest {
     pub path: String,
     pub body: Bytes,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl UpstreamRequest {
+    /// A JSON body to `path`, with no headers of the format's own.
+    pub fn json(path: String, body: &serde_json::Value) -> UpstreamRequest {
+        UpstreamRequest {
+            path,
+            body: Bytes::from(body.to_string()),
+            headers: Vec::new(),
+        }
+    }
 }
 
 /// A native answer made into OpenAI's `chat.completion` JSON.
@@ -109,16 +125,11 @@ pub trait StreamTranslator: Send {
     }
 }
 
-/// The translator for a provider kind.
+/// The chat translator for a provider kind. A kind without chat (Voyage: embeddings only)
+/// gets no chat requests (its models are not chat models); it gets OpenAI's, whose error
+/// translation is the one such kinds use.
 pub fn translator(kind: ProviderKind) -> &'static dyn Translator {
-    match kind {
-        ProviderKind::Openai => &openai::OpenAi,
-        ProviderKind::Gemini => &gemini::Gemini,
-        ProviderKind::Anthropic => &anthropic::Anthropic,
-        ProviderKind::WorkersAi => &workers_ai::WorkersAi,
-        // Voyage serves embeddings only: `supported()` keeps it out of chat routing.
-        ProviderKind::Voyage => &openai::OpenAi,
-    }
+    format(kind).chat.unwrap_or(&openai::OpenAi)
 }
 
 /// Timeouts applied to every upstream connection.
@@ -174,7 +185,7 @@ impl Upstream {
         let mut key_problem = None;
         for spec in cfg.api_key.iter().chain(&cfg.api_keys) {
             let problem = match resolve_secret(spec) {
-                Some(key) => match auth_header(cfg.kind, &key) {
+                Some(key) => match format(cfg.kind).auth.header(&key) {
                     Ok(header) => {
                         keys.push(PoolKey::new(header, &key));
                         continue;
@@ -368,7 +379,6 @@ impl Upstream {
     }
 }
 
-/// The header a provider kind expects its key in.
 /// One key of a provider's pool, and whether it may be used now.
 pub struct PoolKey {
     pub header: (HeaderName, HeaderValue),
@@ -429,18 +439,4 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn auth_header(
-    kind: ProviderKind,
-    key: &str,
-) -> Result<(HeaderName, HeaderValue), http::header::InvalidHeaderValue> {
-    let (name, value) = match kind {
-        ProviderKind::Gemini => (HeaderName::from_static("x-goog-api-key"), key.to_string()),
-        ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key.to_string()),
-        _ => (http::header::AUTHORIZATION, format!("Bearer {key}")),
-    };
-    let mut value = HeaderValue::from_str(&value)?;
-    value.set_sensitive(true);
-    Ok((name, value))
 }

@@ -8,14 +8,15 @@
 //! name through the assistant message that made the call.
 //! JSON schemas are reduced to Gemini's OpenAPI-subset `Schema` dialect.
 
-use super::common::{
-    self, ChunkWriter, EventTranslator, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
-};
-use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
+use crate::providers::chat::{
+    ChatEvents, ChatStream, ErrorFn, Handled, NativeChat, NativeEvents, StreamState,
+};
+use crate::providers::common::{
+    self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
+};
+use crate::providers::{StreamError, Translated, UpstreamRequest, Usage};
 use crate::request::ChatRequest;
-use crate::sse::{SseEvent, SseReader};
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -156,18 +157,7 @@ fn parts_of(content: Option<&Value>) -> Result<Vec<Value>, ApiError> {
 /// Appends a turn, merging it into the previous one when the role repeats (Gemini wants
 /// all responses to one turn's function calls in one turn).
 fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
-    if parts.is_empty() {
-        return;
-    }
-    if let Some(last) = contents.last_mut() {
-        if last["role"] == role {
-            if let Some(p) = last["parts"].as_array_mut() {
-                p.extend(parts);
-                return;
-            }
-        }
-    }
-    contents.push(json!({"role": role, "parts": parts}));
+    common::push_turn(contents, role, "parts", parts);
 }
 
 /// The native request body for an OpenAI chat request.
@@ -458,48 +448,39 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
     })
 }
 
-/// Translates one `streamGenerateContent?alt=sse` answer. Gemini sends no end marker, so
-/// the finish chunk, the usage chunk and `[DONE]` are written when the upstream ends.
-pub struct GeminiStream {
-    reader: SseReader,
-    /// The event buffer the reader fills, reused.
-    scratch: SseEvent,
+/// Translates one `streamGenerateContent?alt=sse` answer.
+pub type GeminiStream = ChatStream<GeminiEvents>;
+
+/// Gemini's stream events. Gemini sends no end marker, so the finish chunk, the usage
+/// chunk and `[DONE]` are written when the upstream ends.
+pub struct GeminiEvents {
     writer: ChunkWriter,
-    include_usage: bool,
-    role_sent: bool,
-    started: bool,
     tool_calls: usize,
     finish: Option<&'static str>,
-    usage: Option<Usage>,
 }
 
-impl GeminiStream {
-    pub fn new(model: &str, include_usage: bool, meta: &Meta) -> GeminiStream {
-        GeminiStream {
-            reader: SseReader::new(),
-            scratch: SseEvent::default(),
+impl NativeEvents for GeminiEvents {
+    fn new(model: &str, meta: &Meta) -> GeminiEvents {
+        GeminiEvents {
             writer: ChunkWriter::new(meta, model),
-            include_usage,
-            role_sent: false,
-            started: false,
             tool_calls: 0,
             finish: None,
-            usage: None,
         }
     }
+}
 
-    fn handle(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+impl ChatEvents for GeminiEvents {
+    const UNFINISHED: &'static str = "the Gemini stream ended without a finish reason";
+
+    fn event(&mut self, s: &mut StreamState, data: &[u8], out: &mut Vec<u8>) -> Handled {
         let r: Response = serde_json::from_slice(data)
             .map_err(|e| StreamError::Malformed(format!("bad Gemini stream event: {e}")))?;
         if let Some(e) = r.error {
             return Err(StreamError::Upstream(e.get().to_string()));
         }
-        if !self.role_sent {
-            self.role_sent = true;
-            self.writer.role(out);
-        }
+        s.role(&self.writer, out);
         if let Some(u) = r.usage_metadata {
-            self.usage = Some(u.into());
+            s.usage = Some(u.into());
         }
         if r.candidates.is_empty()
             && r.prompt_feedback
@@ -507,7 +488,7 @@ impl GeminiStream {
                 .is_some_and(|f| f.block_reason.is_some())
         {
             self.finish = Some("content_filter");
-            self.started = true;
+            s.started = true;
         }
         for c in r.candidates.iter().take(1) {
             for p in c.content.iter().flat_map(|c| &c.parts) {
@@ -516,7 +497,7 @@ impl GeminiStream {
                     .filter(|t| !p.thought && !common::raw_is_empty(t.get()))
                 {
                     self.writer.content_raw(out, t.get());
-                    self.started = true;
+                    s.started = true;
                 }
                 if let Some(f) = &p.function_call {
                     let i = self.tool_calls;
@@ -528,39 +509,20 @@ impl GeminiStream {
                         &f.name,
                         &args_text(f.args),
                     );
-                    self.started = true;
+                    s.started = true;
                 }
             }
             if let Some(reason) = c.finish_reason {
                 self.finish = Some(finish_reason(reason, self.tool_calls > 0));
-                self.started = true;
+                s.started = true;
             }
         }
         Ok(())
     }
-}
 
-impl EventTranslator for GeminiStream {
-    fn parts(&mut self) -> (&mut SseReader, &mut SseEvent) {
-        (&mut self.reader, &mut self.scratch)
-    }
-
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.handle(data, out)
-    }
-}
-
-impl StreamTranslator for GeminiStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.feed_events(chunk, out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.flush_events(out)?;
+    fn end(&mut self, s: &mut StreamState, out: &mut Vec<u8>) -> Handled {
         let Some(reason) = self.finish else {
-            return Err(StreamError::Malformed(
-                "the Gemini stream ended without a finish reason".into(),
-            ));
+            return Err(StreamError::Malformed(Self::UNFINISHED.into()));
         };
         // A tool call seen after the finish reason still makes this a tool-call answer.
         let reason = if reason == "stop" && self.tool_calls > 0 {
@@ -568,114 +530,44 @@ impl StreamTranslator for GeminiStream {
         } else {
             reason
         };
-        self.writer.finish(out, reason);
-        if self.include_usage {
-            self.writer.usage(out, self.usage.unwrap_or_default());
-        }
-        ChunkWriter::done(out);
+        s.close(&self.writer, out, reason);
         Ok(())
     }
-
-    fn started(&self) -> bool {
-        self.started
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
+impl NativeChat for Gemini {
+    type Events = GeminiEvents;
+    const ERROR: ErrorFn = super::error::translate_error;
 
-#[derive(Deserialize)]
-struct ErrorDetail {
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    status: Option<String>,
-}
-
-/// A Gemini error body (`{"error":{"code","message","status"}}`) → OpenAI envelope.
-pub fn translate_error(status: u16, body: &[u8], provider: &str) -> Bytes {
-    let parsed = serde_json::from_slice::<ErrorBody>(body).ok().or_else(|| {
-        // Some proxies answer a one-element array of errors.
-        serde_json::from_slice::<Vec<ErrorBody>>(body)
-            .ok()?
-            .into_iter()
-            .next()
-    });
-    let Some(e) = parsed else {
-        return crate::errors::upstream_envelope(status, provider, body);
-    };
-    let kind = match e.error.status.as_deref() {
-        Some("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "NOT_FOUND" | "OUT_OF_RANGE") => {
-            "invalid_request_error"
-        }
-        Some("UNAUTHENTICATED" | "PERMISSION_DENIED") => "authentication_error",
-        Some("RESOURCE_EXHAUSTED") => "rate_limit_error",
-        _ => common::kind_for_status(status),
-    };
-    let code = e.error.status.as_deref().map(str::to_ascii_lowercase);
-    common::native_error(status, provider, kind, code.as_deref(), &e.error.message)
-}
-
-impl Translator for Gemini {
-    fn chat_request(
-        &self,
-        req: &ChatRequest,
-        body: &[u8],
-        model_id: &str,
-    ) -> Result<UpstreamRequest, ApiError> {
-        let native = build_request(body)?;
+    fn request(req: &ChatRequest, body: &[u8], model: &str) -> Result<UpstreamRequest, ApiError> {
         let path = if req.stream {
-            format!("/models/{model_id}:streamGenerateContent?alt=sse")
+            format!("/models/{model}:streamGenerateContent?alt=sse")
         } else {
-            format!("/models/{model_id}:generateContent")
+            format!("/models/{model}:generateContent")
         };
-        Ok(UpstreamRequest {
-            path,
-            body: Bytes::from(native.to_string()),
-            headers: Vec::new(),
-        })
+        Ok(UpstreamRequest::json(path, &build_request(body)?))
     }
 
-    fn chat_response(&self, body: Bytes, model_id: &str) -> Result<Translated, String> {
-        translate_response(&body, model_id, &Meta::fresh())
-    }
-
-    fn chat_stream(&self, model_id: &str, include_usage: bool) -> Box<dyn StreamTranslator> {
-        Box::new(GeminiStream::new(model_id, include_usage, &Meta::fresh()))
-    }
-
-    fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
-        translate_error(status, body, provider)
+    fn response(body: &[u8], model: &str, meta: &Meta) -> Result<Translated, String> {
+        translate_response(body, model, meta)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::chat::testing::{self, chunks};
+    use crate::providers::{StreamTranslator, Translator};
 
     fn req(v: Value) -> Value {
         build_request(v.to_string().as_bytes()).unwrap()
     }
 
     fn run(stream: &[u8], include_usage: bool) -> (String, Result<(), StreamError>, bool) {
-        let mut t = GeminiStream::new("gemini-2.5-flash", include_usage, &Meta::fixed());
-        let mut out = Vec::new();
-        let r = t.feed(stream, &mut out).and_then(|_| t.finish(&mut out));
-        (String::from_utf8(out).unwrap(), r, t.started())
-    }
-
-    fn chunks(out: &str) -> Vec<Value> {
-        out.split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect()
+        testing::run(
+            &mut GeminiStream::new("gemini-2.5-flash", include_usage, &Meta::fixed()),
+            stream,
+        )
     }
 
     #[test]
@@ -917,30 +809,5 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"lo \\\"w\\u00e9\
         assert!(matches!(r, Err(StreamError::Upstream(m)) if m.contains("boom")));
         let (_, r, _) = run(b"data: {not json\n\n", false);
         assert!(matches!(r, Err(StreamError::Malformed(_))));
-    }
-
-    #[test]
-    fn errors_become_openai_envelopes() {
-        let b = translate_error(
-            429,
-            br#"{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED"}}"#,
-            "gemini",
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["error"]["type"], "rate_limit_error");
-        assert_eq!(v["error"]["code"], "resource_exhausted");
-        assert!(v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("Quota exceeded"));
-        let b = translate_error(
-            400,
-            br#"[{"error":{"code":400,"message":"API key not valid","status":"INVALID_ARGUMENT"}}]"#,
-            "gemini",
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["error"]["type"], "invalid_request_error");
-        let v: Value = serde_json::from_slice(&translate_error(503, b"nope", "gemini")).unwrap();
-        assert_eq!(v["error"]["type"], "upstream_error");
     }
 }

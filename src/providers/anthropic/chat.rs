@@ -7,14 +7,15 @@
 //! client the gateway sends [`DEFAULT_MAX_TOKENS`]. Temperatures above Anthropic's maximum
 //! of 1.0 are clamped. JSON mode has no native switch: it becomes a system instruction.
 
-use super::common::{
-    self, ChunkWriter, EventTranslator, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
-};
-use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
+use crate::providers::chat::{
+    ChatEvents, ChatStream, ErrorFn, Handled, NativeChat, NativeEvents, StreamState,
+};
+use crate::providers::common::{
+    self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
+};
+use crate::providers::{StreamError, Translated, UpstreamRequest, Usage};
 use crate::request::ChatRequest;
-use crate::sse::{SseEvent, SseReader};
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -53,19 +54,9 @@ fn blocks_of(content: Option<&Value>) -> Result<Vec<Value>, ApiError> {
         .collect()
 }
 
+/// Appends a turn, merged into the previous one when the role repeats (strict alternation).
 fn push_turn(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
-            if let Some(c) = last["content"].as_array_mut() {
-                c.extend(blocks);
-                return;
-            }
-        }
-    }
-    messages.push(json!({"role": role, "content": blocks}));
+    common::push_turn(messages, role, "content", blocks);
 }
 
 /// The native request body for an OpenAI chat request.
@@ -333,49 +324,34 @@ struct Delta<'a> {
 }
 
 /// Translates one Anthropic message stream.
-pub struct AnthropicStream {
-    reader: SseReader,
-    /// The event buffer the reader fills, reused.
-    scratch: SseEvent,
+pub type AnthropicStream = ChatStream<AnthropicEvents>;
+
+/// Anthropic's stream events, ended by `message_stop`.
+pub struct AnthropicEvents {
     writer: ChunkWriter,
-    include_usage: bool,
-    role_sent: bool,
-    started: bool,
     /// (content block index, tool call index) of the tool_use blocks seen.
     tool_blocks: Vec<(usize, usize)>,
     finish: Option<&'static str>,
-    done: bool,
     input_tokens: u64,
     output_tokens: u64,
-    saw_usage: bool,
 }
 
-impl AnthropicStream {
-    pub fn new(model: &str, include_usage: bool, meta: &Meta) -> AnthropicStream {
-        AnthropicStream {
-            reader: SseReader::new(),
-            scratch: SseEvent::default(),
-            writer: ChunkWriter::new(meta, model),
-            include_usage,
-            role_sent: false,
-            started: false,
-            tool_blocks: Vec::new(),
-            finish: None,
-            done: false,
-            input_tokens: 0,
-            output_tokens: 0,
-            saw_usage: false,
-        }
-    }
-
-    fn take_usage(&mut self, u: &NativeUsage) {
+impl AnthropicEvents {
+    fn take_usage(&mut self, s: &mut StreamState, u: &NativeUsage) {
+        let mut seen = false;
         if let Some(i) = u.input() {
             self.input_tokens = self.input_tokens.max(i);
-            self.saw_usage = true;
+            seen = true;
         }
         if let Some(o) = u.output_tokens {
             self.output_tokens = o;
-            self.saw_usage = true;
+            seen = true;
+        }
+        if seen {
+            s.usage = Some(Usage {
+                prompt_tokens: self.input_tokens,
+                completion_tokens: self.output_tokens,
+            });
         }
     }
 
@@ -385,29 +361,35 @@ impl AnthropicStream {
             .find(|(b, _)| *b == block)
             .map(|(_, t)| *t)
     }
+}
 
-    fn role(&mut self, out: &mut Vec<u8>) {
-        if !self.role_sent {
-            self.role_sent = true;
-            self.writer.role(out);
+impl NativeEvents for AnthropicEvents {
+    fn new(model: &str, meta: &Meta) -> AnthropicEvents {
+        AnthropicEvents {
+            writer: ChunkWriter::new(meta, model),
+            tool_blocks: Vec::new(),
+            finish: None,
+            input_tokens: 0,
+            output_tokens: 0,
         }
     }
+}
 
-    fn handle(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        if self.done {
-            return Ok(());
-        }
+impl ChatEvents for AnthropicEvents {
+    const UNFINISHED: &'static str = "the Anthropic stream ended without message_stop";
+
+    fn event(&mut self, s: &mut StreamState, data: &[u8], out: &mut Vec<u8>) -> Handled {
         let ev: Event = serde_json::from_slice(data)
             .map_err(|e| StreamError::Malformed(format!("bad Anthropic stream event: {e}")))?;
         match ev.kind.as_ref() {
             "message_start" => {
                 if let Some(u) = ev.message.as_ref().and_then(|m| m.usage.as_ref()) {
-                    self.take_usage(u);
+                    self.take_usage(s, u);
                 }
-                self.role(out);
+                s.role(&self.writer, out);
             }
             "content_block_start" => {
-                self.role(out);
+                s.role(&self.writer, out);
                 let (Some(index), Some(block)) = (ev.index, ev.content_block.as_ref()) else {
                     return Err(StreamError::Malformed(
                         "content_block_start without index or content_block".into(),
@@ -424,19 +406,19 @@ impl AnthropicStream {
                             block.name.as_deref().unwrap_or(""),
                             "",
                         );
-                        self.started = true;
+                        s.started = true;
                     }
                     "text" => {
                         if let Some(t) = block.text.as_deref().filter(|t| !t.is_empty()) {
                             self.writer.content(out, t);
-                            self.started = true;
+                            s.started = true;
                         }
                     }
                     _ => {}
                 }
             }
             "content_block_delta" => {
-                self.role(out);
+                s.role(&self.writer, out);
                 let Some(d) = ev.delta.as_ref() else {
                     return Err(StreamError::Malformed(
                         "content_block_delta without delta".into(),
@@ -446,7 +428,7 @@ impl AnthropicStream {
                     Some("text_delta") => {
                         if let Some(t) = d.text.filter(|t| !common::raw_is_empty(t.get())) {
                             self.writer.content_raw(out, t.get());
-                            self.started = true;
+                            s.started = true;
                         }
                     }
                     Some("input_json_delta") => {
@@ -466,23 +448,16 @@ impl AnthropicStream {
             }
             "message_delta" => {
                 if let Some(u) = &ev.usage {
-                    self.take_usage(u);
+                    self.take_usage(s, u);
                 }
                 if let Some(r) = ev.delta.as_ref().and_then(|d| d.stop_reason) {
                     self.finish = Some(stop_reason(r));
-                    self.started = true;
+                    s.started = true;
                 }
             }
             "message_stop" => {
-                self.role(out);
-                self.writer.finish(out, self.finish.unwrap_or("stop"));
-                self.started = true;
-                if self.include_usage {
-                    let u = self.usage().unwrap_or_default();
-                    self.writer.usage(out, u);
-                }
-                ChunkWriter::done(out);
-                self.done = true;
+                s.role(&self.writer, out);
+                s.close(&self.writer, out, self.finish.unwrap_or("stop"));
             }
             "error" => {
                 let msg = ev.error.map_or_else(
@@ -498,129 +473,40 @@ impl AnthropicStream {
     }
 }
 
-impl EventTranslator for AnthropicStream {
-    fn parts(&mut self) -> (&mut SseReader, &mut SseEvent) {
-        (&mut self.reader, &mut self.scratch)
+impl NativeChat for Anthropic {
+    type Events = AnthropicEvents;
+    const ERROR: ErrorFn = super::error::translate_error;
+
+    fn request(req: &ChatRequest, body: &[u8], model: &str) -> Result<UpstreamRequest, ApiError> {
+        let native = build_request(body, model, req.stream)?;
+        let mut up = UpstreamRequest::json("/messages".into(), &native);
+        up.headers.push((
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(API_VERSION),
+        ));
+        Ok(up)
     }
 
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.handle(data, out)
-    }
-}
-
-impl StreamTranslator for AnthropicStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.feed_events(chunk, out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.flush_events(out)?;
-        if !self.done {
-            return Err(StreamError::Malformed(
-                "the Anthropic stream ended without message_stop".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn started(&self) -> bool {
-        self.started
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.saw_usage.then_some(Usage {
-            prompt_tokens: self.input_tokens,
-            completion_tokens: self.output_tokens,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    message: String,
-}
-
-/// An Anthropic error body (`{"type":"error","error":{"type","message"}}`) → OpenAI envelope.
-pub fn translate_error(status: u16, body: &[u8], provider: &str) -> Bytes {
-    let Ok(e) = serde_json::from_slice::<ErrorBody>(body) else {
-        return crate::errors::upstream_envelope(status, provider, body);
-    };
-    let kind = match e.error.kind.as_str() {
-        "invalid_request_error" | "not_found_error" | "request_too_large" => {
-            "invalid_request_error"
-        }
-        "authentication_error" | "permission_error" => "authentication_error",
-        "rate_limit_error" => "rate_limit_error",
-        _ => common::kind_for_status(status),
-    };
-    let code = (!e.error.kind.is_empty()).then_some(e.error.kind.as_str());
-    common::native_error(status, provider, kind, code, &e.error.message)
-}
-
-impl Translator for Anthropic {
-    fn chat_request(
-        &self,
-        req: &ChatRequest,
-        body: &[u8],
-        model_id: &str,
-    ) -> Result<UpstreamRequest, ApiError> {
-        let native = build_request(body, model_id, req.stream)?;
-        Ok(UpstreamRequest {
-            path: "/messages".into(),
-            body: Bytes::from(native.to_string()),
-            headers: vec![(
-                HeaderName::from_static("anthropic-version"),
-                HeaderValue::from_static(API_VERSION),
-            )],
-        })
-    }
-
-    fn chat_response(&self, body: Bytes, model_id: &str) -> Result<Translated, String> {
-        translate_response(&body, model_id, &Meta::fresh())
-    }
-
-    fn chat_stream(&self, model_id: &str, include_usage: bool) -> Box<dyn StreamTranslator> {
-        Box::new(AnthropicStream::new(
-            model_id,
-            include_usage,
-            &Meta::fresh(),
-        ))
-    }
-
-    fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
-        translate_error(status, body, provider)
+    fn response(body: &[u8], model: &str, meta: &Meta) -> Result<Translated, String> {
+        translate_response(body, model, meta)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::chat::testing::{self, chunks};
+    use crate::providers::{StreamTranslator, Translator};
 
     fn req(v: Value) -> Value {
         build_request(v.to_string().as_bytes(), "claude-x", false).unwrap()
     }
 
     fn run(stream: &[u8], include_usage: bool) -> (String, Result<(), StreamError>, bool) {
-        let mut t = AnthropicStream::new("claude-x", include_usage, &Meta::fixed());
-        let mut out = Vec::new();
-        let r = t.feed(stream, &mut out).and_then(|_| t.finish(&mut out));
-        (String::from_utf8(out).unwrap(), r, t.started())
-    }
-
-    fn chunks(out: &str) -> Vec<Value> {
-        out.split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect()
+        testing::run(
+            &mut AnthropicStream::new("claude-x", include_usage, &Meta::fixed()),
+            stream,
+        )
     }
 
     #[test]
@@ -839,28 +725,5 @@ data: {\"type\":\"message_stop\"}\n\n";
         t.feed(&STREAM[..first], &mut out).unwrap();
         assert!(!t.started(), "message_start alone is not content");
         assert_eq!(t.usage().unwrap().prompt_tokens, 25);
-    }
-
-    #[test]
-    fn errors_become_openai_envelopes() {
-        let b = translate_error(
-            529,
-            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
-            "anthropic",
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["error"]["type"], "upstream_error");
-        assert_eq!(v["error"]["code"], "overloaded_error");
-        let b = translate_error(
-            401,
-            br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
-            "anthropic",
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["error"]["type"], "authentication_error");
-        assert!(v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("invalid x-api-key"));
     }
 }

@@ -7,12 +7,13 @@
 //! by `data: [DONE]`. Tool calls arrive either in the legacy `{name, arguments: {…}}` shape or
 //! OpenAI's `{id, type, function: {name, arguments: "…"}}`; both are read.
 
-use super::common::{self, ChunkWriter, EventTranslator, Image, Meta, OutToolCall, Part};
-use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
 use crate::errors::ApiError;
+use crate::providers::chat::{
+    ChatEvents, ChatStream, ErrorFn, Handled, NativeChat, NativeEvents, StreamState,
+};
+use crate::providers::common::{self, ChunkWriter, Image, Meta, OutToolCall, Part};
+use crate::providers::{StreamError, Translated, UpstreamRequest, Usage};
 use crate::request::ChatRequest;
-use crate::sse::{SseEvent, SseReader};
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -141,22 +142,23 @@ pub fn build_request(body: &[u8], stream: bool) -> Result<Value, ApiError> {
 // Answers
 // ---------------------------------------------------------------------------------------
 
+/// The wrapper of every answer, and of error bodies.
 #[derive(Deserialize)]
-struct Envelope<'a> {
+pub(super) struct Envelope<'a> {
     #[serde(borrow, default)]
     result: Option<&'a RawValue>,
     #[serde(default)]
     success: Option<bool>,
     #[serde(default)]
-    errors: Vec<NativeError>,
+    pub(super) errors: Vec<NativeError>,
 }
 
 #[derive(Deserialize)]
-struct NativeError {
+pub(super) struct NativeError {
     #[serde(default)]
-    code: Option<Value>,
+    pub(super) code: Option<Value>,
     #[serde(default)]
-    message: String,
+    pub(super) message: String,
 }
 
 #[derive(Deserialize)]
@@ -295,56 +297,36 @@ struct StreamEvent<'a> {
 }
 
 /// Translates one Workers AI stream.
-pub struct WorkersAiStream {
-    reader: SseReader,
-    /// The event buffer the reader fills, reused.
-    scratch: SseEvent,
+pub type WorkersAiStream = ChatStream<WorkersAiEvents>;
+
+/// Workers AI's stream events, ended by `data: [DONE]`.
+pub struct WorkersAiEvents {
     writer: ChunkWriter,
-    include_usage: bool,
-    role_sent: bool,
-    started: bool,
     /// Tool call indexes already opened.
     tool_calls: Vec<usize>,
-    done: bool,
-    usage: Option<Usage>,
 }
 
-impl WorkersAiStream {
-    pub fn new(model: &str, include_usage: bool, meta: &Meta) -> WorkersAiStream {
-        WorkersAiStream {
-            reader: SseReader::new(),
-            scratch: SseEvent::default(),
+impl NativeEvents for WorkersAiEvents {
+    fn new(model: &str, meta: &Meta) -> WorkersAiEvents {
+        WorkersAiEvents {
             writer: ChunkWriter::new(meta, model),
-            include_usage,
-            role_sent: false,
-            started: false,
             tool_calls: Vec::new(),
-            done: false,
-            usage: None,
         }
     }
+}
 
-    fn handle(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        if self.done {
-            return Ok(());
-        }
-        if !self.role_sent {
-            self.role_sent = true;
-            self.writer.role(out);
-        }
+impl ChatEvents for WorkersAiEvents {
+    const UNFINISHED: &'static str = "the Workers AI stream ended without [DONE]";
+
+    fn event(&mut self, s: &mut StreamState, data: &[u8], out: &mut Vec<u8>) -> Handled {
+        s.role(&self.writer, out);
         if data == b"[DONE]" {
             let reason = if self.tool_calls.is_empty() {
                 "stop"
             } else {
                 "tool_calls"
             };
-            self.writer.finish(out, reason);
-            self.started = true;
-            if self.include_usage {
-                self.writer.usage(out, self.usage.unwrap_or_default());
-            }
-            ChunkWriter::done(out);
-            self.done = true;
+            s.close(&self.writer, out, reason);
             return Ok(());
         }
         let ev: StreamEvent = serde_json::from_slice(data)
@@ -353,19 +335,19 @@ impl WorkersAiStream {
             return Err(StreamError::Upstream(e.get().to_string()));
         }
         if let Some(u) = ev.usage {
-            self.usage = Some(u.into());
+            s.usage = Some(u.into());
         }
         if let Some(r) = ev.response {
             match r.get().as_bytes().first() {
                 Some(b'"') if !common::raw_is_empty(r.get()) => {
                     self.writer.content_raw(out, r.get());
-                    self.started = true;
+                    s.started = true;
                 }
                 Some(b'"') | Some(b'n') => {}
                 // JSON mode may stream an object: pass its text on.
                 _ => {
                     self.writer.content(out, r.get());
-                    self.started = true;
+                    s.started = true;
                 }
             }
         }
@@ -395,129 +377,44 @@ impl WorkersAiStream {
                     self.writer
                         .tool_args_raw(out, index, &String::from_utf8_lossy(&raw));
                 }
-                self.started = true;
+                s.started = true;
             }
         }
         Ok(())
     }
 }
 
-impl EventTranslator for WorkersAiStream {
-    fn parts(&mut self) -> (&mut SseReader, &mut SseEvent) {
-        (&mut self.reader, &mut self.scratch)
-    }
+impl NativeChat for WorkersAi {
+    type Events = WorkersAiEvents;
+    const ERROR: ErrorFn = super::error::translate_error;
 
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.handle(data, out)
-    }
-}
-
-impl StreamTranslator for WorkersAiStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.feed_events(chunk, out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.flush_events(out)?;
-        if !self.done {
-            return Err(StreamError::Malformed(
-                "the Workers AI stream ended without [DONE]".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn started(&self) -> bool {
-        self.started
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
-}
-
-/// A Workers AI error body (`{"success":false,"errors":[{"code","message"}]}`) → envelope.
-pub fn translate_error(status: u16, body: &[u8], provider: &str) -> Bytes {
-    let Ok(env) = serde_json::from_slice::<Envelope>(body) else {
-        return crate::errors::upstream_envelope(status, provider, body);
-    };
-    if env.errors.is_empty() {
-        return crate::errors::upstream_envelope(status, provider, body);
-    }
-    let message: Vec<String> = env
-        .errors
-        .iter()
-        .map(|e| match &e.code {
-            Some(c) => format!("{} (code {c})", e.message),
-            None => e.message.clone(),
-        })
-        .collect();
-    let code = env.errors[0].code.as_ref().map(|c| match c {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    });
-    common::native_error(
-        status,
-        provider,
-        common::kind_for_status(status),
-        code.as_deref(),
-        &message.join("; "),
-    )
-}
-
-impl Translator for WorkersAi {
-    fn chat_request(
-        &self,
-        req: &ChatRequest,
-        body: &[u8],
-        model_id: &str,
-    ) -> Result<UpstreamRequest, ApiError> {
+    /// Model ids go into the path as they are: Cloudflare's documented URLs keep the `@`
+    /// and slashes.
+    fn request(req: &ChatRequest, body: &[u8], model: &str) -> Result<UpstreamRequest, ApiError> {
         let native = build_request(body, req.stream)?;
-        Ok(UpstreamRequest {
-            path: format!("/run/{model_id}"),
-            body: Bytes::from(native.to_string()),
-            headers: Vec::new(),
-        })
+        Ok(UpstreamRequest::json(format!("/run/{model}"), &native))
     }
 
-    fn chat_response(&self, body: Bytes, model_id: &str) -> Result<Translated, String> {
-        translate_response(&body, model_id, &Meta::fresh())
-    }
-
-    fn chat_stream(&self, model_id: &str, include_usage: bool) -> Box<dyn StreamTranslator> {
-        Box::new(WorkersAiStream::new(
-            model_id,
-            include_usage,
-            &Meta::fresh(),
-        ))
-    }
-
-    fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
-        translate_error(status, body, provider)
+    fn response(body: &[u8], model: &str, meta: &Meta) -> Result<Translated, String> {
+        translate_response(body, model, meta)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::chat::testing::{self, chunks};
+    use crate::providers::Translator;
 
     fn req(v: Value, stream: bool) -> Value {
         build_request(v.to_string().as_bytes(), stream).unwrap()
     }
 
     fn run(stream: &[u8], include_usage: bool) -> (String, Result<(), StreamError>, bool) {
-        let mut t = WorkersAiStream::new("@cf/meta/llama", include_usage, &Meta::fixed());
-        let mut out = Vec::new();
-        let r = t.feed(stream, &mut out).and_then(|_| t.finish(&mut out));
-        (String::from_utf8(out).unwrap(), r, t.started())
-    }
-
-    fn chunks(out: &str) -> Vec<Value> {
-        out.split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect()
+        testing::run(
+            &mut WorkersAiStream::new("@cf/meta/llama", include_usage, &Meta::fixed()),
+            stream,
+        )
     }
 
     #[test]
@@ -681,18 +578,5 @@ data: {\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"c\\\":1}\
         assert!(matches!(r, Err(StreamError::Malformed(_))));
         let (_, r, _) = run(b"data: {\"errors\":[{\"code\":3040,\"message\":\"Capacity temporarily exceeded\"}]}\n\n", false);
         assert!(matches!(r, Err(StreamError::Upstream(m)) if m.contains("Capacity")));
-    }
-
-    #[test]
-    fn errors_become_openai_envelopes() {
-        let b = translate_error(
-            400,
-            br#"{"result":null,"success":false,"errors":[{"code":5006,"message":"Error: oneOf at '/' not met"}],"messages":[]}"#,
-            "workers-ai",
-        );
-        let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["error"]["type"], "invalid_request_error");
-        assert_eq!(v["error"]["code"], "5006");
-        assert!(v["error"]["message"].as_str().unwrap().contains("oneOf"));
     }
 }

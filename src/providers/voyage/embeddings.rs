@@ -1,11 +1,26 @@
 //! Voyage AI (`kind = "voyage"`): embeddings only, `POST /embeddings` with `input`, `model`,
 //! `input_type` (`query`/`document`, passed through when the client sends it) and
 //! `output_dimension` (OpenAI's `dimensions`). Answers have OpenAI's list shape with
-//! `usage.total_tokens`; `embeddings::response` reads them.
+//! `usage.total_tokens`, read as OpenAI's are.
 
-use super::embeddings::EmbeddingRequest;
-use super::media::MediaRequest;
+use crate::providers::embeddings::EmbeddingRequest;
+use crate::providers::media::MediaRequest;
+use crate::providers::openai::OpenAiEmbeddings;
+use crate::providers::Embeddings;
 use serde_json::{json, Value};
+
+pub struct VoyageEmbeddings;
+
+impl Embeddings for VoyageEmbeddings {
+    fn request(&self, req: &EmbeddingRequest, model_id: &str) -> Result<MediaRequest, String> {
+        Ok(embeddings_request(req, req.text_list(), model_id))
+    }
+
+    /// Answers have OpenAI's list shape.
+    fn vectors(&self, answer: &Value) -> Result<(Vec<Value>, Option<u64>), String> {
+        OpenAiEmbeddings.vectors(answer)
+    }
+}
 
 pub fn embeddings_request(
     req: &EmbeddingRequest,

@@ -3,10 +3,13 @@
 //! streams pass through event by event, inspected only for usage, errors and the first
 //! content delta.
 
-use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
-use crate::errors::{upstream_envelope, ApiError};
+use crate::errors::ApiError;
+use crate::providers::chat::{ChatEvents, ChatStream, Handled, StreamState};
+use crate::providers::{
+    StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage,
+};
 use crate::request::ChatRequest;
-use crate::sse::{write_data, SseReader};
+use crate::sse::write_data;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -73,34 +76,26 @@ impl Translator for OpenAi {
     }
 
     fn chat_stream(&self, _model_id: &str, include_usage: bool) -> Box<dyn StreamTranslator> {
-        Box::new(OpenAiStream {
-            reader: SseReader::new(),
-            include_usage,
-            started: false,
-            done: false,
-            usage: None,
-        })
+        Box::new(ChatStream::with(OpenAiEvents, include_usage))
     }
 
     fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
-        upstream_envelope(status, provider, body)
+        super::error::translate_error(status, body, provider)
     }
 }
 
-struct OpenAiStream {
-    reader: SseReader,
-    /// Whether the client asked for the usage chunk (otherwise the gateway asked for it
-    /// and drops it after reading it).
-    include_usage: bool,
-    started: bool,
-    done: bool,
-    usage: Option<Usage>,
-}
+/// OpenAI events pass through as they are, inspected only for usage, errors and the first
+/// content delta.
+struct OpenAiEvents;
 
-impl OpenAiStream {
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+impl ChatEvents for OpenAiEvents {
+    const UNFINISHED: &'static str = "the provider ended the stream without [DONE]";
+    // Whatever follows `[DONE]` passes through too.
+    const AFTER_DONE: bool = true;
+
+    fn event(&mut self, s: &mut StreamState, data: &[u8], out: &mut Vec<u8>) -> Handled {
         if data == b"[DONE]" {
-            self.done = true;
+            s.done = true;
             write_data(out, data);
             return Ok(());
         }
@@ -111,9 +106,11 @@ impl OpenAiStream {
         }
         let usage_only = peek.choices.as_ref().is_none_or(|c| c.is_empty());
         if let Some(u) = peek.usage {
-            self.usage = Some(u.into());
+            s.usage = Some(u.into());
         }
-        if usage_only && !self.include_usage {
+        // Unless the client asked for the usage chunk, the gateway did, and drops it after
+        // reading it.
+        if usage_only && !s.include_usage {
             return Ok(());
         }
         for c in peek.choices.iter().flatten() {
@@ -122,40 +119,10 @@ impl OpenAiStream {
                     .any(|(k, v)| *k != "role" && !matches!(v.get(), "null" | "\"\"" | "[]"))
             });
             let finished = c.finish_reason.is_some_and(|f| f.get() != "null");
-            self.started |= has_content || finished;
+            s.started |= has_content || finished;
         }
         write_data(out, data);
         Ok(())
-    }
-}
-
-impl StreamTranslator for OpenAiStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.reader.push(chunk);
-        while let Some(ev) = self.reader.next_event() {
-            self.event(&ev.data, out)?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        if let Some(ev) = self.reader.finish() {
-            self.event(&ev.data, out)?;
-        }
-        if !self.done {
-            return Err(StreamError::Malformed(
-                "the provider ended the stream without [DONE]".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn started(&self) -> bool {
-        self.started
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
     }
 }
 

@@ -1,0 +1,220 @@
+//! The chat plumbing every format shares, written once.
+//!
+//! - Streams: SSE buffering (any chunking in, whole events out), the started/usage/finished
+//!   bookkeeping, the closing events (finish reason, usage chunk, `[DONE]`) and the check
+//!   that the provider ended its stream properly. A format supplies only its event handling:
+//!   a [`ChatEvents`] implementation, wrapped in a [`ChatStream`], is a [`StreamTranslator`].
+//! - Translators: a native format supplies its request, answer and event handler as a
+//!   [`NativeChat`], and is a [`Translator`] (fresh answer ids, the stream, errors).
+
+use super::common::{ChunkWriter, Meta};
+use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
+use crate::errors::ApiError;
+use crate::request::ChatRequest;
+use crate::sse::{SseEvent, SseReader};
+use bytes::Bytes;
+
+/// What handling one stream event gives.
+pub type Handled = Result<(), StreamError>;
+
+/// A native error body → OpenAI error envelope: (status, body, provider name).
+pub type ErrorFn = fn(u16, &[u8], &str) -> Bytes;
+
+/// A chat format that is not OpenAI's: what it supplies to be a [`Translator`].
+pub trait NativeChat: Send + Sync {
+    /// The handler of its stream events.
+    type Events: NativeEvents + 'static;
+    /// Its error translation.
+    const ERROR: ErrorFn;
+
+    /// The native request for a chat completion, from the client's OpenAI body.
+    fn request(req: &ChatRequest, body: &[u8], model: &str) -> Result<UpstreamRequest, ApiError>;
+
+    /// A native non-streamed answer → OpenAI `chat.completion`, with `meta`'s id and time.
+    fn response(body: &[u8], model: &str, meta: &Meta) -> Result<Translated, String>;
+}
+
+impl<T: NativeChat> Translator for T {
+    fn chat_request(
+        &self,
+        req: &ChatRequest,
+        body: &[u8],
+        model_id: &str,
+    ) -> Result<UpstreamRequest, ApiError> {
+        T::request(req, body, model_id)
+    }
+
+    fn chat_response(&self, body: Bytes, model_id: &str) -> Result<Translated, String> {
+        T::response(&body, model_id, &Meta::fresh())
+    }
+
+    fn chat_stream(&self, model_id: &str, include_usage: bool) -> Box<dyn StreamTranslator> {
+        Box::new(ChatStream::<T::Events>::new(
+            model_id,
+            include_usage,
+            &Meta::fresh(),
+        ))
+    }
+
+    fn error(&self, status: u16, body: &[u8], provider: &str) -> Bytes {
+        (T::ERROR)(status, body, provider)
+    }
+}
+
+/// The bookkeeping of one translated stream, shared by every format.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    /// Whether the client asked for the usage chunk.
+    pub include_usage: bool,
+    /// A content delta, tool call or finish reason has been emitted.
+    pub started: bool,
+    /// Usage seen so far.
+    pub usage: Option<Usage>,
+    /// The stream was closed (its end marker seen, or the closing events written).
+    pub done: bool,
+    role_sent: bool,
+}
+
+impl StreamState {
+    /// The assistant-role chunk, the first time only.
+    pub fn role(&mut self, w: &ChunkWriter, out: &mut Vec<u8>) {
+        if !self.role_sent {
+            self.role_sent = true;
+            w.role(out);
+        }
+    }
+
+    /// Closes the answer: the finish chunk, the usage chunk if the client asked for it, and
+    /// `[DONE]`.
+    pub fn close(&mut self, w: &ChunkWriter, out: &mut Vec<u8>, reason: &str) {
+        w.finish(out, reason);
+        self.started = true;
+        if self.include_usage {
+            w.usage(out, self.usage.unwrap_or_default());
+        }
+        ChunkWriter::done(out);
+        self.done = true;
+    }
+}
+
+/// One format's handling of its stream events.
+pub trait ChatEvents: Send {
+    /// Why a stream that ended before [`StreamState::done`] is malformed (see [`end`]).
+    ///
+    /// [`end`]: ChatEvents::end
+    const UNFINISHED: &'static str;
+    /// Whether events after the end are still handled (pass-through formats); otherwise
+    /// they are ignored.
+    const AFTER_DONE: bool = false;
+
+    /// Handles one complete event's `data:` payload, appending OpenAI events to `out`.
+    fn event(&mut self, s: &mut StreamState, data: &[u8], out: &mut Vec<u8>) -> Handled;
+
+    /// The upstream ended and every event was handled. By default the stream must have been
+    /// closed by its end marker; a format without one closes it here.
+    fn end(&mut self, s: &mut StreamState, _out: &mut Vec<u8>) -> Handled {
+        if s.done {
+            Ok(())
+        } else {
+            Err(StreamError::Malformed(Self::UNFINISHED.into()))
+        }
+    }
+}
+
+/// The event handler of a native format, which writes its own OpenAI chunks.
+pub trait NativeEvents: ChatEvents + Sized {
+    /// The handler for one streamed answer of `model`, with `meta`'s id and time.
+    fn new(model: &str, meta: &Meta) -> Self;
+}
+
+/// A format's event handler made a [`StreamTranslator`].
+pub struct ChatStream<E> {
+    reader: SseReader,
+    /// The event buffer the reader fills, reused (no allocation per event).
+    scratch: SseEvent,
+    state: StreamState,
+    events: E,
+}
+
+impl<E: ChatEvents> ChatStream<E> {
+    pub fn with(events: E, include_usage: bool) -> ChatStream<E> {
+        ChatStream {
+            reader: SseReader::new(),
+            scratch: SseEvent::default(),
+            state: StreamState {
+                include_usage,
+                ..StreamState::default()
+            },
+            events,
+        }
+    }
+
+    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Handled {
+        if self.state.done && !E::AFTER_DONE {
+            return Ok(());
+        }
+        self.events.event(&mut self.state, data, out)
+    }
+}
+
+impl<E: NativeEvents> ChatStream<E> {
+    /// A translator for one streamed answer of `model`, with `meta`'s id and time.
+    pub fn new(model: &str, include_usage: bool, meta: &Meta) -> ChatStream<E> {
+        ChatStream::with(E::new(model, meta), include_usage)
+    }
+}
+
+impl<E: ChatEvents> StreamTranslator for ChatStream<E> {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        self.reader.push(chunk);
+        let mut ev = std::mem::take(&mut self.scratch);
+        let mut result = Ok(());
+        while result.is_ok() && self.reader.next_event_into(&mut ev) {
+            result = self.event(&ev.data, out);
+        }
+        self.scratch = ev;
+        result
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        // An event the provider did not close with a blank line.
+        if let Some(ev) = self.reader.finish() {
+            self.event(&ev.data, out)?;
+        }
+        self.events.end(&mut self.state, out)
+    }
+
+    fn started(&self) -> bool {
+        self.state.started
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.state.usage
+    }
+}
+
+/// What the stream tests of every format share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{StreamError, StreamTranslator};
+    use serde_json::Value;
+
+    /// Feeds `stream` whole and finishes: the output, the result, whether it started.
+    pub fn run(
+        t: &mut dyn StreamTranslator,
+        stream: &[u8],
+    ) -> (String, Result<(), StreamError>, bool) {
+        let mut out = Vec::new();
+        let r = t.feed(stream, &mut out).and_then(|_| t.finish(&mut out));
+        (String::from_utf8(out).unwrap(), r, t.started())
+    }
+
+    /// The JSON chunks of a translated stream (`[DONE]` left out).
+    pub fn chunks(out: &str) -> Vec<Value> {
+        out.split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+}
