@@ -9,6 +9,9 @@
 #   REQUEST_LOG=false bash benches/load.sh   # freeway without the SQLite request log
 #   LOG_COST=1 bash benches/load.sh           # also a second freeway without the request
 #                                             # log, interleaved: what logging costs
+#   BASE_BIN=/path/to/old/freeway bash benches/load.sh
+#                                             # also that build of freeway, interleaved
+#                                             # (same config): a before/after in one run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -39,6 +42,13 @@ if [ -n "${LOG_COST:-}" ]; then
   bench_config "$TMP/nolog.toml" "$GW2" "$SIM" "[observability]" "request_log = false"
   RUST_LOG=warn taskset -c 1 "$BIN" --config "$TMP/nolog.toml" >"$TMP/nolog.log" 2>&1 & pids+=($!)
   NOLOG_PID=$!
+fi
+
+if [ -n "${BASE_BIN:-}" ]; then
+  GW3=$(port)
+  bench_config "$TMP/base.toml" "$GW3" "$SIM" "[observability]" "request_log = ${REQUEST_LOG:-true}"
+  RUST_LOG=warn taskset -c 1 "$BASE_BIN" --config "$TMP/base.toml" >"$TMP/base.log" 2>&1 & pids+=($!)
+  BASE_PID=$!
 fi
 
 cat >"$TMP/nginx.conf" <<NGINX
@@ -102,6 +112,9 @@ for r in $(seq "$ROUNDS"); do
   if [ -n "${LOG_COST:-}" ]; then
     run fw-nolog "http://127.0.0.1:$GW2/v1/chat/completions" "$NOLOG_PID"
   fi
+  if [ -n "${BASE_BIN:-}" ]; then
+    run fw-base "http://127.0.0.1:$GW3/v1/chat/completions" "$BASE_PID"
+  fi
 done
 
 python3 - "$TMP/results" "$(getconf CLK_TCK)" <<'PY'
@@ -119,7 +132,7 @@ for line in open(sys.argv[1]):
 med = lambda xs: statistics.median(xs)
 d_lat = med([r[0] for r in rows["direct"]]); d_thr = med([r[1] for r in rows["direct"]])
 print(f"{'target':8} {'c=1 p50':>9} {'added p50':>10} {'c=32 req/s':>11} {'vs direct':>9} {'CPU/req':>9} {'non-2xx':>8}")
-for name in ("direct", "nginx", "freeway", "fw-nolog"):
+for name in ("direct", "nginx", "freeway", "fw-nolog", "fw-base"):
     rs = rows.get(name)
     if not rs:
         continue

@@ -10,6 +10,9 @@
 # by the requests served. valgrind runs the gateway ~50x slower, so the writer would see tiny
 # batches at the default 25 ms linger; `log_linger_ms = 1000` gives it batches of a few
 # hundred records, as under real load.
+#
+#   BASE_BIN=/path/to/old/freeway bash benches/log_cost.sh [seconds]
+#     also measures that build (log off and on) in the same run: a before/after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-30}
@@ -34,12 +37,12 @@ wrk.headers["Authorization"] = "Bearer sk-bench"
 wrk.body = '{"model":"auto","max_tokens":256,"messages":[{"role":"user","content":"hello there, how are you doing today?"}]}'
 LUA
 
-measure() { # request_log
-  local log=$1 gw dir fp n ir
-  gw=$(port); dir="$TMP/$log"; mkdir -p "$dir"
+measure() { # request_log [binary]
+  local log=$1 bin=${2:-$BIN} gw dir fp n ir
+  gw=$(port); dir="$TMP/$log-$(basename "$(dirname "$bin")")-$RANDOM"; mkdir -p "$dir"
   bench_config "$dir/freeway.toml" "$gw" "$SIM" "[observability]" "request_log = $log" "log_linger_ms = 1000"
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" --dump-instr=no \
-    "$BIN" --config "$dir/freeway.toml" >"$dir/freeway.log" 2>&1 &
+    "$bin" --config "$dir/freeway.toml" >"$dir/freeway.log" 2>&1 &
   fp=$!; pids+=("$fp")
   for _ in $(seq 240); do curl -fsS -o /dev/null "http://127.0.0.1:$gw/health" 2>/dev/null && break; sleep 0.5; done
   wrk -t1 -c8 -d10s -s "$TMP/post.lua" "http://127.0.0.1:$gw/v1/chat/completions" >/dev/null
@@ -52,12 +55,20 @@ measure() { # request_log
   kill "$fp" 2>/dev/null || true
   echo "$log $n $ir"
 }
-off=$(measure false); on=$(measure true)
-python3 - "$off" "$on" <<'PY'
+report() { # label off on
+  python3 - "$@" <<'PY'
 import sys
-(_, n0, i0), (_, n1, i1) = (a.split() for a in sys.argv[1:3])
+label = sys.argv[1]
+(_, n0, i0), (_, n1, i1) = (a.split() for a in sys.argv[2:4])
 a, b = int(i0) / int(n0), int(i1) / int(n1)
-print(f"request log off: {a:,.0f} instructions per request ({n0} requests)")
-print(f"request log on:  {b:,.0f} instructions per request ({n1} requests)")
-print(f"the request log costs {b - a:,.0f} instructions per request: {b / a - 1:.1%}")
+print(f"{label}request log off: {a:,.0f} instructions per request ({n0} requests)")
+print(f"{label}request log on:  {b:,.0f} instructions per request ({n1} requests)")
+print(f"{label}the request log costs {b - a:,.0f} instructions per request: {b / a - 1:.1%}")
 PY
+}
+off=$(measure false); on=$(measure true)
+if [ -n "${BASE_BIN:-}" ]; then
+  base_off=$(measure false "$BASE_BIN"); base_on=$(measure true "$BASE_BIN")
+  report "base: " "$base_off" "$base_on"
+fi
+report "" "$off" "$on"

@@ -62,6 +62,60 @@ impl UpstreamRequest {
     }
 }
 
+/// An upstream request: `POST {base}{path}`.
+pub struct Outbound {
+    pub path: String,
+    pub content_type: HeaderValue,
+    pub accept: &'static str,
+    pub body: Body,
+    /// Headers the format needs (`anthropic-version`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// An upstream body: one buffer, or pieces that reference the client's buffer (uploads are
+/// never copied whole, see `providers::media`).
+pub enum Body {
+    One(Bytes),
+    Pieces(Vec<media::Piece>),
+}
+
+impl Outbound {
+    /// A JSON request built by a chat translator.
+    pub fn json(req: UpstreamRequest, stream: bool) -> Outbound {
+        Outbound {
+            path: req.path,
+            content_type: HeaderValue::from_static("application/json"),
+            accept: if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+            body: Body::One(req.body),
+            headers: req.headers,
+        }
+    }
+
+    /// A media request (JSON, multipart or raw audio).
+    pub fn media(req: media::MediaRequest) -> Result<Outbound, ApiError> {
+        let content_type = HeaderValue::from_str(&req.content_type)
+            .map_err(|_| ApiError::invalid("The upload's content type is not valid."))?;
+        Ok(Outbound {
+            path: req.path,
+            content_type,
+            accept: "*/*",
+            body: Body::Pieces(req.body),
+            headers: req.headers,
+        })
+    }
+
+    pub fn body_len(&self) -> usize {
+        match &self.body {
+            Body::One(b) => b.len(),
+            Body::Pieces(p) => p.iter().map(media::Piece::len).sum(),
+        }
+    }
+}
+
 /// A native answer made into OpenAI's `chat.completion` JSON.
 pub struct Translated {
     pub body: Bytes,
@@ -345,8 +399,7 @@ impl Upstream {
     /// The request head for `POST {base}{req.path}`, carrying key `key` of the pool.
     pub fn request_header(
         &self,
-        req: &UpstreamRequest,
-        stream: bool,
+        req: &Outbound,
         key: Option<usize>,
     ) -> pingora::Result<pingora::http::RequestHeader> {
         use http::header;
@@ -360,14 +413,9 @@ impl Upstream {
         if let Some((name, value)) = key.and_then(|k| self.keys.get(k)).map(|k| &k.header) {
             h.insert_header(name.clone(), value.clone())?;
         }
-        h.insert_header(header::CONTENT_TYPE, "application/json")?;
-        h.insert_header(header::CONTENT_LENGTH, req.body.len())?;
-        let accept = if stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        };
-        h.insert_header(header::ACCEPT, accept)?;
+        h.insert_header(header::CONTENT_TYPE, req.content_type.clone())?;
+        h.insert_header(header::CONTENT_LENGTH, req.body_len())?;
+        h.insert_header(header::ACCEPT, req.accept)?;
         h.insert_header(
             header::USER_AGENT,
             concat!("freeway/", env!("CARGO_PKG_VERSION")),

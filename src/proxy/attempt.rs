@@ -19,13 +19,12 @@ use super::Gateway;
 use crate::errors::{upstream_envelope, ApiError};
 use crate::live::slots::Slot;
 use crate::observe::metrics;
-use crate::providers::media::{MediaRequest, Piece};
-use crate::providers::{self, Upstream, UpstreamRequest, Usage};
+use crate::providers::media::Piece;
+use crate::providers::{self, Body, Outbound, Upstream, Usage};
 use crate::routing::health::{parse_reset, Report};
 use crate::routing::{Ask, ModelEntry, Needs};
 use crate::state::State;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -77,61 +76,6 @@ pub enum Refusal {
     Skip(String),
     /// The request cannot be served as asked: answered to the client at once.
     Final(ApiError),
-}
-
-/// An upstream request: `POST {base}{path}`.
-pub struct Outbound {
-    pub path: String,
-    pub content_type: HeaderValue,
-    pub accept: &'static str,
-    pub body: Body,
-    /// Headers the format needs (`anthropic-version`).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-/// An upstream body: one buffer, or pieces that reference the client's buffer (uploads are
-/// never copied whole, see `providers::media`).
-pub enum Body {
-    One(Bytes),
-    Pieces(Vec<Piece>),
-}
-
-impl Outbound {
-    /// A JSON request built by a chat translator.
-    pub fn json(req: UpstreamRequest, stream: bool) -> Outbound {
-        Outbound {
-            path: req.path,
-            content_type: HeaderValue::from_static("application/json"),
-            accept: if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-            body: Body::One(req.body),
-            headers: req.headers,
-        }
-    }
-
-    /// A media request (JSON, multipart or raw audio).
-    pub fn media(req: MediaRequest) -> Result<Outbound, Refusal> {
-        let content_type = HeaderValue::from_str(&req.content_type).map_err(|_| {
-            Refusal::Final(ApiError::invalid("The upload's content type is not valid."))
-        })?;
-        Ok(Outbound {
-            path: req.path,
-            content_type,
-            accept: "*/*",
-            body: Body::Pieces(req.body),
-            headers: req.headers,
-        })
-    }
-
-    fn len(&self) -> usize {
-        match &self.body {
-            Body::One(b) => b.len(),
-            Body::Pieces(p) => p.iter().map(Piece::len).sum(),
-        }
-    }
 }
 
 /// Time limits for one exchange.
@@ -490,7 +434,7 @@ async fn attempt<C: Call>(
         Ok(p) => p,
         Err(e) => return Attempt::Retry(Failure::Connect(e)),
     };
-    let header = match request_header(upstream, &request, ctx.upstream_key) {
+    let header = match upstream.request_header(&request, ctx.upstream_key) {
         Ok(h) => h,
         Err(e) => return Attempt::Retry(Failure::Connect(describe(&e))),
     };
@@ -535,36 +479,6 @@ async fn attempt<C: Call>(
         Ok((out, answer)) => Attempt::Done(out, answer),
         Err(f) => Attempt::Retry(f),
     }
-}
-
-/// The request head for `POST {base}{path}`, carrying key `key` of the pool.
-fn request_header(
-    upstream: &Upstream,
-    req: &Outbound,
-    key: Option<usize>,
-) -> pingora::Result<RequestHeader> {
-    use http::header;
-    let path = upstream.path(&req.path);
-    let mut h = RequestHeader::build(
-        "POST",
-        path.as_bytes(),
-        Some(8 + upstream.extra_headers.len() + req.headers.len()),
-    )?;
-    h.insert_header(header::HOST, upstream.host_header.clone())?;
-    if let Some((name, value)) = key.and_then(|k| upstream.keys.get(k)).map(|k| &k.header) {
-        h.insert_header(name.clone(), value.clone())?;
-    }
-    h.insert_header(header::CONTENT_TYPE, req.content_type.clone())?;
-    h.insert_header(header::CONTENT_LENGTH, req.len())?;
-    h.insert_header(header::ACCEPT, req.accept)?;
-    h.insert_header(
-        header::USER_AGENT,
-        concat!("freeway/", env!("CARGO_PKG_VERSION")),
-    )?;
-    for (k, v) in upstream.extra_headers.iter().chain(&req.headers) {
-        h.insert_header(k.clone(), v.clone())?;
-    }
-    Ok(h)
 }
 
 /// Connects (retrying on a stale pooled connection), sends the head and the body, and reads

@@ -3,14 +3,14 @@
 //! whole for JSON, event by event for SSE, through the provider's translator (and, for
 //! the Responses API, the Responses reshaper).
 
-use super::attempt::{self, Answer, Call, Failure, Outbound, Refusal, Reply};
+use super::attempt::{self, Answer, Call, Failure, Refusal, Reply};
 use super::body::read_body;
 use super::ctx::RequestCtx;
 use super::guard::Ticket;
 use super::respond::{send, send_error, write_head};
 use super::Gateway;
 use crate::errors::ApiError;
-use crate::providers::{self, StreamTranslator};
+use crate::providers::{self, Outbound, StreamTranslator};
 use crate::request::{parse_chat, ChatRequest};
 use crate::responses;
 use crate::routing::ModelEntry;

@@ -8,7 +8,7 @@
 //! step of speech-to-speech) or [`SpeechCall`] (relay audio as it arrives). Upload bodies
 //! are sent as pieces of the one client buffer, so failover never needs a second copy.
 
-use super::attempt::{self, min_retry_after, Answer, Call, Failure, Outbound, Refusal, Reply};
+use super::attempt::{self, min_retry_after, Answer, Call, Failure, Refusal, Reply};
 use super::body::{read_body, read_form};
 use super::ctx::RequestCtx;
 use super::respond::{send, send_error, write_head};
@@ -19,7 +19,7 @@ use crate::multipart::Form;
 use crate::providers::audio::{self, SpeechRequest, SttRequest, TextFormat};
 use crate::providers::embeddings;
 use crate::providers::media::{MediaRequest, Piece};
-use crate::providers::{self, Usage};
+use crate::providers::{self, Outbound, Usage};
 use crate::request::parse_chat;
 use crate::routing::{ModelEntry, Needs};
 use crate::state::State;
@@ -407,7 +407,7 @@ where
     type Out = Captured;
 
     fn build(&self, model: &ModelEntry) -> Result<Outbound, Refusal> {
-        Outbound::media((self.build)(model).map_err(Refusal::Skip)?)
+        Outbound::media((self.build)(model).map_err(Refusal::Skip)?).map_err(Refusal::Final)
     }
 
     async fn answer(
@@ -450,7 +450,7 @@ impl Call for SpeechCall<'_> {
     fn build(&self, model: &ModelEntry) -> Result<Outbound, Refusal> {
         let req = audio::speech_request(model.provider_kind, self.req, &model.id)
             .map_err(Refusal::Skip)?;
-        Outbound::media(req)
+        Outbound::media(req).map_err(Refusal::Final)
     }
 
     async fn answer(
