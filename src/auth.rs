@@ -44,11 +44,9 @@ impl Auth {
         if self.disabled() {
             return Some("anonymous");
         }
+        // The scheme is case-insensitive (RFC 7235).
         let presented = authorization
-            .and_then(|v| {
-                v.strip_prefix(b"Bearer ")
-                    .or_else(|| v.strip_prefix(b"bearer "))
-            })
+            .and_then(|v| (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..]))
             .or(x_api_key)?;
         let digest = sha256(trim(presented));
         let mut found = None;
@@ -107,6 +105,8 @@ mod tests {
         let a = auth();
         assert_eq!(a.check(Some(b"Bearer sk-wrong"), None), None);
         assert_eq!(a.check(Some(b"Basic sk-literal"), None), None);
+        assert_eq!(a.check(Some(b"BEARER sk-literal"), None), Some("key-0"));
+        assert_eq!(a.check(Some(b"bEaReR  sk-literal"), None), Some("key-0"));
         assert_eq!(a.check(None, None), None);
     }
 

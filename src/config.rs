@@ -93,6 +93,14 @@ pub struct ServerConfig {
     pub keepalive_timeout_seconds: u64,
     /// Largest request head (request line + headers); larger → 431.
     pub max_header_bytes: usize,
+    /// Time a client has to send a whole request body, from the end of its head; later → 408.
+    pub body_timeout_seconds: u64,
+    /// Request-body bytes held in memory across all requests at once; a body that would go
+    /// past it is refused with a 503 (retry shortly).
+    pub max_buffered_body_bytes: usize,
+    /// Origins allowed to call the gateway from a browser (CORS); `"*"` for any. Empty: no
+    /// CORS headers at all.
+    pub cors_origins: Vec<String>,
     pub pid_file: String,
     pub upgrade_sock: String,
 }
@@ -113,6 +121,9 @@ impl Default for ServerConfig {
             header_timeout_seconds: 10,
             keepalive_timeout_seconds: 60,
             max_header_bytes: 64 * 1024,
+            body_timeout_seconds: 60,
+            max_buffered_body_bytes: 512 * 1024 * 1024,
+            cors_origins: Vec::new(),
             pid_file: "/tmp/freeway.pid".into(),
             upgrade_sock: "/tmp/freeway_upgrade.sock".into(),
         }
@@ -212,6 +223,9 @@ pub struct CacheConfig {
     pub max_bytes: u64,
     /// The largest single answer stored.
     pub max_entry_bytes: u64,
+    /// Share cached answers between gateway keys. Off by default: each key sees only the
+    /// answers cached for its own requests.
+    pub shared: bool,
 }
 
 impl Default for CacheConfig {
@@ -221,6 +235,7 @@ impl Default for CacheConfig {
             default_ttl_seconds: 0,
             max_bytes: 256 * 1024 * 1024,
             max_entry_bytes: 4 * 1024 * 1024,
+            shared: false,
         }
     }
 }
@@ -562,6 +577,12 @@ impl Config {
         if s.max_connections == 0 {
             return Err(err("server.max_connections", "must be at least 1"));
         }
+        if s.max_buffered_body_bytes < s.max_body_bytes {
+            return Err(err(
+                "server.max_buffered_body_bytes",
+                "must be at least server.max_body_bytes (one body of the largest size must fit)",
+            ));
+        }
         if s.max_header_bytes < 1024 {
             return Err(err(
                 "server.max_header_bytes",
@@ -573,6 +594,7 @@ impl Config {
             ("server.stream_idle_timeout_ms", s.stream_idle_timeout_ms),
             ("server.connect_timeout_ms", s.connect_timeout_ms),
             ("server.header_timeout_seconds", s.header_timeout_seconds),
+            ("server.body_timeout_seconds", s.body_timeout_seconds),
             (
                 "server.keepalive_timeout_seconds",
                 s.keepalive_timeout_seconds,

@@ -24,6 +24,7 @@ pub mod reload;
 pub mod request;
 pub mod responses;
 pub mod routing;
+pub mod secrets;
 pub mod server;
 pub mod sim;
 pub mod sse;

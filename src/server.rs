@@ -92,8 +92,9 @@ pub fn build(
     guards.install(&mut gw, &mut server, &board);
     crate::conn::ensure_fd_limit(gw.state().config.server.max_connections);
     let live = gw.state.clone();
+    let gate = gw.gate.clone();
     let proxy = pingora::proxy::http_proxy(&server.configuration, gw);
-    let mut gateway = Service::new("freeway".into(), BoundedHttp::new(proxy, live));
+    let mut gateway = Service::new("freeway".into(), BoundedHttp::new(proxy, live, gate));
     for addr in &listen {
         // No L4 read buffer: on cleartext HTTP it only adds a copy, and Pingora's 64 KiB
         // per connection made an idle connection cost ~80 KB of RSS instead of ~16 KB.

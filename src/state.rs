@@ -29,6 +29,8 @@ pub struct State {
     pub router: Router,
     /// Request/token rate estimates (shared with the board, across config generations).
     pub pace: Arc<crate::live::pace::Pace>,
+    /// Every configured secret, to scrub from upstream text (`secrets`).
+    pub secrets: crate::secrets::Secrets,
 }
 
 impl State {
@@ -58,7 +60,9 @@ impl State {
             .map(|p| Slots::new(board.provider_slots(&p.name), p.max_connections))
             .collect();
         let router = Router::new(Routes::new(&config.routes));
+        let secrets = crate::secrets::Secrets::from_config(&config);
         State {
+            secrets,
             config,
             catalog,
             upstreams,

@@ -105,6 +105,28 @@ pub fn key(
     Ok(h.finalize().into())
 }
 
+/// The key of a request the client named itself (`x-gateway-cache-key`): the name replaces
+/// the body, so two requests with one name share an entry whatever their bodies (Cloudflare's
+/// semantics).
+pub fn custom_key(endpoint: &str, name: &str) -> Key {
+    let mut h = Sha256::new();
+    for part in [endpoint, "custom", name] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// `key` confined to the requests of one gateway key (`scope`, its label): the default, so
+/// no key is ever served another key's cached answer.
+pub fn scoped(key: Key, scope: &str) -> Key {
+    let mut h = Sha256::new();
+    h.update(key);
+    h.update((scope.len() as u64).to_le_bytes());
+    h.update(scope.as_bytes());
+    h.finalize().into()
+}
+
 /// Feeds a JSON value with object keys sorted at every level and no whitespace between
 /// tokens, so neither the client's key order nor its serializer style changes the key.
 /// Values stay borrowed (`RawValue`), only object keys are collected.
@@ -546,6 +568,16 @@ mod tests {
         assert_ne!(a, key("chat", "p/m", body, None).unwrap());
         assert_ne!(a, key("chat", "auto", body, Some("tenant-1")).unwrap());
         assert!(key("chat", "auto", b"{nope", None).is_err());
+    }
+
+    #[test]
+    fn custom_keys_replace_the_body_and_scopes_separate_keys() {
+        assert_eq!(custom_key("chat", "faq-1"), custom_key("chat", "faq-1"));
+        assert_ne!(custom_key("chat", "faq-1"), custom_key("chat", "faq-2"));
+        let k = custom_key("chat", "faq-1");
+        assert_eq!(scoped(k, "key-0"), scoped(k, "key-0"));
+        assert_ne!(scoped(k, "key-0"), scoped(k, "key-1"));
+        assert_ne!(scoped(k, "key-0"), k);
     }
 
     #[test]

@@ -90,6 +90,96 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
+/// Most headers a request may carry (Pingora's own limit).
+pub const MAX_HEADERS: usize = 256;
+
+/// What the gateway needs to know about a valid request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Length of the head, blank line included.
+    pub len: usize,
+    /// The declared body length (`None`: chunked, or no body).
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+}
+
+impl Head {
+    /// Where the request ends in `buf` (head + declared body), when that is known.
+    pub fn end(&self) -> Option<usize> {
+        if self.chunked {
+            return None;
+        }
+        let body = usize::try_from(self.content_length.unwrap_or(0)).ok()?;
+        self.len.checked_add(body)
+    }
+}
+
+/// Checks a complete request head the way a careful server must before trusting it, so
+/// that every malformed or ambiguous request gets a clear 400 in the gateway's envelope
+/// (Pingora would answer an empty 400): a parse error, too many headers, obs-fold, an
+/// absolute-form target, conflicting `Content-Length`s, a `Transfer-Encoding` other than
+/// `chunked` or beside a `Content-Length` (request smuggling), several `Host` headers.
+pub fn validate(buf: &[u8]) -> Result<Head, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err("the request head is incomplete".into()),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(format!("the request has more than {MAX_HEADERS} headers"))
+        }
+        Err(e) => return Err(format!("the request head is not valid HTTP/1.1 ({e})")),
+    };
+    let target = req.path.unwrap_or("");
+    let method = req.method.unwrap_or("");
+    if !(target.starts_with('/') || (target == "*" && method == "OPTIONS")) {
+        return Err(format!(
+            "the request target must be a path starting with `/` (origin-form), not `{}`",
+            target.chars().take(64).collect::<String>()
+        ));
+    }
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut hosts = 0;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or("`Content-Length` must be a number")?;
+            if content_length.is_some_and(|c| c != v) {
+                return Err("the request has conflicting `Content-Length` headers".into());
+            }
+            content_length = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if transfer_encoding.is_some() {
+                return Err("the request has several `Transfer-Encoding` headers".into());
+            }
+            transfer_encoding = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        }
+    }
+    if hosts > 1 {
+        return Err("the request has several `Host` headers".into());
+    }
+    let chunked = match transfer_encoding {
+        None => false,
+        Some(v) if v.trim_ascii().eq_ignore_ascii_case(b"chunked") => true,
+        Some(_) => return Err("`Transfer-Encoding` must be `chunked`".into()),
+    };
+    if chunked && content_length.is_some() {
+        return Err("the request has both `Transfer-Encoding` and `Content-Length`".into());
+    }
+    Ok(Head {
+        len,
+        content_length,
+        chunked,
+    })
+}
+
 /// The length of the head that starts `chunks` joined (up to and including its blank line),
 /// scanned as the chunks arrive, the way [`read_head`] scans across reads. For tests and
 /// fuzzing: the answer must not depend on how the bytes were split.
@@ -195,6 +285,33 @@ mod tests {
         idle: Duration::from_millis(200),
         max_bytes: 2048,
     };
+
+    #[test]
+    fn ambiguous_or_malformed_heads_are_refused() {
+        let ok = b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}";
+        let head = validate(ok).unwrap();
+        assert_eq!(head.content_length, Some(2));
+        assert_eq!(head.end(), Some(ok.len()));
+        let many: String = (0..300).map(|i| format!("x-h{i}: v\r\n")).collect();
+        for bad in [
+            "GET http://evil.example/v1/models HTTP/1.1\r\nHost: a\r\n\r\n".to_string(),
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".into(),
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n  folded\r\n\r\n".into(),
+            format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n"),
+            "POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n".into(),
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n".into(),
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".into(),
+            "GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n".into(),
+            "GE T / HTTP/1.1\r\n\r\n".into(),
+        ] {
+            assert!(validate(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        // The same length twice is not a conflict.
+        assert!(
+            validate(b"POST / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n").is_ok()
+        );
+        assert!(validate(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
+    }
 
     #[tokio::test]
     async fn a_complete_head_comes_back_with_the_body_bytes_that_followed_it() {

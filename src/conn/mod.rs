@@ -61,16 +61,17 @@ impl Limits {
 pub struct BoundedHttp<A> {
     app: Arc<A>,
     state: Arc<ArcSwap<State>>,
-    gate: Gate,
+    /// Shared with the gateway, which waits for request bodies through it.
+    gate: Arc<Gate>,
 }
 
 impl<A> BoundedHttp<A> {
-    pub fn new(app: A, state: Arc<ArcSwap<State>>) -> BoundedHttp<A> {
+    pub fn new(app: A, state: Arc<ArcSwap<State>>, gate: Arc<Gate>) -> BoundedHttp<A> {
         std::sync::LazyLock::force(&CONN);
         BoundedHttp {
             app: Arc::new(app),
             state,
-            gate: Gate::default(),
+            gate,
         }
     }
 
@@ -142,6 +143,21 @@ where
                     return None;
                 }
             };
+            // Pingora would answer a malformed or ambiguous head with an empty 400: the
+            // gateway answers it in its envelope, counted.
+            let head = match head::validate(&bytes) {
+                Ok(h) => h,
+                Err(why) => {
+                    CONN.closed_bad_request.inc();
+                    let e = ApiError::invalid(format!("Bad request: {why}."));
+                    answer_and_close(stream, &e).await;
+                    return None;
+                }
+            };
+            // Requests pipelined behind this one (RFC 9112 §9.3.2): this one is answered
+            // with `Connection: close` and the client sends the rest again on a new
+            // connection, as the RFC expects of it.
+            let pipelined = head.end().is_some_and(|end| bytes.len() > end);
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(s) => pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session),
@@ -157,6 +173,12 @@ where
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             }
+            if pipelined {
+                // Pingora resets keep-alive when it reads the request: the gateway closes
+                // it in `on_connection_reuse`, which receives this note.
+                CONN.closed_pipelined.inc();
+                session.set_connection_user_context(Some(Box::new(Pipelined)));
+            }
             // Pingora parses these bytes before reading the socket again.
             session.set_pipelined_prefix(bytes);
             let reused = self.app.process_new_http(session, shutdown).await?;
@@ -169,6 +191,11 @@ where
         self.app.http_cleanup().await;
     }
 }
+
+/// The note a connection carries into its request when more requests were pipelined behind
+/// it: that request is answered with `Connection: close` (see `ProxyHttp::on_connection_reuse`
+/// in `proxy`).
+pub struct Pipelined;
 
 /// Resolves once the server begins shutting down (never if the signal is gone).
 async fn shutting_down(mut watch: ShutdownWatch) {

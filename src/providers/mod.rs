@@ -241,7 +241,7 @@ impl Upstream {
             let problem = match resolve_secret(spec) {
                 Some(key) => match format(cfg.kind).auth.header(&key) {
                     Ok(header) => {
-                        keys.push(PoolKey::new(header, &key));
+                        keys.push(PoolKey::new(header, &key, keys.len()));
                         continue;
                     }
                     Err(_) => "api_key contains invalid characters".to_string(),
@@ -440,18 +440,19 @@ pub struct PoolKey {
 }
 
 impl PoolKey {
-    fn new(header: (HeaderName, HeaderValue), key: &str) -> PoolKey {
-        let tail: String = key
-            .chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+    /// `index`: the key's place in the pool. Its last four characters are shown only for
+    /// keys long enough that they give nothing away (a short key would be shown whole).
+    fn new(header: (HeaderName, HeaderValue), key: &str, index: usize) -> PoolKey {
+        let chars: Vec<char> = key.chars().collect();
+        let hint = if chars.len() >= 16 {
+            let tail: String = chars[chars.len() - 4..].iter().collect();
+            format!("#{} …{tail}", index + 1)
+        } else {
+            format!("#{}", index + 1)
+        };
         PoolKey {
             header,
-            hint: format!("…{tail}"),
+            hint,
             resting_until: AtomicU64::new(0),
             rejected: OnceLock::new(),
         }

@@ -20,7 +20,7 @@ use crate::errors::{upstream_envelope, ApiError};
 use crate::live::slots::Slot;
 use crate::observe::metrics;
 use crate::providers::media::Piece;
-use crate::providers::{self, Body, Outbound, Upstream, Usage};
+use crate::providers::{self, Body, Outbound, Usage};
 use crate::routing::health::{parse_reset, Report};
 use crate::routing::{Ask, ModelEntry, Needs};
 use crate::state::State;
@@ -329,9 +329,8 @@ pub async fn run<C: Call>(
         tried.push(idx);
         ctx.price = Some(model.cost);
         let reserved = gw.board.pace.reserve(model, needs);
-        let upstream = &state.upstreams[model.provider];
         let attempt_start = Instant::now();
-        let outcome = attempt(gw, upstream, model, request, timeouts, call, session, ctx).await;
+        let outcome = attempt(gw, state, model, request, timeouts, call, session, ctx).await;
         let live = &state.models[idx];
         match outcome {
             Attempt::Done(out, answer) => {
@@ -353,11 +352,12 @@ pub async fn run<C: Call>(
             Attempt::Retry(failure) => {
                 metrics::attempt(&model.provider_name, &model.id, failure.outcome());
                 gw.board.pace.release(model, reserved);
-                log::warn!("{}: {} failed: {failure}", ctx.id, model.qualified);
+                let why = state.secrets.scrub(&failure.to_string()).into_owned();
+                log::warn!("{}: {} failed: {why}", ctx.id, model.qualified);
                 if record_failure(state, idx, ctx.upstream_key, &failure) {
                     queue.push_front(idx);
                 }
-                ctx.failures.push(format!("{}: {failure}", model.qualified));
+                ctx.failures.push(format!("{}: {why}", model.qualified));
                 failures.push((model.provider_name.clone(), failure));
             }
         }
@@ -422,7 +422,7 @@ enum Attempt<T> {
 #[allow(clippy::too_many_arguments)]
 async fn attempt<C: Call>(
     gw: &Gateway,
-    upstream: &Upstream,
+    state: &State,
     model: &ModelEntry,
     request: Outbound,
     timeouts: Timeouts,
@@ -430,6 +430,7 @@ async fn attempt<C: Call>(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Attempt<C::Out> {
+    let upstream = &state.upstreams[model.provider];
     let peer = match upstream.peer().await {
         Ok(p) => p,
         Err(e) => return Attempt::Retry(Failure::Connect(e)),
@@ -455,6 +456,8 @@ async fn attempt<C: Call>(
         let body = read_capped(&mut http, MAX_ERROR_BODY, ctx)
             .await
             .unwrap_or_default();
+        // A provider may echo the key it was sent: scrubbed before it goes anywhere.
+        let body = state.secrets.scrub_bytes(&body);
         // Kept as an OpenAI envelope: it may become the final answer.
         let body = providers::translator(model.provider_kind).error(status, &body, &upstream.name);
         return if is_retryable_status(status) {
@@ -581,7 +584,7 @@ async fn read_capped(
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > cap {
                     return Err(Failure::Connect(format!(
-                        "response larger than {cap} bytes"
+                        "the provider's answer is larger than {cap} bytes"
                     )));
                 }
                 body.extend_from_slice(&chunk);
@@ -624,9 +627,31 @@ pub fn is_timeout(e: &Error) -> bool {
     )
 }
 
+/// What went wrong with an upstream exchange, in words a client understands: no Pingora
+/// internals, no addresses (the full error is logged at debug level for operators).
 pub fn describe(e: &Error) -> String {
-    // Pingora's Display carries the type, source and context; that is what operators need.
-    e.to_string()
+    use ErrorType::*;
+    log::debug!("upstream error: {e}");
+    match e.etype() {
+        ConnectTimedout => "connecting to the provider timed out",
+        ConnectRefused => "the provider refused the connection",
+        ConnectNoRoute => "the provider cannot be reached (no route)",
+        TLSWantX509Lookup | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
+        | HandshakeError => "the TLS handshake with the provider failed",
+        ConnectError | BindError | SocketError | ConnectProxyFailure | AcceptError => {
+            "could not connect to the provider"
+        }
+        InvalidHTTPHeader | H1Error | H2Error | H2Downgrade | InvalidH2 => {
+            "the provider's answer was not valid HTTP"
+        }
+        ReadTimedout => "the provider went silent (read timed out)",
+        WriteTimedout => "sending the request to the provider timed out",
+        ConnectionClosed => "the provider closed the connection",
+        ReadError => "the connection to the provider broke while reading its answer",
+        WriteError => "the connection to the provider broke while sending the request",
+        _ => "the exchange with the provider failed",
+    }
+    .to_string()
 }
 
 /// Claims candidate `idx` for one attempt, and stamps it on `ctx`: a slot at its provider

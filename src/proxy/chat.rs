@@ -33,7 +33,7 @@ pub async fn handle(
     ctx: &mut RequestCtx,
     api: Api,
 ) {
-    let Some(raw) = read_body(session, ctx, state).await else {
+    let Some(raw) = read_body(gw, session, ctx, state).await else {
         return;
     };
     let (raw, responses) = match api {
@@ -62,6 +62,7 @@ pub async fn handle(
     };
     let call = ChatCall {
         gw,
+        secrets: &state.secrets,
         req: &req,
         raw: &raw,
         responses,
@@ -73,6 +74,8 @@ pub async fn handle(
 /// A chat completion relayed to the client.
 struct ChatCall<'a> {
     gw: &'a Gateway,
+    /// Scrubbed from a provider's error text before it reaches the client or the log.
+    secrets: &'a crate::secrets::Secrets,
     req: &'a ChatRequest<'a>,
     raw: &'a [u8],
     /// Set for `/v1/responses`: the chat answer is reshaped into the Responses API.
@@ -229,6 +232,7 @@ impl ChatCall<'_> {
             };
             // Complete events translated before the failure still go out, then the error.
             let why = format!("the stream from `{}` failed: {failure}", model.qualified);
+            let why = self.secrets.scrub(&why).into_owned();
             log::warn!("{}: {why}", ctx.id);
             ctx.failures.push(why.clone());
             tr.error_event(&ApiError::upstream(502, why), &mut out);

@@ -34,6 +34,8 @@ pub struct RequestCtx {
     pub streamed: bool,
     /// Set for `/providers/{name}/…`: the request continues through the proxy phases.
     pub passthrough: Option<super::passthrough::Target>,
+    /// A passthrough error body, held until its end to be scrubbed of secrets.
+    pub error_body: Option<bytes::BytesMut>,
     /// When a passthrough request left for its provider (its wait is not gateway overhead).
     pub upstream_started: Option<Instant>,
     /// The `model` field as the client sent it.
@@ -52,6 +54,8 @@ pub struct RequestCtx {
     pub inflight: InflightGuard,
     /// Cache status and rate-limit headers (`guard`).
     pub stamp: super::guard::Stamp,
+    /// The request body's bytes, held against `server.max_buffered_body_bytes`.
+    pub body_hold: super::body::Hold,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -85,6 +89,7 @@ impl RequestCtx {
             status: 0,
             streamed: false,
             passthrough: None,
+            error_body: None,
             upstream_started: None,
             requested_model: None,
             prompt_estimate: 0,
@@ -94,6 +99,7 @@ impl RequestCtx {
             response_bytes: 0,
             inflight: InflightGuard::new(),
             stamp: Default::default(),
+            body_hold: Default::default(),
         }
     }
 

@@ -165,10 +165,22 @@ pub async fn cache_gate(
     if ttl == 0 {
         return Some(Ticket::bypass());
     }
-    let client_key = c.cache_key.as_deref();
-    let model = req.model.as_deref().unwrap_or("auto");
-    let Ok(key) = cache::key("chat", model, raw, client_key) else {
-        return Some(Ticket::bypass());
+    let key = match c.cache_key.as_deref() {
+        // The client's own name for the entry replaces the body (Cloudflare's semantics).
+        Some(name) => cache::custom_key("chat", name),
+        None => {
+            let model = req.model.as_deref().unwrap_or("auto");
+            let Ok(key) = cache::key("chat", model, raw, None) else {
+                return Some(Ticket::bypass());
+            };
+            key
+        }
+    };
+    // Each gateway key has its own entries unless the operator shares them.
+    let key = if cfg.shared {
+        key
+    } else {
+        cache::scoped(key, ctx.key_label.as_deref().unwrap_or(""))
     };
     let ttl = Duration::from_secs(ttl);
     let deadline = Instant::now() + Duration::from_millis(state.config.server.upstream_timeout_ms);

@@ -79,8 +79,9 @@ pub fn models(state: &State) -> Bytes {
     to_bytes(&json!({"object": "list", "data": data}))
 }
 
-/// `GET /v1/routing/status`, in the SPEC shape: one lock per model, bounded work.
-pub fn routing_status(state: &State) -> Bytes {
+/// `GET /v1/routing/status`, in the SPEC shape: one lock per model, bounded work. Key hints
+/// of provider key pools are shown only to an authorized caller (`detailed`).
+pub fn routing_status(state: &State, detailed: bool) -> Bytes {
     let now = Instant::now();
     let mut providers = serde_json::Map::new();
     for (up, live) in state.upstreams.iter().zip(&state.providers) {
@@ -91,7 +92,7 @@ pub fn routing_status(state: &State) -> Bytes {
             "kind": up.kind.as_str(), "simulated": up.simulated,
             "reason": up.unavailable.clone().or(blocked),
         });
-        if up.keys.len() > 1 {
+        if detailed && up.keys.len() > 1 {
             entry["keys"] = up
                 .keys
                 .iter()

@@ -42,7 +42,7 @@ fn needs(model_type: ModelType, prompt_tokens: u32) -> Needs {
 // ───────────────────────────── endpoints ─────────────────────────────
 
 pub async fn embeddings(gw: &Gateway, state: &State, session: &mut Session, ctx: &mut RequestCtx) {
-    let Some(raw) = read_body(session, ctx, state).await else {
+    let Some(raw) = read_body(gw, session, ctx, state).await else {
         return;
     };
     let req = match embeddings::parse(&raw) {
@@ -107,7 +107,7 @@ pub async fn transcription(
     ctx: &mut RequestCtx,
     translate: bool,
 ) {
-    let Some(form) = read_form(session, ctx, state).await else {
+    let Some(form) = read_form(gw, session, ctx, state).await else {
         return;
     };
     let req = match audio::parse_stt(form, translate) {
@@ -152,7 +152,7 @@ async fn transcribe(
 }
 
 pub async fn speech(gw: &Gateway, state: &State, session: &mut Session, ctx: &mut RequestCtx) {
-    let Some(raw) = read_body(session, ctx, state).await else {
+    let Some(raw) = read_body(gw, session, ctx, state).await else {
         return;
     };
     let req = match audio::parse_speech(&raw) {
@@ -194,7 +194,7 @@ pub async fn speech_to_speech(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) {
-    let Some(form) = read_form(session, ctx, state).await else {
+    let Some(form) = read_form(gw, session, ctx, state).await else {
         return;
     };
     let field = |name: &str| {

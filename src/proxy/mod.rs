@@ -48,6 +48,9 @@ pub struct Gateway {
     pub limiter: Arc<crate::limits::Limiter>,
     pub cache: Arc<crate::cache::Cache>,
     pub redis: Option<Arc<crate::live::redis_link::RedisLink>>,
+    /// The client-connection gate (shared with `conn::BoundedHttp`): a request waiting for
+    /// its body counts as waiting, like a connection waiting for its head.
+    pub gate: Arc<crate::conn::Gate>,
 }
 
 impl Gateway {
@@ -60,6 +63,7 @@ impl Gateway {
             limiter: Arc::new(crate::limits::Limiter::new(None)),
             cache: Arc::new(crate::cache::Cache::in_memory(&Default::default())),
             redis: None,
+            gate: Arc::new(crate::conn::Gate::default()),
         }
     }
 
@@ -91,8 +95,12 @@ impl ProxyHttp for Gateway {
             match label {
                 Some(l) => ctx.key_label = Some(l.to_string()),
                 None => {
-                    session.set_keepalive(None);
-                    respond::send_error(session, ctx, &ApiError::unauthorized()).await;
+                    // A failed authentication costs the client IP a request like any
+                    // other, so keys cannot be guessed at line rate.
+                    if guard::admit(self, &state, session, ctx).await {
+                        session.set_keepalive(None);
+                        respond::send_error(session, ctx, &ApiError::unauthorized()).await;
+                    }
                     return Ok(true);
                 }
             }
@@ -119,6 +127,11 @@ impl ProxyHttp for Gateway {
         match ep.handler {
             Handler::Passthrough => {
                 let req = session.req_header();
+                if !passthrough::method_allowed(&req.method) {
+                    let e = ApiError::method_not_allowed(req.method.as_str(), req.uri.path());
+                    respond::send_error(session, ctx, &e).await;
+                    return Ok(true);
+                }
                 match passthrough::target(&state, req.uri.path(), req.uri.query()).await {
                     Ok(t) => {
                         ctx.attempts = 1;
@@ -142,7 +155,19 @@ impl ProxyHttp for Gateway {
             Handler::SpeechToSpeech => media::speech_to_speech(self, &state, session, ctx).await,
             Handler::Models => respond::send_json(session, ctx, 200, local::models(&state)).await,
             Handler::RoutingStatus => {
-                respond::send_json(session, ctx, 200, local::routing_status(&state)).await
+                // Public by default: key hints only for a caller with a valid key.
+                let detailed = ctx.key_label.is_some() || {
+                    let h = &session.req_header().headers;
+                    state
+                        .auth
+                        .check(
+                            h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
+                            h.get("x-api-key").map(|v| v.as_bytes()),
+                        )
+                        .is_some()
+                };
+                let body = local::routing_status(&state, detailed);
+                respond::send_json(session, ctx, 200, body).await
             }
             Handler::Health => {
                 let (status, body) = local::health(&state, guard::storage_health(self));
@@ -162,7 +187,9 @@ impl ProxyHttp for Gateway {
             }
             Handler::Usage => {
                 let page = bytes::Bytes::from_static(dashboard::PAGE.as_bytes());
-                respond::send(session, ctx, 200, "text/html; charset=utf-8", page, &[]).await
+                let ct = "text/html; charset=utf-8";
+                let headers = dashboard::security_headers();
+                respond::send(session, ctx, 200, ct, page, headers).await
             }
             Handler::Metrics => {
                 let body = bytes::Bytes::from(metrics::render());
@@ -175,6 +202,19 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(true)
+    }
+
+    /// The connection layer's note about this request's connection (`conn::Pipelined`: more
+    /// requests were pipelined behind it, so this answer closes the connection).
+    fn on_connection_reuse(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+        note: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if note.is::<crate::conn::Pipelined>() {
+            session.set_keepalive(None);
+        }
     }
 
     /// Every request ends here, whichever way it was answered: record it.
@@ -214,8 +254,26 @@ impl ProxyHttp for Gateway {
         if let Some(t) = ctx.upstream_started.take() {
             ctx.upstream_wait += t.elapsed();
         }
+        if ctx.status >= 400 {
+            // An error body may echo the key the provider received: held and scrubbed.
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            ctx.error_body = Some(bytes::BytesMut::new());
+        }
         respond::gateway_headers(upstream_response, ctx);
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(held) = &mut ctx.error_body {
+            passthrough::hold_error_body(held, body, end_of_stream, &self.state().secrets);
+        }
+        Ok(None)
     }
 
     /// Errors Pingora raises itself (bad HTTP, internal failures) get the OpenAI envelope.

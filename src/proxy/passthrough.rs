@@ -54,12 +54,8 @@ pub async fn target(state: &State, path: &str, query: Option<&str>) -> Result<Ta
             "Provider `{name}` cannot be used: {why}."
         )));
     }
-    // `..` segments could climb out of the base path on the provider's side.
-    if rest.split('/').any(|seg| seg == ".." || seg == ".") {
-        return Err(ApiError::invalid(
-            "Passthrough paths may not contain `.` or `..` segments.",
-        ));
-    }
+    // `..` segments, in any spelling, could climb out of the base path on the provider's side.
+    check_path(rest)?;
     let Some(slot) = state.slots[idx].try_acquire() else {
         let mut e = ApiError::no_capacity(format!(
             "Provider `{name}` is at its connection limit ({} requests in flight, \
@@ -86,12 +82,83 @@ pub async fn target(state: &State, path: &str, query: Option<&str>) -> Result<Ta
     })
 }
 
-/// Headers never forwarded to a provider: the client's credentials, hop-by-hop headers and
-/// the gateway's own controls.
+/// Whether `method` is one a provider API uses (others, like `TRACE`, are refused).
+pub fn method_allowed(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+    ]
+    .contains(method)
+}
+
+/// Refuses a passthrough path that could leave the provider's base path however a server
+/// decodes it: `.` or `..` segments literal or percent-encoded (`%2e%2e`, `..%2f`), with
+/// path parameters (`..;x`), backslashes, or encodings that decode to another encoding.
+pub fn check_path(rest: &str) -> Result<(), ApiError> {
+    let refuse = |why: &str| {
+        Err(ApiError::invalid(format!(
+            "Passthrough paths may not contain {why}."
+        )))
+    };
+    let decoded = match percent_decode(rest) {
+        Some(d) => d,
+        None => return refuse("malformed percent-encoding"),
+    };
+    if decoded.contains(&b'\\') {
+        return refuse("backslashes");
+    }
+    if decoded.contains(&b'%') {
+        return refuse("percent-encoded `%` (double encoding)");
+    }
+    if decoded.contains(&0) {
+        return refuse("NUL bytes");
+    }
+    let dot_segment = decoded.split(|&b| b == b'/').any(|seg| {
+        // A `;` starts path parameters some servers strip: `..;x` is `..` to them.
+        let seg = seg.split(|&b| b == b';').next().unwrap_or(seg);
+        seg == b"." || seg == b".."
+    });
+    if dot_segment {
+        return refuse("`.` or `..` segments");
+    }
+    Ok(())
+}
+
+/// `%XX` sequences decoded; `None` when one is malformed.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Headers never forwarded to a provider: the client's credentials (in every spelling
+/// providers read), hop-by-hop headers, what could steer the provider's idea of the host,
+/// and the gateway's own controls.
 const STRIPPED: &[&str] = &[
     "authorization",
     "x-api-key",
+    "api-key",
     "x-goog-api-key",
+    "x-forwarded-host",
+    "forwarded",
     "proxy-authorization",
     "connection",
     "proxy-connection",
@@ -135,6 +202,29 @@ pub fn rewrite(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()>
     Ok(())
 }
 
+/// The most of a passthrough error body held for scrubbing; past it the rest passes as is
+/// (an error body that large is not an error message).
+const MAX_HELD_ERROR_BODY: usize = 256 * 1024;
+
+/// Holds a passthrough error answer's body until its end, then lets it out scrubbed of
+/// every configured secret (a provider may echo the key it received).
+pub fn hold_error_body(
+    held: &mut bytes::BytesMut,
+    body: &mut Option<bytes::Bytes>,
+    end: bool,
+    secrets: &crate::secrets::Secrets,
+) {
+    if let Some(chunk) = body.take() {
+        held.extend_from_slice(&chunk);
+    }
+    if end || held.len() > MAX_HELD_ERROR_BODY {
+        let all = std::mem::take(held);
+        if !all.is_empty() {
+            *body = Some(bytes::Bytes::from(secrets.scrub_bytes(&all)));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +237,64 @@ mod tests {
         );
         assert_eq!(split("/providers/groq"), Some(("groq", "/")));
         assert_eq!(split("/v1/models"), None);
+    }
+
+    #[test]
+    fn dot_segments_are_refused_in_every_spelling() {
+        for bad in [
+            "/../x",
+            "/a/./b",
+            "/%2e%2e/x",
+            "/%2E%2e/x",
+            "/..%2fx",
+            "/a/..%2F..%2Fb",
+            "/..;/x",
+            "/a/..;jsessionid=1/b",
+            "/a\\..\\b",
+            "/a%5c..%5cb",
+            "/%252e%252e/x",
+            "/%zz",
+            "/%2",
+            "/a%00b",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/v1/messages",
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            "/a..b/c",
+            "/.well-known",
+            "/a%20b",
+        ] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn an_error_body_is_held_to_its_end_and_scrubbed() {
+        let secrets = crate::secrets::Secrets::new(["sk-live-0123456789abcdef".to_string()]);
+        let mut held = bytes::BytesMut::new();
+        let mut out = Vec::new();
+        for (chunk, end) in [
+            (&b"{\"error\": \"bad key sk-live-0123"[..], false),
+            (&b"456789abcdef\"}"[..], true),
+        ] {
+            let mut body = Some(bytes::Bytes::copy_from_slice(chunk));
+            hold_error_body(&mut held, &mut body, end, &secrets);
+            out.extend(body.into_iter().flatten());
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "{\"error\": \"bad key [REDACTED]\"}");
+    }
+
+    #[test]
+    fn only_provider_api_methods_pass() {
+        assert!(method_allowed(&http::Method::POST));
+        assert!(method_allowed(&http::Method::GET));
+        assert!(!method_allowed(&http::Method::TRACE));
+        assert!(!method_allowed(&http::Method::CONNECT));
+        assert!(!method_allowed(
+            &http::Method::from_bytes(b"PROPFIND").unwrap()
+        ));
     }
 }

@@ -8,7 +8,31 @@ use crate::observe::metrics::{self, status_label, METRICS};
 use crate::observe::record::{cap, cost_usd, method_name, ms, RequestRecord, MAX_FIELD};
 use crate::observe::Observer;
 use pingora::proxy::Session;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Rows a minute for requests refused before any key was accepted (failed authentication,
+/// and the per-IP limit refusing such clients). Past it they are counted in the metrics
+/// only, so a flood of keyless requests cannot push real rows out of a capped log.
+pub const UNAUTHENTICATED_ROWS_PER_MINUTE: u64 = 60;
+
+/// `minute << 16 | rows written in it`.
+static UNAUTHENTICATED_ROWS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether another unauthenticated row may be written this minute.
+fn unauthenticated_row_allowed(now_ms: u64) -> bool {
+    let minute = now_ms / 60_000;
+    UNAUTHENTICATED_ROWS
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            let (m, n) = (v >> 16, v & 0xffff);
+            if m != minute {
+                Some(minute << 16 | 1)
+            } else {
+                (n < UNAUTHENTICATED_ROWS_PER_MINUTE).then_some(v + 1)
+            }
+        })
+        .is_ok()
+}
 
 /// Records a finished request. Moves strings out of `ctx`, which is done with after this.
 pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
@@ -88,6 +112,15 @@ pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
         return;
     }
     let now = SystemTime::now();
+    let unauthenticated = status == 401 || (status == 429 && ctx.key_label.is_none());
+    if unauthenticated {
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if !unauthenticated_row_allowed(now_ms) {
+            return;
+        }
+    }
     let started = now.checked_sub(elapsed).unwrap_or(now);
     let client_ip = session
         .client_addr()
@@ -122,4 +155,18 @@ pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
         cost_usd: cost,
         metadata: ctx.controls.metadata_raw.take().map(|m| cap(m, MAX_FIELD)),
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthenticated_rows_are_capped_per_minute() {
+        let t = 1_000 * 60_000;
+        let allowed = (0..1000).filter(|_| unauthenticated_row_allowed(t)).count();
+        assert_eq!(allowed as u64, UNAUTHENTICATED_ROWS_PER_MINUTE);
+        // A new minute, a new allowance.
+        assert!(unauthenticated_row_allowed(t + 60_000));
+    }
 }

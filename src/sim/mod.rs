@@ -66,6 +66,32 @@ pub(crate) enum Behavior {
     Hang,
 }
 
+/// A 401 as OpenAI words it: the key it received, masked to its first 8 and last 4
+/// characters (`…sim-401-full…` keys are echoed whole, as some compatible servers do).
+fn invalid_key_message(session: &Session) -> String {
+    let key = session
+        .req_header()
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_start_matches("Bearer ").to_string())
+        .unwrap_or_default();
+    let shown = if key.contains("full") || key.len() < 12 {
+        key
+    } else {
+        format!(
+            "{}{}{}",
+            &key[..8],
+            "*".repeat(key.len() - 12),
+            &key[key.len() - 4..]
+        )
+    };
+    format!(
+        "Incorrect API key provided: {shown}. You can find your API key at \
+         https://platform.openai.com/account/api-keys."
+    )
+}
+
 pub(crate) fn behavior_of(name: &str) -> Behavior {
     let n = name.to_ascii_lowercase();
     if n.contains("fail-429") {
@@ -180,6 +206,7 @@ impl SimProvider {
             "content_type": header("content-type"),
             "content_length": header("content-length"),
             "transfer_encoding": header("transfer-encoding"),
+            "header_names": h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             "x_gateway_headers": h.keys().filter(|k| k.as_str().starts_with("x-gateway")).map(|k| k.as_str()).collect::<Vec<_>>(),
         });
         let mut entry = entry;
@@ -281,11 +308,14 @@ impl SimProvider {
         match behavior {
             Behavior::Fail(status) => {
                 let (kind, msg) = match status {
-                    429 => ("rate_limit_error", "sim: rate limit reached, retry later"),
-                    401 => ("authentication_error", "sim: invalid provider key"),
-                    _ => ("server_error", "sim: internal error"),
+                    429 => (
+                        "rate_limit_error",
+                        "sim: rate limit reached, retry later".into(),
+                    ),
+                    401 => ("invalid_request_error", invalid_key_message(session)),
+                    _ => ("server_error", "sim: internal error".into()),
                 };
-                let err = crate::errors::envelope(kind, None, None, msg);
+                let err = crate::errors::envelope(kind, None, None, &msg);
                 let hint = [("retry-after", retry_after.as_str())];
                 let extra: &[(&str, &str)] = if status == 429 { &hint } else { &[] };
                 return write(session, status, "application/json", err, extra).await;

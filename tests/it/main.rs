@@ -17,3 +17,4 @@ mod resources;
 mod responses;
 mod routing;
 mod sdk;
+mod security;

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 /// A `[metrics]` listener of its own: scraping on the main port would itself be a client
 /// connection, counted and possibly displacing one under test.
-fn metrics_section() -> (String, String) {
+pub(crate) fn metrics_section() -> (String, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     (format!("[metrics]\nlisten = \"{addr}\"\n"), addr)
 }
 
 /// One sample from the Prometheus text (`name{labels}` exactly as printed), 0 if absent.
-fn metric(metrics_addr: &str, series: &str) -> f64 {
+pub(crate) fn metric(metrics_addr: &str, series: &str) -> f64 {
     let url = format!("http://{metrics_addr}/metrics");
     // The metrics listener may start a moment after the main one.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -37,7 +37,11 @@ fn metric(metrics_addr: &str, series: &str) -> f64 {
 }
 
 /// Reads until the gateway closes the connection: `(bytes received, when it closed)`.
-fn read_until_closed(s: &mut TcpStream, start: Instant, limit: Duration) -> (Vec<u8>, Duration) {
+pub(crate) fn read_until_closed(
+    s: &mut TcpStream,
+    start: Instant,
+    limit: Duration,
+) -> (Vec<u8>, Duration) {
     s.set_read_timeout(Some(limit)).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -68,7 +72,7 @@ fn is_closed(s: &TcpStream) -> bool {
 }
 
 /// One HTTP/1.1 response with a `content-length` from `s`: `(status, body)`.
-fn read_response(s: &mut TcpStream) -> (u16, Vec<u8>) {
+pub(crate) fn read_response(s: &mut TcpStream) -> (u16, Vec<u8>) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
@@ -381,9 +385,9 @@ fn a_provider_at_max_connections_is_skipped_like_a_busy_model() {
 }
 
 /// The flood tests each hold 10,000 sockets in this process: one at a time.
-static FLOOD: Mutex<()> = Mutex::new(());
+pub(crate) static FLOOD: Mutex<()> = Mutex::new(());
 
-fn status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()

@@ -470,7 +470,8 @@ fn a_key_pool_rests_a_rate_limited_key_and_serves_with_the_others() {
     }
     assert_eq!(gw.model_status("pool/m")["status"], "available");
     let keys = &gw.routing_status()["providers"]["pool"]["keys"];
-    assert_eq!(keys[0]["key"], "…-429", "{keys}");
+    // A short key is named by its place in the pool only (its tail would be most of it).
+    assert_eq!(keys[0]["key"], "#1", "{keys}");
     assert_eq!(keys[0]["status"], "resting", "{keys}");
     assert!(keys[0]["until"].as_str().unwrap().ends_with('Z'));
     assert_eq!(keys[1]["status"], "available", "{keys}");
