@@ -290,7 +290,7 @@ fn failed_authentication_costs_the_ip_and_cannot_flood_the_log() {
     let refused = count(401);
     // At most a minute's allowance (two, if the run straddles a minute boundary).
     assert!(
-        refused >= 1 && refused <= 120 && refused < flood,
+        (1..=120).contains(&refused) && refused < flood,
         "{refused} rows of 401"
     );
 }
