@@ -83,7 +83,20 @@ impl Reply {
         if let Some(name) = &c.forced_tool {
             // freeway's JSON mode on Anthropic: the forced tool's input is the answer.
             if name == crate::providers::anthropic::JSON_TOOL {
-                return call(name, &echo_text(c, body_len));
+                let text = echo_text(c, body_len);
+                let schema = c
+                    .tools
+                    .iter()
+                    .find(|t| t.0 == *name)
+                    .and_then(|t| t.1.as_ref());
+                // `json_object`: any object, the echo as in the other formats' JSON mode.
+                if schema.is_none_or(|s| s.get("properties").is_none() && s.get("$ref").is_none()) {
+                    return Reply::ToolCall {
+                        name: name.clone(),
+                        args: serde_json::json!({ "echo": text }),
+                    };
+                }
+                return call(name, &text);
             }
             if c.tool_result.is_none() {
                 return call(name, &c.last_user);
