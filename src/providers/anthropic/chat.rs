@@ -199,17 +199,19 @@ fn json_tool(
     req: &Map<String, Value>,
     tools: &[common::Tool<'_>],
 ) -> Result<Option<Value>, ApiError> {
+    // Calls of the JSON tool are read back as content, so no tool of the client's may share
+    // its name (with or without JSON mode).
+    if tools.iter().any(|t| t.name == JSON_TOOL) {
+        return Err(ApiError::invalid_param(
+            "tools",
+            format!("On Anthropic models freeway serves JSON mode with a tool named `{JSON_TOOL}`: rename your tool of that name."),
+        ));
+    }
     let (name, schema) = match common::json_mode(req) {
         JsonMode::Off => return Ok(None),
         JsonMode::Object => (None, None),
         JsonMode::Schema { name, schema } => (name, schema),
     };
-    if tools.iter().any(|t| t.name == JSON_TOOL) {
-        return Err(ApiError::invalid_param(
-            "tools",
-            format!("On Anthropic models JSON mode is served by a tool named `{JSON_TOOL}`: rename your tool of that name."),
-        ));
-    }
     let what = name.map_or_else(String::new, |n| format!(" (`{n}`)"));
     let schema = schema
         .filter(|s| {
