@@ -138,7 +138,7 @@ simulated = true
   [[providers.models]]
   id = "claude-sonnet-4-5"
   context_window = 200000
-  capabilities = ["tools", "vision", "stream"]
+  capabilities = ["tools", "json", "vision", "stream"]
   auto = false
 
 [[providers]]

@@ -54,6 +54,8 @@ struct Fields<'a> {
     reasoning_effort: Option<&'a RawValue>,
     #[serde(borrow)]
     stream_options: Option<&'a RawValue>,
+    #[serde(borrow)]
+    n: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +226,11 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest<'_>, ApiError> {
         let rf: ResponseFormat = serde_json::from_str(r.get())
             .map_err(|_| bad_type("response_format", "an object with a string `type`"))?;
         needs.json = matches!(rf.kind.as_ref(), "json_object" | "json_schema");
+    }
+    match parse_u32(fields.n, "n")? {
+        Some(0) => return Err(bad_type("n", "an integer of at least 1")),
+        Some(n) => needs.several_choices = n > 1,
+        None => {}
     }
     needs.max_output_tokens =
         match parse_u32(fields.max_completion_tokens, "max_completion_tokens")? {
@@ -402,6 +409,18 @@ mod tests {
 
     fn err_of_bytes(body: &[u8]) -> ApiError {
         parse_chat(body).unwrap_err()
+    }
+
+    #[test]
+    fn n_above_one_needs_several_choices() {
+        let r = parse_chat(br#"{"messages":[{"role":"user","content":"x"}],"n":3}"#).unwrap();
+        assert!(r.needs.several_choices);
+        let r = parse_chat(br#"{"messages":[{"role":"user","content":"x"}],"n":1}"#).unwrap();
+        assert!(!r.needs.several_choices);
+        assert_eq!(
+            err_of(r#"{"messages":[{"role":"user","content":"x"}],"n":0}"#).param,
+            Some("n")
+        );
     }
 
     #[test]

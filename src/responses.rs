@@ -696,12 +696,38 @@ impl StreamTranslator for ResponsesStream {
         self.inner.usage()
     }
 
+    /// A stream failing mid-way ends as OpenAI's does: an `error` event, then
+    /// `response.failed` with the response so far (`status: "failed"`, `error: {code,
+    /// message}`; unfinished items `incomplete`), never `response.completed`.
     fn error_event(&mut self, err: &ApiError, out: &mut Vec<u8>) {
+        self.ensure_created(out);
+        let code = if err.status == 429 {
+            "rate_limit_exceeded"
+        } else {
+            "server_error"
+        };
         self.emit(
             out,
             "error",
-            json!({"code": err.code, "message": err.message, "param": err.param}),
+            json!({"code": code, "message": err.message, "param": err.param}),
         );
+        let mut output = self.output.clone();
+        if let Some((_, id, text)) = &self.text {
+            output.push(message_item(id, text, "incomplete"));
+        }
+        for (_, _, id, call_id, name, args) in &self.calls {
+            output.push(call_item(id, call_id, name, args, "incomplete"));
+        }
+        let mut r = response_object(
+            &self.meta,
+            &self.model,
+            "failed",
+            output,
+            self.inner.usage(),
+            None,
+        );
+        r["error"] = json!({"code": code, "message": err.message});
+        self.emit(out, "response.failed", json!({ "response": r }));
     }
 }
 
@@ -844,5 +870,34 @@ data: [DONE]\n\n";
         assert_eq!(done["output"][0]["content"][0]["text"], "Hello");
         assert_eq!(done["output"][1]["arguments"], "{\"a\":1}");
         assert_eq!(done["usage"]["output_tokens"], 5);
+    }
+
+    #[test]
+    fn a_stream_failing_mid_way_ends_with_response_failed() {
+        let (_, meta) = to_chat(br#"{"input":"hi","stream":true}"#).unwrap();
+        let chat = b"data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n";
+        let mut t = ResponsesStream::new(OpenAi.chat_stream("m", true), meta.clone(), "m");
+        let mut out = Vec::new();
+        t.feed(chat, &mut out).unwrap();
+        t.error_event(
+            &ApiError::upstream(502, "the stream from `p/m` failed: cut"),
+            &mut out,
+        );
+        let ev = events(&out);
+        let kinds: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(&kinds[kinds.len() - 2..], &["error", "response.failed"]);
+        assert!(!kinds.contains(&"response.completed"));
+        let failed = &ev.last().unwrap()["response"];
+        assert_eq!(failed["id"], meta.id.as_str());
+        assert_eq!(failed["status"], "failed");
+        assert_eq!(failed["error"]["code"], "server_error");
+        assert!(failed["error"]["message"].as_str().unwrap().contains("cut"));
+        assert_eq!(failed["output"][0]["status"], "incomplete");
+        assert_eq!(failed["output"][0]["content"][0]["text"], "Hel");
+        let seqs: Vec<u64> = ev
+            .iter()
+            .map(|e| e["sequence_number"].as_u64().unwrap())
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
     }
 }

@@ -46,7 +46,10 @@ impl State {
             .collect();
         let unavailable: Vec<Option<String>> =
             upstreams.iter().map(|u| u.unavailable.clone()).collect();
-        let catalog = Catalog::build(&config, &unavailable);
+        let mut catalog = Catalog::build(&config, &unavailable);
+        for m in &mut catalog.models {
+            m.several_choices = crate::providers::format(m.provider_kind).several_choices;
+        }
         let auth = Auth::new(&config.auth);
         let models = catalog
             .models

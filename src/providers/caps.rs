@@ -26,6 +26,9 @@ pub struct Format {
     pub speech: Option<&'static dyn Speech>,
     /// The header the key goes in.
     pub auth: Auth,
+    /// Whether its chat API answers several choices (`n` > 1); models of formats that
+    /// cannot are not routed requests with `n` > 1.
+    pub several_choices: bool,
 }
 
 /// Embeddings in one format. The shared part (vector count check, float/base64 encoding,

@@ -87,7 +87,15 @@ impl StreamState {
     /// Closes the answer: the finish chunk, the usage chunk if the client asked for it, and
     /// `[DONE]`.
     pub fn close(&mut self, w: &ChunkWriter, out: &mut Vec<u8>, reason: &str) {
-        w.finish(out, reason);
+        self.close_choices(w, out, &[reason]);
+    }
+
+    /// Closes an answer of several choices (`n` > 1): one finish chunk per choice, in
+    /// order, then the usage chunk and `[DONE]`.
+    pub fn close_choices(&mut self, w: &ChunkWriter, out: &mut Vec<u8>, reasons: &[&str]) {
+        for (i, reason) in reasons.iter().enumerate() {
+            w.finish_at(out, i, reason);
+        }
         self.started = true;
         if self.include_usage {
             w.usage(out, self.usage.unwrap_or_default());

@@ -34,6 +34,14 @@ impl Meta {
         }
     }
 
+    /// The id of tool call `n` of this answer, for formats whose calls have none (Gemini,
+    /// some Workers AI models): unique per answer (`call_<answer id>_<n>`), so ids never
+    /// repeat across the turns of a conversation.
+    pub fn call_id(&self, n: usize) -> String {
+        let answer = self.id.strip_prefix("chatcmpl-").unwrap_or(&self.id);
+        format!("call_{answer}_{n}")
+    }
+
     /// Fixed values, so golden tests and fuzz targets compare bytes.
     pub fn fixed() -> Meta {
         Meta {
@@ -64,6 +72,31 @@ pub fn max_tokens(req: &Map<String, Value>) -> Option<u64> {
     req.get("max_completion_tokens")
         .and_then(Value::as_u64)
         .or_else(|| req.get("max_tokens").and_then(Value::as_u64))
+}
+
+/// `n`, the number of choices asked for (1 when absent).
+pub fn choices(req: &Map<String, Value>) -> Result<u64, ApiError> {
+    match req.get("n") {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => Ok(n),
+            _ => Err(bad("n", "an integer of at least 1")),
+        },
+    }
+}
+
+/// Refuses `n` > 1 for a format whose API answers one choice per request.
+pub fn one_choice_only(req: &Map<String, Value>, format: &str) -> Result<(), ApiError> {
+    let n = choices(req)?;
+    if n > 1 {
+        let mut e = ApiError::invalid_param(
+            "n",
+            format!("`n` = {n} asks for {n} choices, but the {format} API answers one choice per request: send `n` = 1 (or several requests), or choose a model that serves `n` > 1 (OpenAI-compatible and Gemini providers)."),
+        );
+        e.code = Some("unsupported_value");
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// `stop` as a list (OpenAI accepts a string or an array of strings).
@@ -357,6 +390,13 @@ pub struct OutToolCall {
     pub arguments: String,
 }
 
+/// One choice of a translated answer.
+pub struct OutChoice {
+    pub content: Option<String>,
+    pub tool_calls: Vec<OutToolCall>,
+    pub finish_reason: &'static str,
+}
+
 /// Builds an OpenAI `chat.completion` body.
 pub fn completion(
     meta: &Meta,
@@ -366,6 +406,31 @@ pub fn completion(
     finish_reason: &str,
     usage: Option<Usage>,
 ) -> Bytes {
+    let choice = choice_json(0, content, tool_calls, finish_reason);
+    completion_of(meta, model, vec![choice], usage)
+}
+
+/// Builds an OpenAI `chat.completion` body with several choices (`n` > 1), indexed in order.
+pub fn completion_choices(
+    meta: &Meta,
+    model: &str,
+    choices: Vec<OutChoice>,
+    usage: Option<Usage>,
+) -> Bytes {
+    let choices = choices
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| choice_json(i, c.content, c.tool_calls, c.finish_reason))
+        .collect();
+    completion_of(meta, model, choices, usage)
+}
+
+fn choice_json(
+    index: usize,
+    content: Option<String>,
+    tool_calls: Vec<OutToolCall>,
+    finish_reason: &str,
+) -> Value {
     let mut message = json!({"role": "assistant", "content": content, "refusal": null});
     if !tool_calls.is_empty() {
         message["tool_calls"] = tool_calls
@@ -373,9 +438,13 @@ pub fn completion(
             .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
             .collect();
     }
+    json!({"index": index, "message": message, "logprobs": null, "finish_reason": finish_reason})
+}
+
+fn completion_of(meta: &Meta, model: &str, choices: Vec<Value>, usage: Option<Usage>) -> Bytes {
     let mut v = json!({
         "id": meta.id, "object": "chat.completion", "created": meta.created, "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason}],
+        "choices": choices,
     });
     if let Some(u) = usage {
         v["usage"] = usage_json(u);
@@ -417,19 +486,40 @@ impl ChunkWriter {
         out.extend_from_slice(b"]}\n\n");
     }
 
+    /// Opens choice `choice` of a chunk: `{"index":N,"delta":`.
+    fn delta(out: &mut Vec<u8>, choice: usize) {
+        if choice == 0 {
+            out.extend_from_slice(br#"{"index":0,"delta":"#);
+        } else {
+            let _ = write!(out, r#"{{"index":{choice},"delta":"#);
+        }
+    }
+
     /// The first chunk: the assistant role with empty content.
     pub fn role(&self, out: &mut Vec<u8>) {
+        self.role_at(out, 0);
+    }
+
+    /// The role chunk of choice `choice` (answers with several choices, `n` > 1).
+    pub fn role_at(&self, out: &mut Vec<u8>, choice: usize) {
         self.open(out);
+        Self::delta(out, choice);
         out.extend_from_slice(
-            br#"{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}"#,
+            br#"{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}"#,
         );
         Self::close(out);
     }
 
     /// A content delta; `raw` is a JSON string literal (quotes included).
     pub fn content_raw(&self, out: &mut Vec<u8>, raw: &str) {
+        self.content_raw_at(out, 0, raw);
+    }
+
+    /// A content delta of choice `choice`; `raw` is a JSON string literal.
+    pub fn content_raw_at(&self, out: &mut Vec<u8>, choice: usize, raw: &str) {
         self.open(out);
-        out.extend_from_slice(br#"{"index":0,"delta":{"content":"#);
+        Self::delta(out, choice);
+        out.extend_from_slice(br#"{"content":"#);
         out.extend_from_slice(raw.as_bytes());
         out.extend_from_slice(br#"},"logprobs":null,"finish_reason":null}"#);
         Self::close(out);
@@ -451,11 +541,22 @@ impl ChunkWriter {
         name: &str,
         arguments: &str,
     ) {
+        self.tool_call_start_at(out, 0, index, id, name, arguments);
+    }
+
+    /// [`tool_call_start`](Self::tool_call_start) in choice `choice`.
+    pub fn tool_call_start_at(
+        &self,
+        out: &mut Vec<u8>,
+        choice: usize,
+        index: usize,
+        id: &str,
+        name: &str,
+        arguments: &str,
+    ) {
         self.open(out);
-        let _ = write!(
-            out,
-            r#"{{"index":0,"delta":{{"tool_calls":[{{"index":{index},"id":"#
-        );
+        Self::delta(out, choice);
+        let _ = write!(out, r#"{{"tool_calls":[{{"index":{index},"id":"#);
         write_json_str(out, id);
         out.extend_from_slice(br#","type":"function","function":{"name":"#);
         write_json_str(out, name);
@@ -479,8 +580,14 @@ impl ChunkWriter {
 
     /// The closing chunk with the finish reason.
     pub fn finish(&self, out: &mut Vec<u8>, reason: &str) {
+        self.finish_at(out, 0, reason);
+    }
+
+    /// The closing chunk of choice `choice`.
+    pub fn finish_at(&self, out: &mut Vec<u8>, choice: usize, reason: &str) {
         self.open(out);
-        out.extend_from_slice(br#"{"index":0,"delta":{},"logprobs":null,"finish_reason":"#);
+        Self::delta(out, choice);
+        out.extend_from_slice(br#"{},"logprobs":null,"finish_reason":"#);
         write_json_str(out, reason);
         out.push(b'}');
         Self::close(out);

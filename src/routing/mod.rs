@@ -31,6 +31,8 @@ pub struct Needs {
     pub prompt_tokens: u32,
     pub max_output_tokens: Option<u32>,
     pub reasoning_effort: Option<Tier>,
+    /// `n` > 1: several choices in one answer.
+    pub several_choices: bool,
 }
 
 /// Capability bits of a model.
@@ -85,6 +87,9 @@ pub struct ModelEntry {
     pub provider: usize,
     pub provider_name: String,
     pub provider_kind: ProviderKind,
+    /// Whether its format answers several choices (`n` > 1); set from the provider's format
+    /// when the state is built (`providers::Format::several_choices`).
+    pub several_choices: bool,
     pub simulated: bool,
     /// The provider's own model id, sent upstream.
     pub id: String,
@@ -152,6 +157,12 @@ impl ModelEntry {
                 missing.join(", ")
             ));
         }
+        if needs.several_choices && !self.several_choices {
+            return Some(format!(
+                "`{}` answers one choice per request (its provider's API has no `n`)",
+                self.qualified
+            ));
+        }
         let wanted = needs.prompt_tokens as u64 + needs.max_output_tokens.unwrap_or(0) as u64;
         if wanted > self.context_window as u64 {
             return Some(format!(
@@ -191,6 +202,7 @@ impl Catalog {
                     provider: pi,
                     provider_name: p.name.clone(),
                     provider_kind: p.kind,
+                    several_choices: true,
                     simulated: p.simulated,
                     id: m.id.clone(),
                     qualified,
@@ -662,6 +674,7 @@ fn no_model_could(
         (needs.json, "json"),
         (needs.vision, "vision"),
         (needs.stream, "stream"),
+        (needs.several_choices, "n > 1 (several choices)"),
     ] {
         if need {
             wanted.push(name);
@@ -1001,6 +1014,35 @@ models = ["a/y", "a/x"]
                 .unwrap_err()
                 .status,
             400
+        );
+    }
+
+    #[test]
+    fn several_choices_go_only_to_formats_that_answer_them() {
+        let mut cat = catalog();
+        for m in &mut cat.models {
+            m.several_choices = m.qualified != "b/llama-b";
+        }
+        let needs = Needs {
+            several_choices: true,
+            ..Needs::default()
+        };
+        let plan = plan_for(&Router::default(), &cat, Some("llama"), &needs, false, 9).unwrap();
+        assert_eq!(ids(&cat, &plan), vec!["a/small"]);
+        let e = plan_for(
+            &Router::default(),
+            &cat,
+            Some("b/llama-b"),
+            &needs,
+            false,
+            9,
+        )
+        .unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.message.contains("n > 1") && e.message.contains("one choice per request"),
+            "{}",
+            e.message
         );
     }
 

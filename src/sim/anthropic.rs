@@ -1,6 +1,6 @@
 //! Simulated Anthropic Messages API (`POST /messages`, JSON and SSE).
 
-use super::native::{first_param, text_and_images, words, Conversation, Reply, Turn};
+use super::native::{text_and_images, words, Conversation, Reply, Turn};
 use serde_json::{json, Value};
 
 pub fn conversation(req: &Value) -> Conversation {
@@ -27,14 +27,13 @@ pub fn conversation(req: &Value) -> Conversation {
     for t in req["tools"].as_array().into_iter().flatten() {
         if let Some(name) = t["name"].as_str() {
             c.tools
-                .push((name.to_string(), first_param(t.get("input_schema"))));
+                .push((name.to_string(), t.get("input_schema").cloned()));
         }
     }
-    let system = match &req["system"] {
-        Value::String(s) => s.clone(),
-        other => text_and_images(other).0,
-    };
-    c.json = system.contains(crate::providers::anthropic::JSON_INSTRUCTION);
+    // A forced tool (`tool_choice: {"type": "tool"}`, freeway's JSON mode) is called.
+    if req["tool_choice"]["type"] == "tool" {
+        c.forced_tool = req["tool_choice"]["name"].as_str().map(str::to_string);
+    }
     c
 }
 

@@ -1,6 +1,6 @@
 //! Simulated Gemini (`generateContent`, `streamGenerateContent?alt=sse`).
 
-use super::native::{first_param, words, Conversation, Reply, Turn};
+use super::native::{words, Conversation, Reply, Turn};
 use serde_json::{json, Value};
 
 pub fn conversation(req: &Value) -> Conversation {
@@ -39,11 +39,18 @@ pub fn conversation(req: &Value) -> Conversation {
         for d in t["functionDeclarations"].as_array().into_iter().flatten() {
             if let Some(name) = d["name"].as_str() {
                 c.tools
-                    .push((name.to_string(), first_param(d.get("parameters"))));
+                    .push((name.to_string(), d.get("parameters").cloned()));
             }
         }
     }
     c.json = req["generationConfig"]["responseMimeType"] == "application/json";
+    c.json_schema = req["generationConfig"].get("responseSchema").cloned();
+    let calling = &req["toolConfig"]["functionCallingConfig"];
+    if calling["mode"] == "ANY" {
+        c.forced_tool = calling["allowedFunctionNames"][0]
+            .as_str()
+            .map(str::to_string);
+    }
     c
 }
 
@@ -63,9 +70,23 @@ fn parts(reply: &Reply) -> Value {
     }
 }
 
+/// The reply of candidate `i` (`candidateCount` > 1): candidates after the first say which
+/// they are.
+fn nth(reply: &Reply, i: usize) -> Reply {
+    match reply {
+        Reply::Text(t) if i > 0 && !t.starts_with('{') => {
+            Reply::Text(format!("{t} (candidate {i})"))
+        }
+        r => r.clone(),
+    }
+}
+
 pub fn response(reply: &Reply, turn: &Turn) -> Value {
+    let candidates: Vec<Value> = (0..turn.choices)
+        .map(|i| json!({"content": {"parts": parts(&nth(reply, i)), "role": "model"}, "finishReason": "STOP", "index": i}))
+        .collect();
     json!({
-        "candidates": [{"content": {"parts": parts(reply), "role": "model"}, "finishReason": "STOP", "index": 0}],
+        "candidates": candidates,
         "usageMetadata": usage(turn, true),
         "modelVersion": turn.model,
         "responseId": turn.id,
@@ -76,20 +97,34 @@ pub fn events(reply: &Reply, turn: &Turn) -> Vec<String> {
     let event = |v: Value| format!("data: {v}\r\n\r\n");
     match reply {
         Reply::ToolCall { .. } => vec![event(response(reply, turn))],
-        Reply::Text(text) => {
-            let words = words(text);
-            let last = words.len().saturating_sub(1);
-            words
-                .iter()
-                .enumerate()
-                .map(|(i, w)| {
-                    let mut cand =
-                        json!({"content": {"parts": [{"text": w}], "role": "model"}, "index": 0});
-                    if i == last {
-                        cand["finishReason"] = json!("STOP");
-                    }
+        Reply::Text(_) => {
+            // Every event carries the next word of every candidate; a candidate that has
+            // run out of words sends its finish reason once.
+            let texts: Vec<String> = (0..turn.choices)
+                .map(|i| match nth(reply, i) {
+                    Reply::Text(t) => t,
+                    Reply::ToolCall { .. } => String::new(),
+                })
+                .collect();
+            let words: Vec<Vec<&str>> = texts.iter().map(|t| words(t)).collect();
+            let rounds = words.iter().map(Vec::len).max().unwrap_or(0);
+            (0..rounds)
+                .map(|r| {
+                    let cands: Vec<Value> = words
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, w)| r < w.len())
+                        .map(|(i, w)| {
+                            let mut cand = json!({"content": {"parts": [{"text": w[r]}], "role": "model"}, "index": i});
+                            if r + 1 == w.len() {
+                                cand["finishReason"] = json!("STOP");
+                            }
+                            cand
+                        })
+                        .collect();
+                    let last = r + 1 == rounds;
                     event(
-                        json!({"candidates": [cand], "usageMetadata": usage(turn, i == last),
+                        json!({"candidates": cands, "usageMetadata": usage(turn, last),
                                  "modelVersion": turn.model, "responseId": turn.id}),
                     )
                 })

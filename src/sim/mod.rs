@@ -21,6 +21,7 @@ mod anthropic;
 mod gemini;
 pub mod media;
 pub mod native;
+mod openai;
 mod workers_ai;
 
 use async_trait::async_trait;
@@ -328,11 +329,24 @@ impl SimProvider {
         }
 
         let stream = req["stream"].as_bool().unwrap_or(false);
-        let text = reply_text(&req, body.len());
+        // Tools, tool results and JSON mode get what a model would answer; anything else
+        // the echo.
+        let conv = openai::conversation(&req);
+        let reply = openai::needs_reply(&conv).then(|| native::Reply::choose(&conv, body.len()));
+        let (text, call) = match reply {
+            Some(native::Reply::Text(t)) => (t, None),
+            Some(native::Reply::ToolCall { name, args }) => (String::new(), Some((name, args))),
+            None => (reply_text(&req, body.len()), None),
+        };
         let created = now();
         let id = format!("chatcmpl-sim{:x}", fastrand::u64(..));
+        let call_id = format!("call_sim{:x}_0", fastrand::u64(..));
         let prompt_tokens = (body.len() / 4) as u64;
-        let completion_tokens = text.split_whitespace().count() as u64;
+        let completion_tokens = match &call {
+            Some(_) => 5,
+            None => text.split_whitespace().count() as u64,
+        };
+        let finish = if call.is_some() { "tool_calls" } else { "stop" };
         let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
 
         if !stream {
@@ -348,11 +362,16 @@ impl SimProvider {
             if behavior == Behavior::Slow {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
+            let message = match &call {
+                Some((name, args)) => json!({"role": "assistant", "content": null, "refusal": null,
+                    "tool_calls": [{"id": call_id, "type": "function",
+                                    "function": {"name": name, "arguments": args.to_string()}}]}),
+                None => json!({"role": "assistant", "content": text, "refusal": null}),
+            };
             let v = json!({
                 "id": id, "object": "chat.completion", "created": created, "model": model,
                 "system_fingerprint": "fp_freeway_sim",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
-                             "logprobs": null, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
                 "usage": usage,
             });
             return write(
@@ -399,6 +418,27 @@ impl SimProvider {
                 "sim: dropping after the role chunk",
             );
         }
+        if let Some((name, args)) = &call {
+            // The call's head, then its arguments in two pieces, as OpenAI streams them.
+            let args = args.to_string();
+            let mid = args
+                .char_indices()
+                .map(|(i, _)| i)
+                .nth(args.chars().count() / 2)
+                .unwrap_or(0);
+            let head = json!({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                                             "function": {"name": name, "arguments": ""}}]});
+            session
+                .write_response_body(Some(chunk(&id, &model, created, head, Value::Null)), false)
+                .await?;
+            for piece in [&args[..mid], &args[mid..]] {
+                pause(behavior).await;
+                let d = json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]});
+                session
+                    .write_response_body(Some(chunk(&id, &model, created, d, Value::Null)), false)
+                    .await?;
+            }
+        }
         for (i, word) in text.split_inclusive(' ').enumerate() {
             pause(behavior).await;
             if behavior == Behavior::Drop && i == 2 {
@@ -423,7 +463,7 @@ impl SimProvider {
         }
         session
             .write_response_body(
-                Some(chunk(&id, &model, created, json!({}), json!("stop"))),
+                Some(chunk(&id, &model, created, json!({}), json!(finish))),
                 false,
             )
             .await?;

@@ -40,12 +40,16 @@ pub struct Conversation {
     pub last_user: String,
     /// Images in the last user turn.
     pub images: usize,
-    /// Declared tools: (name, first parameter name).
-    pub tools: Vec<(String, Option<String>)>,
+    /// Declared tools: (name, parameters schema).
+    pub tools: Vec<(String, Option<Value>)>,
+    /// The tool the request forces (`tool_choice` naming one), if any.
+    pub forced_tool: Option<String>,
     /// The last turn is a tool result: its text.
     pub tool_result: Option<String>,
     /// JSON mode was asked for.
     pub json: bool,
+    /// The JSON schema of the answer, when JSON mode has one.
+    pub json_schema: Option<Value>,
 }
 
 /// What the simulated model answers.
@@ -56,34 +60,60 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// Echo the last user message; call the first tool when tools are declared and the last
-    /// turn is not a tool result; answer JSON in JSON mode.
+    /// Echo the last user message; call the forced tool, else the first tool when tools are
+    /// declared and the last turn is not a tool result (arguments that satisfy the tool's
+    /// parameters, strings filled with the last user message); answer JSON in JSON mode
+    /// (matching the schema when there is one, strings filled with the echo).
     pub fn choose(c: &Conversation, body_len: usize) -> Reply {
+        let call = |name: &str, fill: &str| {
+            let schema = c
+                .tools
+                .iter()
+                .find(|t| t.0 == name)
+                .and_then(|t| t.1.as_ref());
+            let args = match schema {
+                Some(s) => sample(s, fill),
+                None => Value::Object(serde_json::Map::new()),
+            };
+            Reply::ToolCall {
+                name: name.to_string(),
+                args,
+            }
+        };
+        if let Some(name) = &c.forced_tool {
+            // freeway's JSON mode on Anthropic: the forced tool's input is the answer.
+            if name == crate::providers::anthropic::JSON_TOOL {
+                let text = echo_text(c, body_len);
+                let schema = c
+                    .tools
+                    .iter()
+                    .find(|t| t.0 == *name)
+                    .and_then(|t| t.1.as_ref());
+                // `json_object`: any object, the echo as in the other formats' JSON mode.
+                if schema.is_none_or(|s| s.get("properties").is_none() && s.get("$ref").is_none()) {
+                    return Reply::ToolCall {
+                        name: name.clone(),
+                        args: serde_json::json!({ "echo": text }),
+                    };
+                }
+                return call(name, &text);
+            }
+            if c.tool_result.is_none() {
+                return call(name, &c.last_user);
+            }
+        }
         if let Some(result) = &c.tool_result {
             return Reply::Text(format!("echo: the tool said {result}"));
         }
-        if let Some((name, param)) = c.tools.first() {
-            let mut args = serde_json::Map::new();
-            if let Some(p) = param {
-                args.insert(p.clone(), Value::String(c.last_user.clone()));
-            }
-            return Reply::ToolCall {
-                name: name.clone(),
-                args: Value::Object(args),
-            };
+        if let Some((name, _)) = c.tools.first() {
+            return call(name, &c.last_user);
         }
-        let mut shown: String = c.last_user.chars().take(200).collect();
-        if shown.len() < c.last_user.len() {
-            shown.push('…');
-        }
-        let images = match c.images {
-            0 => String::new(),
-            1 => " [1 image]".into(),
-            n => format!(" [{n} images]"),
-        };
-        let text = format!("echo: {shown}{images} ({body_len} bytes received)");
+        let text = echo_text(c, body_len);
         if c.json {
-            return Reply::Text(serde_json::json!({ "echo": text }).to_string());
+            return Reply::Text(match &c.json_schema {
+                Some(s) => sample(s, &text).to_string(),
+                None => serde_json::json!({ "echo": text }).to_string(),
+            });
         }
         Reply::Text(text)
     }
@@ -96,9 +126,137 @@ impl Reply {
     }
 }
 
+/// The echo of the last user message.
+fn echo_text(c: &Conversation, body_len: usize) -> String {
+    let mut shown: String = c.last_user.chars().take(200).collect();
+    if shown.len() < c.last_user.len() {
+        shown.push('…');
+    }
+    let images = match c.images {
+        0 => String::new(),
+        1 => " [1 image]".into(),
+        n => format!(" [{n} images]"),
+    };
+    format!("echo: {shown}{images} ({body_len} bytes received)")
+}
+
+/// A value valid against a JSON schema (the subset models are given: local `$ref`s, `allOf`,
+/// `anyOf`/`oneOf`, `enum`/`const`, nullable types, objects with their required properties,
+/// arrays, scalars); strings are `fill`. Without `required`, an object gets its first
+/// property. Recursion stops at a depth of 8 (null, or an empty object/array).
+pub fn sample(schema: &Value, fill: &str) -> Value {
+    sample_in(schema, schema, fill, 0)
+}
+
+fn sample_in(schema: &Value, root: &Value, fill: &str, depth: usize) -> Value {
+    let Value::Object(m) = schema else {
+        return Value::String(fill.to_string());
+    };
+    if depth > 8 {
+        return Value::Null;
+    }
+    let deeper = |s: &Value| sample_in(s, root, fill, depth + 1);
+    if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+        let target = r.strip_prefix('#').and_then(|p| root.pointer(p));
+        return target.map_or(Value::Null, deeper);
+    }
+    if let Some(v) = m.get("const") {
+        return v.clone();
+    }
+    if let Some(v) = m
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return v.clone();
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(alts) = m.get(key).and_then(Value::as_array) {
+            let alt = alts.iter().find(|a| a["type"] != "null").or(alts.first());
+            return alt.map_or(Value::Null, deeper);
+        }
+    }
+    if let Some(all) = m.get("allOf").and_then(Value::as_array) {
+        let mut merged = serde_json::Map::new();
+        let mut last = Value::Null;
+        for s in all {
+            match deeper(s) {
+                Value::Object(o) => merged.extend(o),
+                v => last = v,
+            }
+        }
+        if merged.is_empty() {
+            return last;
+        }
+        if let Value::Object(own) = sample_object(m, root, fill, depth) {
+            merged.extend(own);
+        }
+        return Value::Object(merged);
+    }
+    let kind = match m.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ if m.contains_key("properties") => "object",
+        _ if m.contains_key("items") => "array",
+        _ => "string",
+    };
+    match kind {
+        "object" => sample_object(m, root, fill, depth),
+        "array" => match m.get("items") {
+            Some(items) if depth < 8 => Value::Array(vec![deeper(items)]),
+            _ => Value::Array(Vec::new()),
+        },
+        "integer" => m.get("minimum").cloned().unwrap_or_else(|| 1.into()),
+        "number" => m.get("minimum").cloned().unwrap_or_else(|| 1.5.into()),
+        "boolean" => Value::Bool(true),
+        "null" => Value::Null,
+        _ => Value::String(match m.get("format").and_then(Value::as_str) {
+            Some("date") => "2026-01-01".into(),
+            Some("date-time") => "2026-01-01T00:00:00Z".into(),
+            Some("email") => "sim@example.com".into(),
+            Some("uri") => "https://example.com/".into(),
+            _ => fill.to_string(),
+        }),
+    }
+}
+
+fn sample_object(
+    m: &serde_json::Map<String, Value>,
+    root: &Value,
+    fill: &str,
+    depth: usize,
+) -> Value {
+    let mut out = serde_json::Map::new();
+    let Some(props) = m.get("properties").and_then(Value::as_object) else {
+        return Value::Object(out);
+    };
+    let required: Vec<&str> = m
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for (name, s) in props {
+        let wanted = if required.is_empty() {
+            out.is_empty()
+        } else {
+            required.contains(&name.as_str())
+        };
+        if wanted {
+            out.insert(name.clone(), sample_in(s, root, fill, depth + 1));
+        }
+    }
+    Value::Object(out)
+}
+
 /// The facts of one simulated answer.
 pub struct Turn<'a> {
     pub model: &'a str,
+    /// Choices asked for (Gemini's `candidateCount`).
+    pub choices: usize,
     pub id: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -107,16 +265,6 @@ pub struct Turn<'a> {
 /// The words of a text reply, each keeping its trailing space (stream deltas).
 pub fn words(text: &str) -> Vec<&str> {
     text.split_inclusive(' ').collect()
-}
-
-/// The first property name of a JSON schema's `properties`.
-pub fn first_param(schema: Option<&Value>) -> Option<String> {
-    schema?
-        .get("properties")?
-        .as_object()?
-        .keys()
-        .next()
-        .cloned()
 }
 
 /// Text of string-or-parts content (OpenAI/Anthropic/Workers style) and its image count.
@@ -239,8 +387,12 @@ impl SimProvider {
             Some(t) => Reply::Text(t),
             None => Reply::choose(&conv, body.len()),
         };
+        let choices = req["generationConfig"]["candidateCount"]
+            .as_u64()
+            .map_or(1, |n| n.clamp(1, 8) as usize);
         let turn = Turn {
             model: &model,
+            choices,
             id: format!("{:016x}", fastrand::u64(..)),
             prompt_tokens: (body.len() / 4) as u64,
             completion_tokens: reply.completion_tokens(),
@@ -368,7 +520,10 @@ mod tests {
     fn reply_calls_a_tool_until_it_has_a_result() {
         let mut c = Conversation {
             last_user: "Oslo".into(),
-            tools: vec![("get_weather".into(), Some("city".into()))],
+            tools: vec![(
+                "get_weather".into(),
+                Some(json!({"type": "object", "properties": {"city": {"type": "string"}}})),
+            )],
             ..Conversation::default()
         };
         assert_eq!(
@@ -394,5 +549,57 @@ mod tests {
         };
         let v: Value = serde_json::from_str(&t).unwrap();
         assert_eq!(v["echo"], "echo: hi [1 image] (5 bytes received)");
+    }
+
+    #[test]
+    fn samples_satisfy_their_schemas() {
+        let schema = json!({
+            "$defs": {"Address": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+                                  "required": ["city"]}},
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"}, "age": {"type": "integer", "minimum": 18},
+                "score": {"type": "number"}, "ok": {"type": "boolean"},
+                "kind": {"enum": ["a", "b"]}, "tags": {"type": "array", "items": {"type": "string"}},
+                "home": {"$ref": "#/$defs/Address"},
+                "work": {"anyOf": [{"$ref": "#/$defs/Address"}, {"type": "null"}]},
+                "nick": {"type": ["string", "null"]}, "optional": {"type": "string"},
+                "when": {"type": "string", "format": "date"}
+            },
+            "required": ["name", "age", "score", "ok", "kind", "tags", "home", "work", "nick", "when"]
+        });
+        assert_eq!(
+            sample(&schema, "x"),
+            json!({"name": "x", "age": 18, "score": 1.5, "ok": true, "kind": "a", "tags": ["x"],
+                   "home": {"city": "x"}, "work": {"city": "x"}, "nick": "x", "when": "2026-01-01"})
+        );
+        // Recursive schemas end.
+        let tree = json!({"$defs": {"N": {"type": "object", "properties": {"next": {"$ref": "#/$defs/N"}}, "required": ["next"]}},
+                          "$ref": "#/$defs/N"});
+        assert!(sample(&tree, "x").is_object());
+        // Forced tools are called, JSON answers follow the schema.
+        let c = Conversation {
+            last_user: "q".into(),
+            tools: vec![(
+                crate::providers::anthropic::JSON_TOOL.into(),
+                Some(schema.clone()),
+            )],
+            forced_tool: Some(crate::providers::anthropic::JSON_TOOL.into()),
+            ..Conversation::default()
+        };
+        let Reply::ToolCall { args, .. } = Reply::choose(&c, 1) else {
+            panic!()
+        };
+        assert_eq!(args["name"], "echo: q (1 bytes received)");
+        let c = Conversation {
+            last_user: "q".into(),
+            json: true,
+            json_schema: Some(schema),
+            ..Conversation::default()
+        };
+        let Reply::Text(t) = Reply::choose(&c, 1) else {
+            panic!()
+        };
+        assert_eq!(serde_json::from_str::<Value>(&t).unwrap()["age"], 18);
     }
 }

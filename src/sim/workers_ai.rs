@@ -1,6 +1,6 @@
 //! Simulated Cloudflare Workers AI (`POST …/ai/run/{model}`, JSON and SSE).
 
-use super::native::{first_param, text_and_images, words, Conversation, Reply, Turn};
+use super::native::{text_and_images, words, Conversation, Reply, Turn};
 use serde_json::{json, Value};
 
 pub fn conversation(req: &Value) -> Conversation {
@@ -16,13 +16,18 @@ pub fn conversation(req: &Value) -> Conversation {
         let f = t.get("function").unwrap_or(t);
         if let Some(name) = f["name"].as_str() {
             c.tools
-                .push((name.to_string(), first_param(f.get("parameters"))));
+                .push((name.to_string(), f.get("parameters").cloned()));
         }
     }
     c.json = matches!(
         req["response_format"]["type"].as_str(),
         Some("json_object" | "json_schema")
     );
+    // Workers AI's JSON mode: `json_schema` is the schema itself.
+    c.json_schema = req["response_format"]
+        .get("json_schema")
+        .filter(|s| s.is_object())
+        .cloned();
     c
 }
 

@@ -2,6 +2,7 @@
 
 mod architecture;
 mod cache;
+mod conformance;
 mod core;
 mod errors;
 mod harness;

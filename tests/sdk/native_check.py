@@ -203,9 +203,15 @@ def main():
                     assert native["generationConfig"]["responseSchema"] == {
                         "type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"]}, native
             elif kind == "anthropic":
-                assert "JSON" in native["system"], native
+                # JSON mode is a forced call of the gateway's JSON tool.
+                assert native["tool_choice"] == {"type": "tool", "name": "json_answer"}, native
+                assert native["tools"][-1]["name"] == "json_answer", native
+                if rf["type"] == "json_schema":
+                    assert native["tools"][-1]["input_schema"] == schema, native
             else:
-                assert native["response_format"] == rf, native
+                # Workers AI takes the schema itself, not OpenAI's {name, strict, schema}.
+                want = rf if rf["type"] == "json_object" else {"type": "json_schema", "json_schema": schema}
+                assert native["response_format"] == want, native
         print(f"{where} ok")
 
     print("NATIVE CHECK OK: chat, stream, tools, images, json; schema-valid; native upstream bodies")

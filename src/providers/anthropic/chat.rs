@@ -5,7 +5,14 @@
 //! `tool_result` blocks in a user turn; consecutive turns of one role are merged, as the API
 //! wants strict alternation. `max_tokens` is required by Anthropic: without one from the
 //! client the gateway sends [`DEFAULT_MAX_TOKENS`]. Temperatures above Anthropic's maximum
-//! of 1.0 are clamped. JSON mode has no native switch: it becomes a system instruction.
+//! of 1.0 are clamped.
+//!
+//! JSON mode (`response_format` `json_schema` / `json_object`) has no native switch: it
+//! becomes a forced call of one tool, [`JSON_TOOL`], whose `input_schema` is the client's
+//! schema (`tool_choice: {"type": "tool", "name": JSON_TOOL}`), and the input of that call
+//! comes back as the message's `content` (the JSON text), in answers and streams (its
+//! `input_json_delta`s become content deltas). With tools of the client's own as well, the
+//! model must call one of the tools (`any`): the JSON tool answers, the others are tool calls.
 
 use crate::errors::ApiError;
 use crate::providers::chat::{
@@ -30,8 +37,8 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 pub const API_VERSION: &str = "2023-06-01";
 
-/// The sentence JSON mode adds to the system prompt.
-pub const JSON_INSTRUCTION: &str = "Respond with a single JSON object only, no prose.";
+/// The tool JSON mode forces: its input is the answer.
+pub const JSON_TOOL: &str = "json_answer";
 
 // ---------------------------------------------------------------------------------------
 // Request
@@ -62,6 +69,7 @@ fn push_turn(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
 /// The native request body for an OpenAI chat request.
 pub fn build_request(body: &[u8], model: &str, stream: bool) -> Result<Value, ApiError> {
     let req = common::parse_body(body)?;
+    common::one_choice_only(&req, "Anthropic Messages")?;
     let list = req
         .get("messages")
         .and_then(Value::as_array)
@@ -116,19 +124,6 @@ pub fn build_request(body: &[u8], model: &str, stream: bool) -> Result<Value, Ap
         ));
     }
 
-    match common::json_mode(&req) {
-        JsonMode::Off => {}
-        JsonMode::Object => system.push(JSON_INSTRUCTION.into()),
-        JsonMode::Schema { schema, .. } => {
-            let mut s = JSON_INSTRUCTION.to_string();
-            if let Some(schema) = schema {
-                s.push_str(" It must match this JSON schema: ");
-                s.push_str(&schema.to_string());
-            }
-            system.push(s);
-        }
-    }
-
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
     out.insert(
@@ -154,8 +149,9 @@ pub fn build_request(body: &[u8], model: &str, stream: bool) -> Result<Value, Ap
     }
 
     let tools = common::tools(&req)?;
-    if !tools.is_empty() {
-        let list: Vec<Value> = tools
+    let json_tool = json_tool(&req, &tools)?;
+    if !tools.is_empty() || json_tool.is_some() {
+        let mut list: Vec<Value> = tools
             .iter()
             .map(|t| {
                 let mut d = json!({"name": t.name,
@@ -166,18 +162,29 @@ pub fn build_request(body: &[u8], model: &str, stream: bool) -> Result<Value, Ap
                 d
             })
             .collect();
-        out.insert("tools".into(), Value::Array(list));
         let no_parallel = req.get("parallel_tool_calls") == Some(&Value::Bool(false));
-        let mut choice = match common::tool_choice(&req)? {
-            None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
-            Some(ToolChoice::None) => json!({"type": "none"}),
-            Some(ToolChoice::Required) => json!({"type": "any"}),
-            Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
+        let client_choice = common::tool_choice(&req)?;
+        let mut choice = match (&client_choice, json_tool.is_some()) {
+            (Some(ToolChoice::Function(name)), _) => json!({"type": "tool", "name": name}),
+            // JSON mode, no tools of the client's (or none allowed): the JSON tool.
+            (Some(ToolChoice::None), true) => json!({"type": "tool", "name": JSON_TOOL}),
+            (_, true) if tools.is_empty() => json!({"type": "tool", "name": JSON_TOOL}),
+            // JSON mode beside the client's tools: some tool must be called.
+            (_, true) => json!({"type": "any"}),
+            (None | Some(ToolChoice::Auto), false) => json!({"type": "auto"}),
+            (Some(ToolChoice::None), false) => json!({"type": "none"}),
+            (Some(ToolChoice::Required), false) => json!({"type": "any"}),
         };
+        list.extend(json_tool);
+        out.insert("tools".into(), Value::Array(list));
         if no_parallel && choice["type"] != "none" {
             choice["disable_parallel_tool_use"] = json!(true);
         }
-        if no_parallel || req.get("tool_choice").is_some_and(|c| !c.is_null()) {
+        if no_parallel
+            || json_tool_forced(&choice)
+            || choice["type"] == "any"
+            || req.get("tool_choice").is_some_and(|c| !c.is_null())
+        {
             out.insert("tool_choice".into(), choice);
         }
     }
@@ -185,6 +192,42 @@ pub fn build_request(body: &[u8], model: &str, stream: bool) -> Result<Value, Ap
         out.insert("metadata".into(), json!({ "user_id": user }));
     }
     Ok(Value::Object(out))
+}
+
+/// The tool JSON mode adds, if the client asked for JSON.
+fn json_tool(
+    req: &Map<String, Value>,
+    tools: &[common::Tool<'_>],
+) -> Result<Option<Value>, ApiError> {
+    // Calls of the JSON tool are read back as content, so no tool of the client's may share
+    // its name (with or without JSON mode).
+    if tools.iter().any(|t| t.name == JSON_TOOL) {
+        return Err(ApiError::invalid_param(
+            "tools",
+            format!("On Anthropic models freeway serves JSON mode with a tool named `{JSON_TOOL}`: rename your tool of that name."),
+        ));
+    }
+    let (name, schema) = match common::json_mode(req) {
+        JsonMode::Off => return Ok(None),
+        JsonMode::Object => (None, None),
+        JsonMode::Schema { name, schema } => (name, schema),
+    };
+    let what = name.map_or_else(String::new, |n| format!(" (`{n}`)"));
+    let schema = schema
+        .filter(|s| {
+            s.get("type").and_then(Value::as_str) == Some("object") || s.get("$ref").is_some()
+        })
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object"}));
+    Ok(Some(json!({
+        "name": JSON_TOOL,
+        "description": format!("Give your final answer by calling this tool: its input is the answer{what}, a JSON object. Call it exactly once."),
+        "input_schema": schema,
+    })))
+}
+
+fn json_tool_forced(choice: &Value) -> bool {
+    choice["type"] == "tool" && choice["name"] == JSON_TOOL
 }
 
 // ---------------------------------------------------------------------------------------
@@ -263,6 +306,13 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
             "text" => text
                 .get_or_insert_with(String::new)
                 .push_str(b.text.as_deref().unwrap_or("")),
+            // JSON mode: the forced tool's input is the answer.
+            "tool_use" if b.name.as_deref() == Some(JSON_TOOL) => {
+                text.get_or_insert_with(String::new).push_str(
+                    &b.input
+                        .map_or_else(|| "{}".into(), |i| common::compact_json(i.get())),
+                )
+            }
             "tool_use" => calls.push(OutToolCall {
                 id: b.id.as_deref().unwrap_or("").to_string(),
                 name: b.name.as_deref().unwrap_or("").to_string(),
@@ -274,7 +324,11 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
             _ => {}
         }
     }
-    let reason = stop_reason(m.stop_reason.unwrap_or("end_turn"));
+    let reason = match stop_reason(m.stop_reason.unwrap_or("end_turn")) {
+        // Only the JSON tool was called: a finished answer.
+        "tool_calls" if calls.is_empty() => "stop",
+        r => r,
+    };
     let usage = m.usage.map(|u| Usage {
         prompt_tokens: u.input().unwrap_or(0),
         completion_tokens: u.output_tokens.unwrap_or(0),
@@ -331,6 +385,8 @@ pub struct AnthropicEvents {
     writer: ChunkWriter,
     /// (content block index, tool call index) of the tool_use blocks seen.
     tool_blocks: Vec<(usize, usize)>,
+    /// The content block of the JSON tool's call (JSON mode), streamed as content.
+    json_block: Option<usize>,
     finish: Option<&'static str>,
     input_tokens: u64,
     output_tokens: u64,
@@ -368,6 +424,7 @@ impl NativeEvents for AnthropicEvents {
         AnthropicEvents {
             writer: ChunkWriter::new(meta, model),
             tool_blocks: Vec::new(),
+            json_block: None,
             finish: None,
             input_tokens: 0,
             output_tokens: 0,
@@ -396,6 +453,9 @@ impl ChatEvents for AnthropicEvents {
                     ));
                 };
                 match block.kind.as_ref() {
+                    "tool_use" if block.name.as_deref() == Some(JSON_TOOL) => {
+                        self.json_block = Some(index);
+                    }
                     "tool_use" => {
                         let t = self.tool_blocks.len();
                         self.tool_blocks.push((index, t));
@@ -431,6 +491,14 @@ impl ChatEvents for AnthropicEvents {
                             s.started = true;
                         }
                     }
+                    Some("input_json_delta")
+                        if ev.index.is_some() && ev.index == self.json_block =>
+                    {
+                        if let Some(p) = d.partial_json.filter(|p| !common::raw_is_empty(p.get())) {
+                            self.writer.content_raw(out, p.get());
+                            s.started = true;
+                        }
+                    }
                     Some("input_json_delta") => {
                         let block = ev.index.unwrap_or(usize::MAX);
                         let Some(t) = self.tool_index(block) else {
@@ -451,7 +519,11 @@ impl ChatEvents for AnthropicEvents {
                     self.take_usage(s, u);
                 }
                 if let Some(r) = ev.delta.as_ref().and_then(|d| d.stop_reason) {
-                    self.finish = Some(stop_reason(r));
+                    self.finish = Some(match stop_reason(r) {
+                        // Only the JSON tool was called: a finished answer.
+                        "tool_calls" if self.tool_blocks.is_empty() => "stop",
+                        r => r,
+                    });
                     s.started = true;
                 }
             }
@@ -597,13 +669,97 @@ mod tests {
     }
 
     #[test]
-    fn json_mode_becomes_a_system_instruction() {
+    fn json_mode_becomes_a_forced_tool() {
+        let schema =
+            json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]});
         let v = req(json!({"messages": [{"role": "user", "content": "x"}],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}}));
-        let s = v["system"].as_str().unwrap();
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "strict": true, "schema": schema}}}));
+        assert!(v.get("system").is_none());
+        assert_eq!(v["tools"][0]["name"], JSON_TOOL);
+        assert_eq!(v["tools"][0]["input_schema"], schema);
+        assert!(v["tools"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("`n`"));
+        assert_eq!(v["tool_choice"], json!({"type": "tool", "name": JSON_TOOL}));
+        let v = req(json!({"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_object"}}));
+        assert_eq!(v["tools"][0]["input_schema"], json!({"type": "object"}));
+        assert_eq!(v["tool_choice"]["name"], JSON_TOOL);
+        // Beside the client's tools: one of them must be called.
+        let v = req(json!({"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_object"},
+            "tools": [{"type": "function", "function": {"name": "w"}}]}));
+        let names: Vec<&str> = v["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["w", JSON_TOOL]);
+        assert_eq!(v["tool_choice"], json!({"type": "any"}));
+        let e = build_request(
+            json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"},
+                   "tools": [{"type": "function", "function": {"name": JSON_TOOL}}]})
+            .to_string()
+            .as_bytes(),
+            "m",
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.param, Some("tools"));
+    }
+
+    #[test]
+    fn json_tool_calls_come_back_as_content() {
+        let body = br#"{"type":"message","content":[{"type":"tool_use","id":"toolu_1","name":"json_answer","input":{"a": 1, "b": "x y"}}],"stop_reason":"tool_use","usage":{"input_tokens":3,"output_tokens":4}}"#;
+        let v: Value =
+            serde_json::from_slice(&translate_response(body, "m", &Meta::fixed()).unwrap().body)
+                .unwrap();
+        let c = &v["choices"][0];
+        assert_eq!(c["message"]["content"], r#"{"a":1,"b":"x y"}"#);
+        assert!(c["message"].get("tool_calls").is_none());
+        assert_eq!(c["finish_reason"], "stop");
+
+        let s = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"json_answer\",\"input\":{}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\": \"}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"1}\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":6}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let (out, r, started) = run(s, false);
+        r.unwrap();
+        assert!(started);
+        let c = chunks(&out);
+        let text: String = c
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, r#"{"a": 1}"#);
+        assert!(!out.contains("tool_calls"));
+        assert_eq!(c.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn n_above_one_is_refused() {
+        let e = build_request(
+            json!({"messages": [{"role": "user", "content": "x"}], "n": 3})
+                .to_string()
+                .as_bytes(),
+            "m",
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.status, e.kind, e.param),
+            (400, "invalid_request_error", Some("n"))
+        );
         assert!(
-            s.contains(JSON_INSTRUCTION) && s.contains(r#"{"type":"object"}"#),
-            "{s}"
+            e.message.contains("Anthropic") && e.message.contains("one choice"),
+            "{}",
+            e.message
         );
     }
 

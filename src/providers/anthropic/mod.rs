@@ -5,7 +5,7 @@ mod error;
 
 pub use chat::{
     build_request, translate_response, Anthropic, AnthropicEvents, AnthropicStream, API_VERSION,
-    DEFAULT_MAX_TOKENS, JSON_INSTRUCTION,
+    DEFAULT_MAX_TOKENS, JSON_TOOL,
 };
 pub use error::translate_error;
 
@@ -17,4 +17,5 @@ pub static FORMAT: Format = Format {
     transcription: None,
     speech: None,
     auth: Auth::Header("x-api-key"),
+    several_choices: false,
 };

@@ -8,12 +8,13 @@
 //! name through the assistant message that made the call.
 //! JSON schemas are reduced to Gemini's OpenAPI-subset `Schema` dialect.
 
+use super::schema::gemini_schema;
 use crate::errors::ApiError;
 use crate::providers::chat::{
     ChatEvents, ChatStream, ErrorFn, Handled, NativeChat, NativeEvents, StreamState,
 };
 use crate::providers::common::{
-    self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
+    self, ChunkWriter, Image, JsonMode, Meta, OutChoice, OutToolCall, Part, ToolChoice,
 };
 use crate::providers::{StreamError, Translated, UpstreamRequest, Usage};
 use crate::request::ChatRequest;
@@ -27,103 +28,6 @@ pub struct Gemini;
 // ---------------------------------------------------------------------------------------
 // Request
 // ---------------------------------------------------------------------------------------
-
-/// Keys of Gemini's `Schema` object; everything else (additionalProperties, $schema,
-/// strict, $defs…) is dropped.
-const SCHEMA_KEYS: &[&str] = &[
-    "type",
-    "format",
-    "title",
-    "description",
-    "nullable",
-    "enum",
-    "maxItems",
-    "minItems",
-    "properties",
-    "required",
-    "minProperties",
-    "maxProperties",
-    "minLength",
-    "maxLength",
-    "pattern",
-    "example",
-    "anyOf",
-    "propertyOrdering",
-    "default",
-    "items",
-    "minimum",
-    "maximum",
-];
-
-/// A JSON schema in Gemini's dialect.
-pub fn gemini_schema(schema: &Value) -> Value {
-    let Value::Object(m) = schema else {
-        return schema.clone();
-    };
-    let mut out = Map::new();
-    for (k, v) in m {
-        match k.as_str() {
-            // `"type": ["string", "null"]` → `"type": "string", "nullable": true`.
-            "type" => match v {
-                Value::Array(types) => {
-                    let mut non_null = types.iter().filter(|t| t.as_str() != Some("null"));
-                    if let Some(t) = non_null.next() {
-                        out.insert("type".into(), t.clone());
-                    }
-                    if types.iter().any(|t| t.as_str() == Some("null")) {
-                        out.insert("nullable".into(), Value::Bool(true));
-                    }
-                }
-                _ => {
-                    out.insert(k.clone(), v.clone());
-                }
-            },
-            "const" => {
-                out.insert("enum".into(), Value::Array(vec![v.clone()]));
-            }
-            // Gemini enums are strings; null is said by `nullable`.
-            "enum" => {
-                if let Value::Array(values) = v {
-                    let values: Vec<Value> =
-                        values.iter().filter(|x| !x.is_null()).cloned().collect();
-                    if values.len() < values_len(v) {
-                        out.insert("nullable".into(), Value::Bool(true));
-                    }
-                    out.insert(k.clone(), Value::Array(values));
-                }
-            }
-            "properties" => {
-                if let Value::Object(props) = v {
-                    let props = props
-                        .iter()
-                        .map(|(name, s)| (name.clone(), gemini_schema(s)))
-                        .collect();
-                    out.insert(k.clone(), Value::Object(props));
-                }
-            }
-            "items" => {
-                out.insert(k.clone(), gemini_schema(v));
-            }
-            "anyOf" | "oneOf" => {
-                if let Value::Array(alts) = v {
-                    out.insert(
-                        "anyOf".into(),
-                        Value::Array(alts.iter().map(gemini_schema).collect()),
-                    );
-                }
-            }
-            _ if SCHEMA_KEYS.contains(&k.as_str()) => {
-                out.insert(k.clone(), v.clone());
-            }
-            _ => {}
-        }
-    }
-    Value::Object(out)
-}
-
-fn values_len(v: &Value) -> usize {
-    v.as_array().map_or(0, Vec::len)
-}
 
 fn image_part(img: Image<'_>) -> Result<Value, ApiError> {
     Ok(match img {
@@ -237,7 +141,7 @@ pub fn build_request(body: &[u8]) -> Result<Value, ApiError> {
     if !tools.is_empty() {
         let decls: Vec<Value> = tools
             .iter()
-            .map(|t| {
+            .map(|t| -> Result<Value, ApiError> {
                 let mut d = json!({"name": t.name});
                 if let Some(desc) = t.description {
                     d["description"] = json!(desc);
@@ -245,17 +149,18 @@ pub fn build_request(body: &[u8]) -> Result<Value, ApiError> {
                 // A function without parameters must omit them (an empty object schema is
                 // rejected).
                 if let Some(p) = t.parameters {
+                    let p = gemini_schema(p, "tools")?;
                     let has_props = p
                         .get("properties")
                         .and_then(Value::as_object)
                         .is_some_and(|m| !m.is_empty());
                     if has_props {
-                        d["parameters"] = gemini_schema(p);
+                        d["parameters"] = p;
                     }
                 }
-                d
+                Ok(d)
             })
-            .collect();
+            .collect::<Result<_, ApiError>>()?;
         out.insert("tools".into(), json!([{ "functionDeclarations": decls }]));
     }
     if let Some(choice) = common::tool_choice(&req)? {
@@ -288,6 +193,11 @@ pub fn build_request(body: &[u8]) -> Result<Value, ApiError> {
     if let Some(n) = common::max_tokens(&req) {
         gen.insert("maxOutputTokens".into(), json!(n));
     }
+    // `n` choices: Gemini's candidates.
+    let n = common::choices(&req)?;
+    if n > 1 {
+        gen.insert("candidateCount".into(), json!(n));
+    }
     let stop = common::stop_sequences(&req)?;
     if !stop.is_empty() {
         gen.insert("stopSequences".into(), json!(stop));
@@ -300,7 +210,10 @@ pub fn build_request(body: &[u8]) -> Result<Value, ApiError> {
         JsonMode::Schema { schema, .. } => {
             gen.insert("responseMimeType".into(), json!("application/json"));
             if let Some(s) = schema {
-                gen.insert("responseSchema".into(), gemini_schema(s));
+                gen.insert(
+                    "responseSchema".into(),
+                    gemini_schema(s, "response_format")?,
+                );
             }
         }
     }
@@ -329,6 +242,9 @@ struct Response<'a> {
 
 #[derive(Deserialize)]
 struct Candidate<'a> {
+    /// Its position among the candidates (`candidateCount` > 1).
+    #[serde(default)]
+    index: Option<usize>,
     #[serde(borrow, default)]
     content: Option<Content<'a>>,
     #[serde(borrow, default, rename = "finishReason")]
@@ -406,6 +322,18 @@ fn decode_text(raw: &RawValue) -> Result<String, String> {
     serde_json::from_str(raw.get()).map_err(|e| format!("a text part is not a string: {e}"))
 }
 
+/// Candidates an answer may hold (Gemini's `candidateCount` allows up to 8).
+const MAX_CANDIDATES: usize = 16;
+
+/// The choice a candidate becomes: its `index`, else its position.
+fn choice_index(c: &Candidate<'_>, position: usize) -> Result<usize, String> {
+    let i = c.index.unwrap_or(position);
+    if i >= MAX_CANDIDATES {
+        return Err(format!("candidate index {i} is out of range"));
+    }
+    Ok(i)
+}
+
 pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Translated, String> {
     let r: Response = serde_json::from_slice(body).map_err(|e| {
         format!("the provider's answer is not a Gemini GenerateContentResponse: {e}")
@@ -413,59 +341,103 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
     if let Some(e) = r.error {
         return Err(format!("the provider answered an error: {}", e.get()));
     }
-    let mut text: Option<String> = None;
-    let mut calls = Vec::new();
-    let reason = match r.candidates.first() {
-        Some(c) => {
-            for p in c.content.iter().flat_map(|c| &c.parts) {
-                if let Some(t) = p.text.filter(|_| !p.thought) {
-                    text.get_or_insert_with(String::new)
-                        .push_str(&decode_text(t)?);
-                }
-                if let Some(f) = &p.function_call {
-                    calls.push(OutToolCall {
-                        id: format!("call_{}", calls.len()),
-                        name: f.name.to_string(),
-                        arguments: args_text(f.args),
-                    });
-                }
-            }
-            finish_reason(c.finish_reason.unwrap_or("STOP"), !calls.is_empty())
-        }
-        None if r
-            .prompt_feedback
-            .as_ref()
-            .is_some_and(|f| f.block_reason.is_some()) =>
-        {
-            "content_filter"
-        }
-        None => return Err("the provider's answer has no candidates".into()),
-    };
     let usage = r.usage_metadata.map(Usage::from);
-    Ok(Translated {
-        body: common::completion(meta, model, text, calls, reason, usage),
-        usage,
-    })
+    if r.candidates.is_empty() {
+        if r.prompt_feedback
+            .as_ref()
+            .is_some_and(|f| f.block_reason.is_some())
+        {
+            return Ok(Translated {
+                body: common::completion(meta, model, None, Vec::new(), "content_filter", usage),
+                usage,
+            });
+        }
+        return Err("the provider's answer has no candidates".into());
+    }
+    // Every candidate is a choice; tool-call ids are unique across the whole answer.
+    let mut choices: Vec<Option<OutChoice>> = Vec::new();
+    let mut call_no = 0;
+    for (position, c) in r.candidates.iter().enumerate() {
+        let index = choice_index(c, position)?;
+        let mut text: Option<String> = None;
+        let mut calls = Vec::new();
+        for p in c.content.iter().flat_map(|c| &c.parts) {
+            if let Some(t) = p.text.filter(|_| !p.thought) {
+                text.get_or_insert_with(String::new)
+                    .push_str(&decode_text(t)?);
+            }
+            if let Some(f) = &p.function_call {
+                calls.push(OutToolCall {
+                    id: meta.call_id(call_no),
+                    name: f.name.to_string(),
+                    arguments: args_text(f.args),
+                });
+                call_no += 1;
+            }
+        }
+        let finish = finish_reason(c.finish_reason.unwrap_or("STOP"), !calls.is_empty());
+        if choices.len() <= index {
+            choices.resize_with(index + 1, || None);
+        }
+        choices[index] = Some(OutChoice {
+            content: text,
+            tool_calls: calls,
+            finish_reason: finish,
+        });
+    }
+    let choices: Vec<OutChoice> = choices
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| c.ok_or_else(|| format!("the answer has no candidate {i}")))
+        .collect::<Result<_, _>>()?;
+    let body = if choices.len() == 1 {
+        let c = choices.into_iter().next().unwrap_or_else(|| unreachable!());
+        common::completion(meta, model, c.content, c.tool_calls, c.finish_reason, usage)
+    } else {
+        common::completion_choices(meta, model, choices, usage)
+    };
+    Ok(Translated { body, usage })
 }
 
 /// Translates one `streamGenerateContent?alt=sse` answer.
 pub type GeminiStream = ChatStream<GeminiEvents>;
 
-/// Gemini's stream events. Gemini sends no end marker, so the finish chunk, the usage
+/// One candidate of a streamed answer (a choice).
+#[derive(Default)]
+struct Streamed {
+    role_sent: bool,
+    tool_calls: usize,
+    finish: Option<&'static str>,
+}
+
+/// Gemini's stream events. Gemini sends no end marker, so the finish chunk(s), the usage
 /// chunk and `[DONE]` are written when the upstream ends.
 pub struct GeminiEvents {
     writer: ChunkWriter,
-    tool_calls: usize,
-    finish: Option<&'static str>,
+    meta: Meta,
+    /// Per candidate (choice), by index.
+    candidates: Vec<Streamed>,
+    /// Tool calls in the whole answer (their ids are unique across candidates).
+    calls: usize,
 }
 
 impl NativeEvents for GeminiEvents {
     fn new(model: &str, meta: &Meta) -> GeminiEvents {
         GeminiEvents {
             writer: ChunkWriter::new(meta, model),
-            tool_calls: 0,
-            finish: None,
+            meta: meta.clone(),
+            candidates: Vec::new(),
+            calls: 0,
         }
+    }
+}
+
+impl GeminiEvents {
+    fn candidate(&mut self, index: usize) -> &mut Streamed {
+        if self.candidates.len() <= index {
+            self.candidates.resize_with(index + 1, Streamed::default);
+        }
+        &mut self.candidates[index]
     }
 }
 
@@ -479,6 +451,7 @@ impl ChatEvents for GeminiEvents {
             return Err(StreamError::Upstream(e.get().to_string()));
         }
         s.role(&self.writer, out);
+        self.candidate(0).role_sent = true;
         if let Some(u) = r.usage_metadata {
             s.usage = Some(u.into());
         }
@@ -487,33 +460,37 @@ impl ChatEvents for GeminiEvents {
                 .as_ref()
                 .is_some_and(|f| f.block_reason.is_some())
         {
-            self.finish = Some("content_filter");
+            self.candidate(0).finish = Some("content_filter");
             s.started = true;
         }
-        for c in r.candidates.iter().take(1) {
+        for (position, c) in r.candidates.iter().enumerate() {
+            let index = choice_index(c, position).map_err(StreamError::Malformed)?;
+            if !self.candidate(index).role_sent {
+                self.candidate(index).role_sent = true;
+                self.writer.role_at(out, index);
+            }
             for p in c.content.iter().flat_map(|c| &c.parts) {
                 if let Some(t) = p
                     .text
                     .filter(|t| !p.thought && !common::raw_is_empty(t.get()))
                 {
-                    self.writer.content_raw(out, t.get());
+                    self.writer.content_raw_at(out, index, t.get());
                     s.started = true;
                 }
                 if let Some(f) = &p.function_call {
-                    let i = self.tool_calls;
-                    self.tool_calls += 1;
-                    self.writer.tool_call_start(
-                        out,
-                        i,
-                        &format!("call_{i}"),
-                        &f.name,
-                        &args_text(f.args),
-                    );
+                    let id = self.meta.call_id(self.calls);
+                    self.calls += 1;
+                    let cand = self.candidate(index);
+                    let i = cand.tool_calls;
+                    cand.tool_calls += 1;
+                    self.writer
+                        .tool_call_start_at(out, index, i, &id, &f.name, &args_text(f.args));
                     s.started = true;
                 }
             }
             if let Some(reason) = c.finish_reason {
-                self.finish = Some(finish_reason(reason, self.tool_calls > 0));
+                let cand = self.candidate(index);
+                cand.finish = Some(finish_reason(reason, cand.tool_calls > 0));
                 s.started = true;
             }
         }
@@ -521,16 +498,22 @@ impl ChatEvents for GeminiEvents {
     }
 
     fn end(&mut self, s: &mut StreamState, out: &mut Vec<u8>) -> Handled {
-        let Some(reason) = self.finish else {
+        let mut reasons = Vec::with_capacity(self.candidates.len());
+        for c in &self.candidates {
+            let Some(reason) = c.finish else {
+                return Err(StreamError::Malformed(Self::UNFINISHED.into()));
+            };
+            // A tool call seen after the finish reason still makes this a tool-call answer.
+            reasons.push(if reason == "stop" && c.tool_calls > 0 {
+                "tool_calls"
+            } else {
+                reason
+            });
+        }
+        if reasons.is_empty() {
             return Err(StreamError::Malformed(Self::UNFINISHED.into()));
-        };
-        // A tool call seen after the finish reason still makes this a tool-call answer.
-        let reason = if reason == "stop" && self.tool_calls > 0 {
-            "tool_calls"
-        } else {
-            reason
-        };
-        s.close(&self.writer, out, reason);
+        }
+        s.close_choices(&self.writer, out, &reasons);
         Ok(())
     }
 }
@@ -716,7 +699,7 @@ mod tests {
         let v: Value = serde_json::from_slice(&t.body).unwrap();
         let c = &v["choices"][0];
         assert_eq!(c["message"]["content"], "Let me check.");
-        assert_eq!(c["message"]["tool_calls"][0]["id"], "call_0");
+        assert_eq!(c["message"]["tool_calls"][0]["id"], "call_golden_0");
         assert_eq!(
             c["message"]["tool_calls"][0]["function"]["arguments"],
             r#"{"city":"Oslo"}"#
@@ -784,10 +767,13 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"lo \\\"w\\u00e9\
         let c = chunks(&out);
         let tc = &c[1]["choices"][0]["delta"]["tool_calls"][0];
         assert_eq!(tc["index"], 0);
-        assert_eq!(tc["id"], "call_0");
+        assert_eq!(tc["id"], "call_golden_0");
         assert_eq!(tc["function"]["name"], "a");
         assert_eq!(tc["function"]["arguments"], r#"{"x":1}"#);
-        assert_eq!(c[2]["choices"][0]["delta"]["tool_calls"][0]["id"], "call_1");
+        assert_eq!(
+            c[2]["choices"][0]["delta"]["tool_calls"][0]["id"],
+            "call_golden_1"
+        );
         assert_eq!(c[3]["choices"][0]["finish_reason"], "tool_calls");
     }
 
@@ -809,5 +795,130 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"lo \\\"w\\u00e9\
         assert!(matches!(r, Err(StreamError::Upstream(m)) if m.contains("boom")));
         let (_, r, _) = run(b"data: {not json\n\n", false);
         assert!(matches!(r, Err(StreamError::Malformed(_))));
+    }
+
+    #[test]
+    fn tool_call_ids_are_unique_per_answer() {
+        let body = br#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"a","args":{}}},{"functionCall":{"name":"b","args":{}}}]},"finishReason":"STOP"}]}"#;
+        let ids = |meta: &Meta| -> Vec<String> {
+            let t = translate_response(body, "m", meta).unwrap();
+            let v: Value = serde_json::from_slice(&t.body).unwrap();
+            v["choices"][0]["message"]["tool_calls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (one, two) = (ids(&Meta::fresh()), ids(&Meta::fresh()));
+        assert_eq!(one.len(), 2);
+        assert_ne!(one[0], one[1]);
+        assert!(one.iter().all(|id| !two.contains(id)), "{one:?} {two:?}");
+        assert!(one[0].starts_with("call_") && one[0].ends_with("_0"));
+        // The ids of one turn map back to their functions on the next.
+        let v = req(json!({"messages": [{"role": "user", "content": "x"},
+            {"role": "assistant", "tool_calls": [
+                {"id": one[0], "type": "function", "function": {"name": "a", "arguments": "{}"}},
+                {"id": one[1], "type": "function", "function": {"name": "b", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": one[1], "content": "B"},
+            {"role": "tool", "tool_call_id": one[0], "content": "A"}]}));
+        assert_eq!(
+            v["contents"][2]["parts"],
+            json!([{"functionResponse": {"name": "b", "response": {"result": "B"}}},
+                   {"functionResponse": {"name": "a", "response": {"result": "A"}}}])
+        );
+    }
+
+    #[test]
+    fn n_choices_become_candidates() {
+        let v = req(json!({"messages": [{"role": "user", "content": "x"}], "n": 3}));
+        assert_eq!(v["generationConfig"]["candidateCount"], 3);
+        let v = req(json!({"messages": [{"role": "user", "content": "x"}], "n": 1}));
+        assert!(v.get("generationConfig").is_none());
+        let e = build_request(
+            json!({"messages": [{"role": "user", "content": "x"}], "n": 0})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(e.param, Some("n"));
+
+        let body = br#"{"candidates":[{"content":{"parts":[{"text":"one"}]},"finishReason":"STOP","index":0},{"content":{"parts":[{"text":"two"}]},"finishReason":"MAX_TOKENS","index":1}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":4}}"#;
+        let t = translate_response(body, "m", &Meta::fixed()).unwrap();
+        let v: Value = serde_json::from_slice(&t.body).unwrap();
+        let c = v["choices"].as_array().unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c[0]["index"].as_u64(), c[0]["message"]["content"].as_str()),
+            (Some(0), Some("one"))
+        );
+        assert_eq!(
+            (c[1]["index"].as_u64(), c[1]["message"]["content"].as_str()),
+            (Some(1), Some("two"))
+        );
+        assert_eq!(c[1]["finish_reason"], "length");
+    }
+
+    #[test]
+    fn stream_candidates_become_indexed_choices() {
+        let s = b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]},\"index\":0},{\"content\":{\"parts\":[{\"text\":\"b\"}]},\"index\":1}]}\n\n\
+data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"!\"}]},\"finishReason\":\"STOP\",\"index\":0},{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"f\",\"args\":{}}}]},\"finishReason\":\"STOP\",\"index\":1}],\"usageMetadata\":{\"promptTokenCount\":2,\"candidatesTokenCount\":3}}\n\n";
+        let (out, r, _) = run(s, true);
+        r.unwrap();
+        let c = chunks(&out);
+        let text = |i: u64| -> String {
+            c.iter()
+                .flat_map(|c| c["choices"].as_array().unwrap())
+                .filter(|ch| ch["index"] == i)
+                .filter_map(|ch| ch["delta"]["content"].as_str())
+                .collect()
+        };
+        assert_eq!((text(0), text(1)), ("a!".to_string(), "b".to_string()));
+        let roles = c
+            .iter()
+            .flat_map(|c| c["choices"].as_array().unwrap())
+            .filter(|ch| ch["delta"]["role"] == "assistant")
+            .count();
+        assert_eq!(roles, 2);
+        let finishes: Vec<(u64, &str)> = c
+            .iter()
+            .flat_map(|c| c["choices"].as_array().unwrap())
+            .filter_map(|ch| Some((ch["index"].as_u64()?, ch["finish_reason"].as_str()?)))
+            .collect();
+        assert_eq!(finishes, vec![(0, "stop"), (1, "tool_calls")]);
+        assert_eq!(c.last().unwrap()["usage"]["total_tokens"], 5);
+    }
+
+    #[test]
+    fn tool_and_response_schemas_are_inlined_or_refused() {
+        let address = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+        let schema = json!({"$defs": {"Address": address}, "type": "object",
+            "properties": {"home": {"$ref": "#/$defs/Address"},
+                           "work": {"anyOf": [{"$ref": "#/$defs/Address"}, {"type": "null"}]}},
+            "required": ["home"]});
+        let v = req(json!({"messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}}}));
+        let mut work = address.clone();
+        work["nullable"] = json!(true);
+        for s in [
+            &v["tools"][0]["functionDeclarations"][0]["parameters"],
+            &v["generationConfig"]["responseSchema"],
+        ] {
+            assert_eq!(s["properties"]["home"], address);
+            assert_eq!(s["properties"]["work"], work);
+        }
+        let recursive = json!({"$defs": {"N": {"type": "object", "properties": {"next": {"$ref": "#/$defs/N"}}}},
+                               "type": "object", "properties": {"head": {"$ref": "#/$defs/N"}}});
+        for body in [
+            json!({"messages": [{"role": "user", "content": "x"}],
+                   "tools": [{"type": "function", "function": {"name": "f", "parameters": recursive}}]}),
+            json!({"messages": [{"role": "user", "content": "x"}],
+                   "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": recursive}}}),
+        ] {
+            let e = build_request(body.to_string().as_bytes()).unwrap_err();
+            assert_eq!((e.status, e.kind), (400, "invalid_request_error"));
+            assert!(e.message.contains("recursive"), "{}", e.message);
+        }
     }
 }

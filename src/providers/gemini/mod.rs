@@ -4,11 +4,11 @@ mod audio;
 mod chat;
 mod embeddings;
 mod error;
+mod schema;
 
-pub use chat::{
-    build_request, gemini_schema, translate_response, Gemini, GeminiEvents, GeminiStream,
-};
+pub use chat::{build_request, translate_response, Gemini, GeminiEvents, GeminiStream};
 pub use error::translate_error;
+pub use schema::gemini_schema;
 
 use super::caps::{Auth, Format};
 use audio::GeminiAudio;
@@ -20,4 +20,5 @@ pub static FORMAT: Format = Format {
     transcription: Some(&GeminiAudio),
     speech: None,
     auth: Auth::Header("x-goog-api-key"),
+    several_choices: true,
 };

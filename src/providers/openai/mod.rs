@@ -20,4 +20,5 @@ pub static FORMAT: Format = Format {
     transcription: Some(&OpenAiAudio),
     speech: Some(&OpenAiAudio),
     auth: Auth::Bearer,
+    several_choices: true,
 };

@@ -12,4 +12,5 @@ pub static FORMAT: Format = Format {
     transcription: None,
     speech: None,
     auth: Auth::Bearer,
+    several_choices: false,
 };

@@ -11,7 +11,7 @@ use crate::errors::ApiError;
 use crate::providers::chat::{
     ChatEvents, ChatStream, ErrorFn, Handled, NativeChat, NativeEvents, StreamState,
 };
-use crate::providers::common::{self, ChunkWriter, Image, Meta, OutToolCall, Part};
+use crate::providers::common::{self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part};
 use crate::providers::{StreamError, Translated, UpstreamRequest, Usage};
 use crate::request::ChatRequest;
 use serde::Deserialize;
@@ -50,6 +50,7 @@ fn content_of(content: Option<&Value>) -> Result<Value, ApiError> {
 /// The native request body for an OpenAI chat request.
 pub fn build_request(body: &[u8], stream: bool) -> Result<Value, ApiError> {
     let req = common::parse_body(body)?;
+    common::one_choice_only(&req, "Workers AI")?;
     let list = req
         .get("messages")
         .and_then(Value::as_array)
@@ -129,10 +130,22 @@ pub fn build_request(body: &[u8], stream: bool) -> Result<Value, ApiError> {
             .collect();
         out.insert("tools".into(), Value::Array(list));
     }
-    // JSON mode: Workers AI takes OpenAI's `response_format` (json_object / json_schema).
-    if let Some(rf) = req.get("response_format").filter(|v| !v.is_null()) {
-        if rf.get("type").and_then(Value::as_str) != Some("text") {
-            out.insert("response_format".into(), rf.clone());
+    // JSON mode: `{"type": "json_object"}`, or `{"type": "json_schema", "json_schema": S}`
+    // where S is the JSON schema itself (Workers AI's documented shape), not OpenAI's
+    // `{name, schema, strict}` wrapper.
+    match common::json_mode(&req) {
+        JsonMode::Off => {}
+        JsonMode::Object | JsonMode::Schema { schema: None, .. } => {
+            out.insert("response_format".into(), json!({"type": "json_object"}));
+        }
+        JsonMode::Schema {
+            schema: Some(schema),
+            ..
+        } => {
+            out.insert(
+                "response_format".into(),
+                json!({"type": "json_schema", "json_schema": schema}),
+            );
         }
     }
     Ok(Value::Object(out))
@@ -236,7 +249,12 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
         let msg = &choice["message"];
         let calls = msg["tool_calls"]
             .as_array()
-            .map(|a| a.iter().enumerate().map(|(i, c)| out_call(i, c)).collect())
+            .map(|a| {
+                a.iter()
+                    .enumerate()
+                    .map(|(i, c)| out_call(meta, i, c))
+                    .collect()
+            })
             .unwrap_or_default();
         let reason = choice["finish_reason"].as_str().unwrap_or("stop");
         return Ok(Translated {
@@ -260,7 +278,7 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
         .iter()
         .flatten()
         .enumerate()
-        .map(|(i, c)| out_call(i, c))
+        .map(|(i, c)| out_call(meta, i, c))
         .collect();
     let reason = if calls.is_empty() {
         "stop"
@@ -273,10 +291,12 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
     })
 }
 
-fn out_call(i: usize, c: &Value) -> OutToolCall {
+/// A tool call of an answer; one without an id (the legacy shape) gets one unique to the
+/// answer.
+fn out_call(meta: &Meta, i: usize, c: &Value) -> OutToolCall {
     let (id, name, args, _) = tool_call_of(c);
     OutToolCall {
-        id: id.map_or_else(|| format!("call_{i}"), str::to_string),
+        id: id.map_or_else(|| meta.call_id(i), str::to_string),
         name: name.unwrap_or("").to_string(),
         arguments: args.unwrap_or_else(|| "{}".into()),
     }
@@ -302,6 +322,7 @@ pub type WorkersAiStream = ChatStream<WorkersAiEvents>;
 /// Workers AI's stream events, ended by `data: [DONE]`.
 pub struct WorkersAiEvents {
     writer: ChunkWriter,
+    meta: Meta,
     /// Tool call indexes already opened.
     tool_calls: Vec<usize>,
 }
@@ -310,6 +331,7 @@ impl NativeEvents for WorkersAiEvents {
     fn new(model: &str, meta: &Meta) -> WorkersAiEvents {
         WorkersAiEvents {
             writer: ChunkWriter::new(meta, model),
+            meta: meta.clone(),
             tool_calls: Vec::new(),
         }
     }
@@ -363,7 +385,7 @@ impl ChatEvents for WorkersAiEvents {
                 });
                 if !self.tool_calls.contains(&index) {
                     self.tool_calls.push(index);
-                    let id = id.map_or_else(|| format!("call_{index}"), str::to_string);
+                    let id = id.map_or_else(|| self.meta.call_id(index), str::to_string);
                     self.writer.tool_call_start(
                         out,
                         index,
@@ -502,7 +524,7 @@ mod tests {
         let tc = &v["choices"][0]["message"]["tool_calls"][0];
         assert_eq!(
             (tc["id"].as_str(), tc["function"]["arguments"].as_str()),
-            (Some("call_0"), Some(r#"{"c":"Oslo"}"#))
+            (Some("call_golden_0"), Some(r#"{"c":"Oslo"}"#))
         );
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
 
@@ -557,7 +579,7 @@ data: [DONE]\n\n";
         let tc = &c[1]["choices"][0]["delta"]["tool_calls"][0];
         assert_eq!(
             (tc["id"].as_str(), tc["function"]["arguments"].as_str()),
-            (Some("call_0"), Some(r#"{"c":"Oslo"}"#))
+            (Some("call_golden_0"), Some(r#"{"c":"Oslo"}"#))
         );
         assert_eq!(c[2]["choices"][0]["finish_reason"], "tool_calls");
         let s = b"data: {\"tool_calls\":[{\"index\":0,\"id\":\"t1\",\"type\":\"function\",\"function\":{\"name\":\"w\",\"arguments\":\"\"}}]}\n\n\
@@ -578,5 +600,69 @@ data: {\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"c\\\":1}\
         assert!(matches!(r, Err(StreamError::Malformed(_))));
         let (_, r, _) = run(b"data: {\"errors\":[{\"code\":3040,\"message\":\"Capacity temporarily exceeded\"}]}\n\n", false);
         assert!(matches!(r, Err(StreamError::Upstream(m)) if m.contains("Capacity")));
+    }
+
+    #[test]
+    fn json_schema_goes_as_the_schema_itself() {
+        let schema = json!({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]});
+        let v = req(
+            json!({"messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "country", "strict": true, "schema": schema}}}),
+            false,
+        );
+        assert_eq!(
+            v["response_format"],
+            json!({"type": "json_schema", "json_schema": schema})
+        );
+        let v = req(
+            json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "text"}}),
+            false,
+        );
+        assert!(v.get("response_format").is_none());
+    }
+
+    #[test]
+    fn n_above_one_is_refused() {
+        let e = build_request(
+            json!({"messages": [{"role": "user", "content": "x"}], "n": 2})
+                .to_string()
+                .as_bytes(),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!((e.status, e.param), (400, Some("n")));
+        assert!(e.message.contains("one choice"), "{}", e.message);
+        req(
+            json!({"messages": [{"role": "user", "content": "x"}], "n": 1}),
+            false,
+        );
+    }
+
+    #[test]
+    fn calls_without_ids_get_ids_unique_per_answer() {
+        let body = br#"{"result":{"response":null,"tool_calls":[{"name":"w","arguments":{}},{"name":"w","arguments":{}}]},"success":true}"#;
+        let ids = || -> Vec<String> {
+            let t = translate_response(body, "m", &Meta::fresh()).unwrap();
+            let v: Value = serde_json::from_slice(&t.body).unwrap();
+            v["choices"][0]["message"]["tool_calls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (a, b) = (ids(), ids());
+        assert_ne!(a[0], a[1]);
+        assert!(a.iter().all(|id| !b.contains(id)), "{a:?} {b:?}");
+        let s = b"data: {\"tool_calls\":[{\"name\":\"w\",\"arguments\":{}}]}\n\ndata: [DONE]\n\n";
+        let first = |out: String| {
+            chunks(&out)[1]["choices"][0]["delta"]["tool_calls"][0]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let one = first(testing::run(&mut WorkersAiStream::new("m", false, &Meta::fresh()), s).0);
+        let two = first(testing::run(&mut WorkersAiStream::new("m", false, &Meta::fresh()), s).0);
+        assert_ne!(one, two);
     }
 }

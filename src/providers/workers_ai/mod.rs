@@ -18,4 +18,5 @@ pub static FORMAT: Format = Format {
     transcription: Some(&WorkersAiAudio),
     speech: Some(&WorkersAiAudio),
     auth: Auth::Bearer,
+    several_choices: false,
 };
