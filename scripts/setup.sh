@@ -55,8 +55,8 @@ if [ "${1:-}" = "--test" ]; then
   if [ ! -x .venv/bin/python3 ]; then
     python3 -m venv .venv
   fi
-  .venv/bin/python3 -c 'import openai, jsonschema' 2>/dev/null ||
-    .venv/bin/pip install -q --disable-pip-version-check openai jsonschema
+  .venv/bin/python3 -c 'import openai, jsonschema, anthropic' 2>/dev/null ||
+    .venv/bin/pip install -q --disable-pip-version-check openai jsonschema anthropic
 else
   cargo build --release
   echo "setup: built target/release/freeway"

@@ -146,21 +146,39 @@ pub fn envelope(kind: &str, code: Option<&str>, param: Option<&str>, message: &s
     Bytes::from(serde_json::to_vec(&env).unwrap_or_default())
 }
 
-/// Makes an upstream error body into an OpenAI envelope: an upstream that already speaks
-/// the envelope is passed through untouched; anything else is wrapped with its text.
+/// The gateway's `error.type` for an upstream status passed on to the client (the table
+/// in SPEC.md "Errors"): a provider's own types (`requests`, `tokens`, …) never leak through.
+pub fn kind_for_status(status: u16) -> &'static str {
+    match status {
+        401 | 403 => "authentication_error",
+        408 | 504 => "timeout",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        503 => "service_unavailable",
+        _ => "upstream_error",
+    }
+}
+
+/// Makes an upstream error body into the gateway's envelope: an upstream that already speaks
+/// the envelope keeps its message, code and param, with the gateway's `type` for the status;
+/// anything else is wrapped with its text.
 pub fn upstream_envelope(status: u16, provider: &str, body: &[u8]) -> Bytes {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        if v.get("error").is_some_and(|e| e.get("message").is_some()) {
-            return Bytes::copy_from_slice(body);
+    let kind = kind_for_status(status);
+    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Some(e) = v.get_mut("error").filter(|e| e.get("message").is_some()) {
+            if e.get("type").and_then(|t| t.as_str()) == Some(kind) {
+                return Bytes::copy_from_slice(body);
+            }
+            e["type"] = serde_json::Value::String(kind.into());
+            for field in ["code", "param"] {
+                if e.get(field).is_none() {
+                    e[field] = serde_json::Value::Null;
+                }
+            }
+            return Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
         }
     }
     let text = String::from_utf8_lossy(&body[..body.len().min(2048)]);
-    let kind = match status {
-        401 | 403 => "authentication_error",
-        429 => "rate_limit_error",
-        400..=499 => "invalid_request_error",
-        _ => "upstream_error",
-    };
     envelope(
         kind,
         Some("upstream_error"),
@@ -187,6 +205,17 @@ mod tests {
     fn upstream_envelope_passes_openai_errors_through() {
         let body = br#"{"error":{"message":"bad","type":"invalid_request_error","code":null,"param":"x"}}"#;
         assert_eq!(&upstream_envelope(400, "p", body)[..], &body[..]);
+    }
+
+    #[test]
+    fn upstream_envelope_gives_provider_errors_the_gateways_type() {
+        let body = br#"{"error":{"message":"Rate limit reached for model x","type":"requests","code":"rate_limit_exceeded"}}"#;
+        let v: serde_json::Value =
+            serde_json::from_slice(&upstream_envelope(429, "groq", body)).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(v["error"]["message"], "Rate limit reached for model x");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        assert!(v["error"]["param"].is_null());
     }
 
     #[test]

@@ -61,10 +61,15 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    // One format for every line on stdout (the access log follows the same choice).
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if freeway::observe::json_logs() {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {

@@ -44,6 +44,7 @@ impl Observer {
                 WriterConfig {
                     db_path: db_path.clone(),
                     access_log,
+                    access_json: json_logs(),
                     retention_days: o.retention_days,
                     max_rows: o.max_rows,
                     linger: std::time::Duration::from_millis(o.log_linger_ms),
@@ -97,6 +98,18 @@ impl Observer {
         })
         .await
         .map_err(|e| format!("request log query failed: {e}"))?
+    }
+}
+
+/// Whether logs are JSON lines, one format for every line on stdout: yes when stdout is not
+/// a terminal (a service, a pipe, a log shipper), no (text for a person) when it is.
+/// `FREEWAY_LOG_FORMAT=json` or `text` overrides.
+pub fn json_logs() -> bool {
+    use std::io::IsTerminal;
+    match std::env::var("FREEWAY_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => !std::io::stdout().is_terminal(),
     }
 }
 

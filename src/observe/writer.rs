@@ -73,8 +73,10 @@ fn unix_secs() -> u64 {
 pub struct WriterConfig {
     /// The SQLite store; `None` = no request log (access log only).
     pub db_path: Option<PathBuf>,
-    /// Print one JSON line per record to stdout.
+    /// Print one line per record to stdout.
     pub access_log: bool,
+    /// The access line as JSON (with the other logs as JSON), else as text.
+    pub access_json: bool,
     pub retention_days: u32,
     pub max_rows: u64,
     /// How long the writer waits for more records after the first of a batch.
@@ -203,7 +205,12 @@ fn run(rx: Receiver<Box<RequestRecord>>, config: WriterConfig, stop: Arc<AtomicB
                     record: r,
                     client_ip,
                 };
-                if serde_json::to_writer(&mut line, &access).is_ok() {
+                let written = if config.access_json {
+                    serde_json::to_writer(&mut line, &access).is_ok()
+                } else {
+                    access.write_text(&mut line).is_ok()
+                };
+                if written {
                     line.push(b'\n');
                     let _ = out.write_all(&line);
                 }
@@ -243,6 +250,32 @@ fn retention(conn: &rusqlite::Connection, config: &WriterConfig) {
 struct AccessLine<'a> {
     record: &'a RequestRecord,
     client_ip: Option<&'a str>,
+}
+
+impl AccessLine<'_> {
+    /// The line for a person reading a terminal, in the shape of the other log lines.
+    fn write_text(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let r = self.record;
+        let at = UNIX_EPOCH + Duration::from_millis(r.ts_ms.max(0) as u64);
+        let served = if r.provider.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{}/{}", r.provider, r.model)
+        };
+        write!(
+            out,
+            "{}  INFO access: {} {} {} {served} attempts={} cache={} {:.1}ms {} {}",
+            crate::time::rfc3339(at),
+            r.method,
+            r.endpoint,
+            r.status,
+            r.attempts,
+            r.cache_status,
+            r.duration_ms,
+            self.client_ip.unwrap_or("-"),
+            r.request_id,
+        )
+    }
 }
 
 impl serde::Serialize for AccessLine<'_> {

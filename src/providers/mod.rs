@@ -219,7 +219,16 @@ impl Upstream {
         let mut unavailable = None;
         let url = match expand_env_placeholders(&cfg.base_url) {
             Some(u) => match UpstreamUrl::parse(&u) {
-                Ok(u) => Some(u),
+                Ok(mut u) => {
+                    // Cloudflare's docs write the Workers AI base as `…/ai/run`; requests add
+                    // `/run/{model}` themselves, so both spellings mean the same base.
+                    if cfg.kind == ProviderKind::WorkersAi {
+                        if let Some(base) = u.path.strip_suffix("/run") {
+                            u.path = base.to_string();
+                        }
+                    }
+                    Some(u)
+                }
                 Err(e) => {
                     unavailable = Some(format!("base_url is invalid: {e}"));
                     None

@@ -346,6 +346,7 @@ pub async fn run<C: Call>(
                     ..Answer::default()
                 };
                 record_answer(ctx, model, live, attempt_start, &answer);
+                let body = upstream_envelope(status, &model.provider_name, &body);
                 send(session, ctx, status, "application/json", body, &[]).await;
                 return None;
             }
@@ -383,7 +384,21 @@ pub async fn run<C: Call>(
     ctx.failures.append(&mut refusals);
     match call.exhausted(&failures, ctx) {
         Some(e) => send_error(session, ctx, &e).await,
-        None => answer_exhausted(session, ctx, failures).await,
+        None => {
+            let now = Instant::now();
+            let cooling = tried
+                .iter()
+                .filter_map(|&i| match state.models[i].health.lock().gate(now) {
+                    crate::routing::health::Gate::Cooling(until) => {
+                        Some(until.saturating_duration_since(now).as_secs().max(1))
+                    }
+                    _ => None,
+                })
+                .min();
+            let pinned =
+                !ctx.controls.fallback_auto && state.catalog.pinned(ctx.requested_model.as_deref());
+            answer_exhausted(session, ctx, failures, Exhausted { pinned, cooling }).await
+        }
     }
     None
 }
@@ -787,41 +802,55 @@ pub fn min_retry_after(failures: &[(String, Failure)]) -> Option<u64> {
         .map(|d| d.as_secs().max(1))
 }
 
-/// The answer when every attempt failed: a single upstream error passes through; otherwise
-/// one error that lists what each attempt ran into.
+/// How the engine answers when every attempt failed.
+struct Exhausted {
+    /// The client pinned one model (`provider/model`) without `x-gateway-fallback: auto`.
+    pinned: bool,
+    /// Seconds until the soonest tried model ends its cooldown, if one is cooling.
+    cooling: Option<u64>,
+}
+
+/// The answer when every attempt failed. Every capable model rate-limited is a 503
+/// `no_capacity` (the free gateway's promise), except a pinned model's own 429, which is
+/// the client's; a single upstream error passes through in the gateway's envelope;
+/// otherwise one error lists what each attempt ran into. Any error that knows when
+/// capacity returns carries `retry-after`.
 async fn answer_exhausted(
     session: &mut Session,
     ctx: &mut RequestCtx,
     failures: Vec<(String, Failure)>,
+    how: Exhausted,
 ) {
-    if let [(
-        provider,
-        Failure::Status {
-            status,
-            body,
-            retry_after,
-        },
-    )] = failures.as_slice()
-    {
+    let retry_after = min_retry_after(&failures).or(how.cooling);
+    let summary = ctx.failures.join("; ");
+    let n = failures.len();
+    let all = |pred: fn(&Failure) -> bool| failures.iter().all(|(_, f)| pred(f));
+    let all_rate_limited = all(|f| matches!(f, Failure::Status { status: 429, .. }));
+    if all_rate_limited && !how.pinned {
+        let mut e = ApiError::no_capacity(format!(
+            "Every capable model is rate-limited ({n} tried): {summary}"
+        ));
+        e.retry_after = retry_after;
+        return send_error(session, ctx, &e).await;
+    }
+    if let [(provider, Failure::Status { status, body, .. })] = failures.as_slice() {
         let extra: Vec<(&'static str, String)> = retry_after
-            .map(|d| vec![("retry-after", d.as_secs().max(1).to_string())])
+            .map(|s| vec![("retry-after", s.to_string())])
             .unwrap_or_default();
-        let envelope = upstream_envelope(*status, provider, body);
+        // A bad provider key is the gateway's problem, not the client's.
         let status = if *status == 401 || *status == 403 {
             502
         } else {
             *status
         };
+        let envelope = upstream_envelope(status, provider, body);
         send(session, ctx, status, "application/json", envelope, &extra).await;
         return;
     }
-    let summary = ctx.failures.join("; ");
-    let n = failures.len();
-    let all = |pred: fn(&Failure) -> bool| failures.iter().all(|(_, f)| pred(f));
-    let mut err = if all(|f| matches!(f, Failure::Status { status: 429, .. })) {
+    let mut err = if all_rate_limited {
         let mut e = ApiError::upstream(
             429,
-            format!("Every candidate model is rate-limited ({n} tried): {summary}"),
+            format!("The pinned model is rate-limited ({n} tried): {summary}"),
         );
         e.kind = "rate_limit_error";
         e.code = Some("rate_limited");
@@ -836,6 +865,6 @@ async fn answer_exhausted(
             format!("Every upstream attempt failed ({n} tried): {summary}"),
         )
     };
-    err.retry_after = min_retry_after(&failures);
+    err.retry_after = retry_after;
     send_error(session, ctx, &err).await;
 }

@@ -54,6 +54,8 @@ pub struct RequestCtx {
     pub inflight: InflightGuard,
     /// Cache status and rate-limit headers (`guard`).
     pub stamp: super::guard::Stamp,
+    /// The `Origin` allowed to read the answer (CORS), when the request came from one.
+    pub cors: Option<http::HeaderValue>,
     /// The request body's bytes, held against `server.max_buffered_body_bytes`.
     pub body_hold: super::body::Hold,
 }
@@ -99,6 +101,7 @@ impl RequestCtx {
             response_bytes: 0,
             inflight: InflightGuard::new(),
             stamp: Default::default(),
+            cors: None,
             body_hold: Default::default(),
         }
     }

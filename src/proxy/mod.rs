@@ -86,6 +86,14 @@ impl ProxyHttp for Gateway {
         let ep = endpoint::find(path);
         ctx.endpoint = ep;
 
+        if !state.config.server.cors_origins.is_empty() {
+            ctx.cors = respond::cors_origin(&state.config.server.cors_origins, session);
+            if session.req_header().method == http::Method::OPTIONS && path.starts_with("/v1/") {
+                respond::preflight(session, ctx).await;
+                return Ok(true);
+            }
+        }
+
         if ep.keyed && !state.auth.is_public(path) {
             let h = &session.req_header().headers;
             let label = state.auth.check(

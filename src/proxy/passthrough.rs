@@ -69,7 +69,8 @@ pub async fn target(state: &State, path: &str, query: Option<&str>) -> Result<Ta
         .peer()
         .await
         .map_err(|e| ApiError::upstream(502, format!("Provider `{name}`: {e}")))?;
-    let mut path_and_query = upstream.path(rest);
+    let base = upstream.url.as_ref().map_or("", |u| u.path.as_str());
+    let mut path_and_query = join_path(base, rest);
     if let Some(q) = query {
         path_and_query.push('?');
         path_and_query.push_str(q);
@@ -80,6 +81,48 @@ pub async fn target(state: &State, path: &str, query: Option<&str>) -> Result<Ta
         path_and_query,
         _slot: slot,
     })
+}
+
+/// The upstream path for a client path `rest` under the provider's base path. A client
+/// whose SDK adds the API's version itself (the Anthropic SDK sends `/v1/messages`, Google's
+/// `/v1beta/models/…`) names segments the base URL already ends with: the overlap that
+/// ends in a version segment appears once (`/v1` + `/v1/messages` → `/v1/messages`).
+pub fn join_path(base: &str, rest: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let b: Vec<&str> = base.split('/').filter(|s| !s.is_empty()).collect();
+    let r: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let overlap = (1..=b.len().min(r.len()))
+        .rev()
+        .find(|&n| b[b.len() - n..] == r[..n] && is_version(b[b.len() - 1]));
+    match overlap {
+        Some(n) => {
+            let kept = &b[..b.len() - n];
+            let mut out = String::with_capacity(base.len() + rest.len());
+            for seg in kept {
+                out.push('/');
+                out.push_str(seg);
+            }
+            out.push_str(rest);
+            out
+        }
+        None => format!("{base}{rest}"),
+    }
+}
+
+/// `v1`, `v2`, `v1beta`, `v1alpha`, `v1beta1`…
+fn is_version(seg: &str) -> bool {
+    let Some(rest) = seg.strip_prefix('v') else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return false;
+    }
+    let tail = &rest[digits..];
+    ["", "alpha", "beta"].iter().any(|t| {
+        tail.strip_prefix(t)
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+    }) && (tail.is_empty() || tail.starts_with('a') || tail.starts_with('b'))
 }
 
 /// Whether `method` is one a provider API uses (others, like `TRACE`, are refused).
@@ -237,6 +280,34 @@ mod tests {
         );
         assert_eq!(split("/providers/groq"), Some(("groq", "/")));
         assert_eq!(split("/v1/models"), None);
+    }
+
+    #[test]
+    fn a_version_in_both_the_base_and_the_client_path_appears_once() {
+        assert_eq!(join_path("/v1", "/v1/messages"), "/v1/messages");
+        assert_eq!(
+            join_path("/anthropic/v1", "/v1/messages"),
+            "/anthropic/v1/messages"
+        );
+        assert_eq!(
+            join_path("/openai/v1", "/openai/v1/chat/completions"),
+            "/openai/v1/chat/completions"
+        );
+        assert_eq!(
+            join_path("/v1beta", "/v1beta/models/g:generateContent"),
+            "/v1beta/models/g:generateContent"
+        );
+        assert_eq!(
+            join_path("/openai/v1", "/chat/completions"),
+            "/openai/v1/chat/completions"
+        );
+        assert_eq!(join_path("", "/v1/models"), "/v1/models");
+        assert_eq!(join_path("/v1/", "/v1/x"), "/v1/x");
+        // No version at the seam: a plain join.
+        assert_eq!(join_path("/api", "/api/x"), "/api/api/x");
+        assert_eq!(join_path("/v1", "/v2/x"), "/v1/v2/x");
+        assert!(is_version("v1") && is_version("v1beta") && is_version("v2alpha1"));
+        assert!(!is_version("v") && !is_version("video") && !is_version("vx1"));
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub fn gateway_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
         let _ = resp.insert_header("x-gateway-model", m.as_str());
     }
     ctx.stamp.write(resp);
+    if let Some(origin) = &ctx.cors {
+        let _ = resp.insert_header("access-control-allow-origin", origin.clone());
+        let _ = resp.insert_header("access-control-expose-headers", EXPOSED);
+        let _ = resp.insert_header(http::header::VARY, "origin");
+    }
     let overhead = ctx.overhead().as_secs_f64() * 1000.0;
     let _ = resp.insert_header("x-gateway-overhead-ms", format!("{overhead:.3}"));
 }
@@ -94,4 +99,75 @@ pub async fn send_error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiEr
         &extra,
     )
     .await
+}
+
+/// The response headers a browser app may read (CORS).
+const EXPOSED: &str = "x-gateway-provider, x-gateway-model, x-gateway-attempts, \
+    x-gateway-request-id, x-gateway-cache-status, x-gateway-overhead-ms, \
+    x-gateway-transcript, x-gateway-reply-text, x-gateway-transcription-model, \
+    x-gateway-chat-model, x-ratelimit-limit, x-ratelimit-remaining, retry-after";
+
+/// The request headers a browser app may send (CORS preflight).
+const ALLOWED: &str = "authorization, content-type, x-api-key, x-stainless-arch, \
+    x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, \
+    x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout, \
+    openai-organization, openai-project, openai-beta, anthropic-version, anthropic-beta, \
+    anthropic-dangerous-direct-browser-access, x-gateway-fallback, x-gateway-cache-ttl, \
+    x-gateway-skip-cache, x-gateway-cache-key, x-gateway-metadata, \
+    x-gateway-request-timeout, x-gateway-max-attempts, x-gateway-retry-delay, \
+    x-gateway-backoff, x-gateway-collect-log, x-gateway-force-provider, cf-aig-cache-ttl, \
+    cf-aig-skip-cache, cf-aig-cache-key, cf-aig-metadata, cf-aig-request-timeout, \
+    cf-aig-max-attempts, cf-aig-retry-delay, cf-aig-backoff, cf-aig-collect-log";
+
+/// The value for `access-control-allow-origin` when the request's `Origin` is allowed by
+/// `[server] cors_origins` (`*` allows any).
+pub fn cors_origin(allowed: &[String], session: &Session) -> Option<http::HeaderValue> {
+    let origin = session.req_header().headers.get(http::header::ORIGIN)?;
+    let o = origin.to_str().ok()?;
+    if allowed.iter().any(|a| a == "*") {
+        return Some(http::HeaderValue::from_static("*"));
+    }
+    allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o))
+        .then(|| origin.clone())
+}
+
+/// Answers a CORS preflight: 204 with what may be sent, or 204 without CORS headers when
+/// the origin is not allowed (the browser then refuses the real request).
+pub async fn preflight(session: &mut Session, ctx: &mut RequestCtx) {
+    ctx.status = 204;
+    let Ok(mut resp) = ResponseHeader::build(204, Some(8)) else {
+        return;
+    };
+    if let Some(origin) = &ctx.cors {
+        let _ = resp.insert_header("access-control-allow-origin", origin.clone());
+        let _ = resp.insert_header(
+            "access-control-allow-methods",
+            "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+        );
+        let asked = session
+            .req_header()
+            .headers
+            .get("access-control-request-headers")
+            .cloned();
+        match asked {
+            Some(h) => {
+                let _ = resp.insert_header("access-control-allow-headers", h);
+            }
+            None => {
+                let _ = resp.insert_header("access-control-allow-headers", ALLOWED);
+            }
+        }
+        let _ = resp.insert_header("access-control-max-age", "86400");
+        let _ = resp.insert_header(http::header::VARY, "origin");
+    }
+    let _ = resp.insert_header(http::header::CONTENT_LENGTH, 0);
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_ok()
+    {
+        let _ = session.write_response_body(None, true).await;
+    }
 }

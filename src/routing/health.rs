@@ -17,6 +17,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+/// The reason a model cools down after a 429 (`Snapshot::last_error`).
+pub const RATE_LIMITED: &str = "rate limited (429)";
+
 /// Outcomes remembered for the success rate.
 const WINDOW: usize = 100;
 /// Latency samples remembered for percentiles.
@@ -160,7 +163,7 @@ impl Health {
                         self.consecutive_failures,
                     )
                 });
-                self.open_cooldown(now, wait, "rate limited (429)".into());
+                self.open_cooldown(now, wait, RATE_LIMITED.into());
             }
             Report::Failed { reason } => {
                 self.push_outcome(false);

@@ -240,6 +240,11 @@ impl Catalog {
 
     /// The vector space an embeddings request for `model` is bound to (`auto` = the
     /// default's), if the name resolves to an embedding model.
+    /// Whether `model` names one model of one provider (`provider/model`).
+    pub fn pinned(&self, model: Option<&str>) -> bool {
+        model.is_some_and(|m| self.by_qualified.contains_key(m))
+    }
+
     pub fn embedding_space(&self, model: Option<&str>) -> Option<&str> {
         let is_embedding = |i: &usize| self.models[*i].model_type == ModelType::Embedding;
         let idx = match model {
@@ -452,6 +457,8 @@ impl Router {
             .flatten();
         let mut unfit = Vec::new();
         let mut unavailable = Vec::new();
+        // Candidates cooling down: when each comes back, and whether a 429 put it there.
+        let mut cooling: Vec<(Instant, bool)> = Vec::new();
         let mut groups: Vec<Vec<(usize, f64)>> = Vec::with_capacity(selection.groups.len());
         for group in &selection.groups {
             let mut ready = Vec::with_capacity(group.len());
@@ -477,7 +484,15 @@ impl Router {
                 }
                 let s = live.snapshot(i, m.provider, now);
                 match unavailable_now(m, &s, now) {
-                    Some(why) => unavailable.push(format!("`{}`: {why}", m.qualified)),
+                    Some(why) => {
+                        let rate_limited = s.last_error.as_deref() == Some(health::RATE_LIMITED);
+                        match s.gate {
+                            Gate::Cooling(until) => cooling.push((until, rate_limited)),
+                            Gate::ProbeBusy => cooling.push((now + PROBE_WAIT, rate_limited)),
+                            _ => {}
+                        }
+                        unavailable.push(format!("`{}`: {why}", m.qualified))
+                    }
                     None => ready.push((i, weight(m, &s, needs))),
                 }
             }
@@ -523,12 +538,30 @@ impl Router {
             let mut msg = String::from("No capable model can serve this request now: ");
             msg.push_str(&unavailable.join("; "));
             msg.push('.');
-            return Err(ApiError::no_capacity(msg));
+            let mut e = ApiError::no_capacity(msg);
+            // Whoever knows when capacity returns says so.
+            e.retry_after = cooling
+                .iter()
+                .map(|(until, _)| until.saturating_duration_since(now).as_secs().max(1))
+                .min();
+            // A pinned model rate-limited by its provider is the client's own limit there.
+            let all_rate_limited = !cooling.is_empty()
+                && cooling.len() == unavailable.len()
+                && cooling.iter().all(|(_, r)| *r);
+            if all_rate_limited && selection.kind == Selection::Pinned && !ask.fallback_auto {
+                e.status = 429;
+                e.kind = "rate_limit_error";
+                e.code = Some("rate_limited");
+            }
+            return Err(e);
         }
         plan.truncate(ask.max_attempts);
         Ok(plan)
     }
 }
+
+/// How soon a model whose recovery probe is in flight is said to return.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Orders the first `keep` candidates by a weighted random draw without replacement
 /// (Efraimidis–Spirakis: largest `u^(1/w)` first), so each position is drawn in proportion

@@ -308,15 +308,26 @@ impl SimProvider {
 
         match behavior {
             Behavior::Fail(status) => {
-                let (kind, msg) = match status {
+                // As OpenAI-compatible providers word them; a 429 as Groq does (its own
+                // `type`, which the gateway must not pass on as is).
+                let (kind, code, msg) = match status {
                     429 => (
-                        "rate_limit_error",
-                        "sim: rate limit reached, retry later".into(),
+                        "requests",
+                        Some("rate_limit_exceeded"),
+                        format!(
+                            "Rate limit reached for model `{model}` on requests per minute \
+                             (RPM): Limit 30, Used 30, Requested 1. Please try again in \
+                             {retry_after}s."
+                        ),
                     ),
-                    401 => ("invalid_request_error", invalid_key_message(session)),
-                    _ => ("server_error", "sim: internal error".into()),
+                    401 => (
+                        "invalid_request_error",
+                        Some("invalid_api_key"),
+                        invalid_key_message(session),
+                    ),
+                    _ => ("server_error", None, "sim: internal error".into()),
                 };
-                let err = crate::errors::envelope(kind, None, None, &msg);
+                let err = crate::errors::envelope(kind, code, None, &msg);
                 let hint = [("retry-after", retry_after.as_str())];
                 let extra: &[(&str, &str)] = if status == 429 { &hint } else { &[] };
                 return write(session, status, "application/json", err, extra).await;
@@ -555,6 +566,16 @@ impl ProxyHttp for SimProvider {
             write(session, 404, "application/json", err, &[]).await?;
         }
         Ok(true)
+    }
+
+    /// A deliberate drop (`drop`, `drop-early` behaviours) is the simulator doing its job,
+    /// not an error to log: only other failures reach the error log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &(), error: &Error) -> bool {
+        error.etype() == &ErrorType::ConnectionClosed
+            && error
+                .context
+                .as_ref()
+                .is_some_and(|c| c.as_str().starts_with("sim: dropping"))
     }
 
     async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {

@@ -3,6 +3,7 @@
 mod architecture;
 mod cache;
 mod conformance;
+mod contract;
 mod core;
 mod errors;
 mod harness;

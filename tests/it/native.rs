@@ -58,10 +58,7 @@ fn openai_sdk_talks_to_native_providers_through_the_gateway() {
     let sim = start_sim();
     let gw = start_gateway(&natives(), &sim.addr);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/native_check.py");
-    let openapi = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/openai-openapi/openapi.json"
-    );
+    let openapi = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openapi/openapi.json");
     let models = serde_json::json!({"gemini": GEMINI, "anthropic": ANTHROPIC, "workers": WORKERS});
     let out = Command::new("python3")
         .args([

@@ -28,6 +28,16 @@ fn gateway(sim: &Proc, providers: &[String], extra: &str) -> Proc {
     )
 }
 
+/// `/v1/routing/status` as an authorized caller sees it (with key-pool hints).
+fn status_with_key(gw: &Proc) -> serde_json::Value {
+    let r = client()
+        .get(gw.url("/v1/routing/status"))
+        .bearer_auth(KEY)
+        .send()
+        .unwrap();
+    json(&r.bytes().unwrap())
+}
+
 fn chat(gw: &Proc, model: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     post(
         &gw.url("/v1/chat/completions"),
@@ -71,9 +81,12 @@ fn rate_limited_model_is_skipped_for_its_retry_after() {
         1,
         "the cooling model was not skipped"
     );
-    // Pinned without fallback while cooling: 503 naming why.
-    let (status, _, body) = chat(&gw, "busy/m-busy");
-    let v = assert_error(status, &body, 503, "service_unavailable");
+    // Pinned without fallback while cooling after a 429: the client's own rate limit
+    // there, 429 naming why, with when to come back.
+    let (status, headers, body) = chat(&gw, "busy/m-busy");
+    let v = assert_error(status, &body, 429, "rate_limit_error");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry), "retry-after {retry}");
     assert!(
         v["error"]["message"]
             .as_str()
@@ -469,7 +482,7 @@ fn a_key_pool_rests_a_rate_limited_key_and_serves_with_the_others() {
         );
     }
     assert_eq!(gw.model_status("pool/m")["status"], "available");
-    let keys = &gw.routing_status()["providers"]["pool"]["keys"];
+    let keys = &status_with_key(&gw)["providers"]["pool"]["keys"];
     // A short key is named by its place in the pool only (its tail would be most of it).
     assert_eq!(keys[0]["key"], "#1", "{keys}");
     assert_eq!(keys[0]["status"], "resting", "{keys}");
@@ -498,7 +511,7 @@ fn a_rejected_key_leaves_the_pool_and_a_pool_of_rejected_keys_blocks_the_provide
         .filter(|k| k.contains("sim-401"))
         .count();
     assert_eq!(rejected, 1, "a rejected key is not tried again");
-    let status = gw.routing_status();
+    let status = status_with_key(&gw);
     let half = &status["providers"]["half"];
     assert_eq!(half["configured"], true, "{half}");
     assert_eq!(half["keys"][0]["status"], "rejected", "{half}");
@@ -507,7 +520,7 @@ fn a_rejected_key_leaves_the_pool_and_a_pool_of_rejected_keys_blocks_the_provide
     // Every key refused: the provider is blocked, loudly, as with a single bad key.
     let (status, _, body) = chat(&gw, "dead/d");
     assert!(status >= 500, "{status} {}", String::from_utf8_lossy(&body));
-    let dead = &gw.routing_status()["providers"]["dead"];
+    let dead = &status_with_key(&gw)["providers"]["dead"];
     assert_eq!(dead["configured"], false, "{dead}");
     assert_eq!(dead["keys"][0]["status"], "rejected");
     assert_alive(&gw);

@@ -39,10 +39,7 @@ fn openai_python_sdk_chats_and_streams_through_demo() {
         Kill(child)
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk_check.py");
-    let openapi = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/openai-openapi/openapi.json"
-    );
+    let openapi = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openapi/openapi.json");
     let out = Command::new("python3")
         .args([
             script,

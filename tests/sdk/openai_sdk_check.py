@@ -1,7 +1,7 @@
 """The official OpenAI Python SDK against a running freeway (demo), plus schema checks.
 
 Every JSON body and stream chunk freeway returns is validated against OpenAI's published
-OpenAPI schema (shared/openai-openapi/openapi.json). Exits non-zero on the first failure.
+OpenAPI schema (tests/openapi/openapi.json, a subset of OpenAI's published one). Exits non-zero on the first failure.
 Requires: pip install openai jsonschema
 """
 import argparse
