@@ -154,7 +154,7 @@ pub fn kind_for_status(status: u16) -> &'static str {
         408 | 504 => "timeout",
         429 => "rate_limit_error",
         400..=499 => "invalid_request_error",
-        503 => "service_unavailable",
+        // A provider's 5xx is an upstream error; `service_unavailable` is the gateway's own.
         _ => "upstream_error",
     }
 }

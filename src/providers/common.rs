@@ -663,15 +663,8 @@ pub fn native_error(
     )
 }
 
-/// The OpenAI error type for an HTTP status.
-pub fn kind_for_status(status: u16) -> &'static str {
-    match status {
-        401 | 403 => "authentication_error",
-        429 => "rate_limit_error",
-        400..=499 => "invalid_request_error",
-        _ => "upstream_error",
-    }
-}
+/// The gateway's error type for an HTTP status (one table, in `errors`).
+pub use crate::errors::kind_for_status;
 
 #[cfg(test)]
 mod tests {
