@@ -10,10 +10,18 @@ use freeway::config::Config;
 use freeway::server::{self, ProcessFlags};
 use std::path::PathBuf;
 
+/// `freeway --version`: `freeway <semver> (<git commit>)`; the commit comes from build.rs.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("FREEWAY_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "freeway",
-    version,
+    version = VERSION,
     about = "An OpenAI-compatible AI gateway on Pingora"
 )]
 struct Cli {
