@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what freeway needs to build and test on Debian/Ubuntu, then builds it.
 #   bash scripts/setup.sh          # system packages + release build
-#   bash scripts/setup.sh --test   # also the Python test tools (OpenAI SDK) in .venv
+#   bash scripts/setup.sh --test   # also the test tools: the OpenAI SDK in .venv, lintian,
+#                                  # cargo-deb, a browser, promtool, espeak-ng, redis-server
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v espeak-ng >/dev/null || tneed+=(espeak-ng)
   # redis-server: the shared-mode tests start their own on a loopback port.
   command -v redis-server >/dev/null || tneed+=(redis-server)
+  # lintian: the package test checks the .deb against Debian policy (dpkg-deb comes with dpkg).
+  command -v lintian >/dev/null || tneed+=(lintian)
   if [ ${#tneed[@]} -gt 0 ]; then
     echo "setup: installing ${tneed[*]}"
     as_root apt-get update -qq
@@ -57,6 +60,14 @@ if [ "${1:-}" = "--test" ]; then
   fi
   .venv/bin/python3 -c 'import openai, jsonschema, anthropic' 2>/dev/null ||
     .venv/bin/pip install -q --disable-pip-version-check openai jsonschema anthropic
+  # cargo-deb builds the Debian package in the package test (tests/it/package.rs) and in
+  # scripts/deb.sh: compiled once from crates.io (about a minute on 2 cores). If it cannot be
+  # installed, that test says so and is skipped.
+  if ! cargo deb --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-deb"
+    cargo install --quiet --locked --version '^3' cargo-deb ||
+      echo "setup: cargo-deb could not be installed; the package test will be skipped"
+  fi
 else
   cargo build --release
   echo "setup: built target/release/freeway"

@@ -1,6 +1,6 @@
 //! The `freeway` command line: parse, load config, build the server, run.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 // mimalloc: the request path allocates and frees many small buffers (Pingora's and ours);
 // it cut the gateway's CPU per request measurably versus glibc malloc (see README, Performance).
@@ -10,10 +10,18 @@ use freeway::config::Config;
 use freeway::server::{self, ProcessFlags};
 use std::path::PathBuf;
 
+/// `freeway --version`: `freeway <semver> (<git commit>)`; the commit comes from build.rs.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("FREEWAY_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "freeway",
-    version,
+    version = VERSION,
     about = "An OpenAI-compatible AI gateway on Pingora"
 )]
 struct Cli {
@@ -56,6 +64,23 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// Write the man page and the bash, zsh and fish completions into a directory (used by
+    /// scripts/deb.sh when it builds the Debian package).
+    #[command(hide = true)]
+    PackageAssets { dir: PathBuf },
+}
+
+/// The man pages (freeway.1 and one per visible subcommand, which freeway.1 refers to),
+/// freeway.bash, _freeway (zsh) and freeway.fish, all from the clap definition.
+fn write_package_assets(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), dir)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "freeway", dir)?;
+    }
+    Ok(())
 }
 
 fn init_logging() {
@@ -86,6 +111,9 @@ fn main() {
     match cli.command {
         Some(Command::HashKey { key, label }) => {
             println!("{}", freeway::auth::hash_key_line(&label, &key));
+        }
+        Some(Command::PackageAssets { dir }) => {
+            write_package_assets(&dir).unwrap_or_else(|e| fail(format!("{}: {e}", dir.display())));
         }
         Some(Command::Sim { listen, threads }) => {
             init_logging();

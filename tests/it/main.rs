@@ -12,6 +12,7 @@ mod media;
 mod native;
 mod observe;
 mod ops;
+mod package;
 mod passthrough;
 mod pipeline;
 mod redis_proc;

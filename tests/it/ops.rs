@@ -14,7 +14,7 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     let dir = std::env::temp_dir().join(format!("freeway-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("freeway.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/freeway", BIN)).unwrap();
+    std::fs::write(&path, unit.replace("/usr/bin/freeway", BIN)).unwrap();
     let out = Command::new("systemd-analyze")
         .args(["verify", path.to_str().unwrap()])
         .output()
