@@ -8,8 +8,7 @@
 //!   [`NativeChat`], and is a [`Translator`] (fresh answer ids, the stream, errors).
 
 use super::common::{ChunkWriter, Meta};
-use super::{StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage};
-use crate::errors::ApiError;
+use super::{BuiltRequest, StreamError, StreamTranslator, Translated, Translator, Usage};
 use crate::request::ChatRequest;
 use crate::sse::{SseEvent, SseReader};
 use bytes::Bytes;
@@ -28,19 +27,14 @@ pub trait NativeChat: Send + Sync {
     const ERROR: ErrorFn;
 
     /// The native request for a chat completion, from the client's OpenAI body.
-    fn request(req: &ChatRequest, body: &[u8], model: &str) -> Result<UpstreamRequest, ApiError>;
+    fn request(req: &ChatRequest, body: &[u8], model: &str) -> BuiltRequest;
 
     /// A native non-streamed answer → OpenAI `chat.completion`, with `meta`'s id and time.
     fn response(body: &[u8], model: &str, meta: &Meta) -> Result<Translated, String>;
 }
 
 impl<T: NativeChat> Translator for T {
-    fn chat_request(
-        &self,
-        req: &ChatRequest,
-        body: &[u8],
-        model_id: &str,
-    ) -> Result<UpstreamRequest, ApiError> {
+    fn chat_request(&self, req: &ChatRequest, body: &[u8], model_id: &str) -> BuiltRequest {
         T::request(req, body, model_id)
     }
 

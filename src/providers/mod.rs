@@ -116,6 +116,9 @@ impl Outbound {
     }
 }
 
+/// A chat translator's upstream request, or why the request cannot be served as asked.
+pub type BuiltRequest = Result<UpstreamRequest, ApiError>;
+
 /// A native answer made into OpenAI's `chat.completion` JSON.
 pub struct Translated {
     pub body: Bytes,
@@ -143,12 +146,7 @@ impl std::fmt::Display for StreamError {
 /// One wire format: OpenAI requests in, native requests out, native answers back to OpenAI.
 pub trait Translator: Send + Sync {
     /// The native request for a chat completion, from the client's OpenAI body.
-    fn chat_request(
-        &self,
-        req: &ChatRequest,
-        body: &[u8],
-        model_id: &str,
-    ) -> Result<UpstreamRequest, ApiError>;
+    fn chat_request(&self, req: &ChatRequest, body: &[u8], model_id: &str) -> BuiltRequest;
 
     /// A native non-streamed answer → OpenAI `chat.completion`.
     fn chat_response(&self, body: Bytes, model_id: &str) -> Result<Translated, String>;

@@ -21,7 +21,7 @@ use crate::providers::chat::{
 use crate::providers::common::{
     self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part, ToolChoice,
 };
-use crate::providers::{StreamError, Translated, UpstreamRequest, Usage};
+use crate::providers::{BuiltRequest, StreamError, Translated, UpstreamRequest, Usage};
 use crate::request::ChatRequest;
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
@@ -549,7 +549,7 @@ impl NativeChat for Anthropic {
     type Events = AnthropicEvents;
     const ERROR: ErrorFn = super::error::translate_error;
 
-    fn request(req: &ChatRequest, body: &[u8], model: &str) -> Result<UpstreamRequest, ApiError> {
+    fn request(req: &ChatRequest, body: &[u8], model: &str) -> BuiltRequest {
         let native = build_request(body, model, req.stream)?;
         let mut up = UpstreamRequest::json("/messages".into(), &native);
         up.headers.push((

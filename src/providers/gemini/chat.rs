@@ -16,7 +16,7 @@ use crate::providers::chat::{
 use crate::providers::common::{
     self, ChunkWriter, Image, JsonMode, Meta, OutChoice, OutToolCall, Part, ToolChoice,
 };
-use crate::providers::{StreamError, Translated, UpstreamRequest, Usage};
+use crate::providers::{BuiltRequest, StreamError, Translated, UpstreamRequest, Usage};
 use crate::request::ChatRequest;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -522,7 +522,7 @@ impl NativeChat for Gemini {
     type Events = GeminiEvents;
     const ERROR: ErrorFn = super::error::translate_error;
 
-    fn request(req: &ChatRequest, body: &[u8], model: &str) -> Result<UpstreamRequest, ApiError> {
+    fn request(req: &ChatRequest, body: &[u8], model: &str) -> BuiltRequest {
         let path = if req.stream {
             format!("/models/{model}:streamGenerateContent?alt=sse")
         } else {

@@ -3,10 +3,9 @@
 //! streams pass through event by event, inspected only for usage, errors and the first
 //! content delta.
 
-use crate::errors::ApiError;
 use crate::providers::chat::{ChatEvents, ChatStream, Handled, StreamState};
 use crate::providers::{
-    StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage,
+    BuiltRequest, StreamError, StreamTranslator, Translated, Translator, UpstreamRequest, Usage,
 };
 use crate::request::ChatRequest;
 use crate::sse::write_data;
@@ -53,12 +52,7 @@ impl From<PeekUsage> for Usage {
 }
 
 impl Translator for OpenAi {
-    fn chat_request(
-        &self,
-        req: &ChatRequest,
-        body: &[u8],
-        model_id: &str,
-    ) -> Result<UpstreamRequest, ApiError> {
+    fn chat_request(&self, req: &ChatRequest, body: &[u8], model_id: &str) -> BuiltRequest {
         Ok(UpstreamRequest {
             path: "/chat/completions".into(),
             body: Bytes::from(req.rewrite_for_upstream(body, model_id)),

@@ -12,7 +12,7 @@ use crate::providers::chat::{
     ChatEvents, ChatStream, ErrorFn, Handled, NativeChat, NativeEvents, StreamState,
 };
 use crate::providers::common::{self, ChunkWriter, Image, JsonMode, Meta, OutToolCall, Part};
-use crate::providers::{StreamError, Translated, UpstreamRequest, Usage};
+use crate::providers::{BuiltRequest, StreamError, Translated, UpstreamRequest, Usage};
 use crate::request::ChatRequest;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -412,7 +412,7 @@ impl NativeChat for WorkersAi {
 
     /// Model ids go into the path as they are: Cloudflare's documented URLs keep the `@`
     /// and slashes.
-    fn request(req: &ChatRequest, body: &[u8], model: &str) -> Result<UpstreamRequest, ApiError> {
+    fn request(req: &ChatRequest, body: &[u8], model: &str) -> BuiltRequest {
         let native = build_request(body, req.stream)?;
         Ok(UpstreamRequest::json(format!("/run/{model}"), &native))
     }
