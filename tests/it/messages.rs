@@ -303,3 +303,55 @@ fn messages_chat_cannot_carry_go_to_anthropic_providers_only() {
     assert_eq!(s, 200);
     assert!(json(&b)["input_tokens"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn messages_work_on_the_demo_with_auto_and_claude() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let sim_listen = format!("127.0.0.1:{}", free_port());
+    let dir = std::env::temp_dir().join(format!("freeway-messages-demo-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let demo = spawn(
+        &["demo", "--listen", &listen, "--sim-listen", &sim_listen],
+        listen.clone(),
+        &dir,
+        "demo",
+    );
+    for (model, provider, stream) in [
+        ("auto", None, false),
+        ("auto", None, true),
+        ("claude", Some("sim-anthropic"), false),
+        ("claude-sonnet-4-5", Some("sim-anthropic"), true),
+    ] {
+        let body = serde_json::json!({"model": model, "max_tokens": 64, "stream": stream,
+            "messages": [{"role": "user", "content": "hello demo"}]});
+        let (s, h, b) = post_with(
+            &demo.url("/v1/messages"),
+            None,
+            body.to_string(),
+            &[("anthropic-version", "2023-06-01")],
+        );
+        let text = String::from_utf8_lossy(&b);
+        assert_eq!(s, 200, "{model}: {text}");
+        if let Some(p) = provider {
+            assert_eq!(h["x-gateway-provider"], p);
+        }
+        if stream {
+            assert!(text.starts_with("event: message_start"), "{text}");
+            assert!(
+                text.contains("text_delta")
+                    && text.trim_end().ends_with(r#"{"type":"message_stop"}"#),
+                "{text}"
+            );
+        } else {
+            let v = json(&b);
+            assert_eq!(v["type"], "message");
+            assert!(
+                v["content"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("hello demo"),
+                "{v}"
+            );
+        }
+    }
+}
