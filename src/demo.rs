@@ -129,6 +129,8 @@ simulated = true
   capabilities = ["tools", "json", "vision", "stream"]
   auto = false
 
+# Claude-style clients (the Anthropic SDK, POST /v1/messages): "claude-sonnet-4-5" (or its
+# alias "claude") is served natively here, "auto" is translated from the providers above.
 [[providers]]
 name = "sim-anthropic"
 kind = "anthropic"
@@ -137,6 +139,7 @@ api_key = "sim-key-anthropic"
 simulated = true
   [[providers.models]]
   id = "claude-sonnet-4-5"
+  aliases = ["claude"]
   context_window = 200000
   capabilities = ["tools", "json", "vision", "stream"]
   auto = false

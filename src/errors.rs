@@ -1,6 +1,10 @@
 //! The OpenAI error envelope: every error a client sees has this shape.
 //!
 //! `{"error":{"message":"…","type":"…","code":"…","param":null}}`
+//!
+//! An endpoint of another API answers its own envelope ([`Envelope`]): the Anthropic
+//! Messages endpoint renders every error, the gateway's and the providers', as
+//! `{"type":"error","error":{"type":"…","message":"…"}}` with Anthropic's error types.
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -18,7 +22,7 @@ pub struct ApiError {
 }
 
 #[derive(Serialize)]
-struct Envelope<'a> {
+struct OpenAiEnvelope<'a> {
     error: Body<'a>,
 }
 
@@ -130,11 +134,80 @@ impl ApiError {
     pub fn body(&self) -> Bytes {
         envelope(self.kind, self.code, self.param, &self.message)
     }
+
+    /// The JSON body in the envelope of `api`.
+    pub fn body_in(&self, api: Envelope) -> Bytes {
+        match api {
+            Envelope::OpenAi => self.body(),
+            Envelope::Anthropic => {
+                anthropic_envelope(anthropic_type(self.status, self.code), &self.message)
+            }
+        }
+    }
+}
+
+/// The error envelope an endpoint answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// `{"error":{"message","type","code","param"}}`.
+    OpenAi,
+    /// Anthropic's `{"type":"error","error":{"type","message"}}`.
+    Anthropic,
+}
+
+/// Anthropic's error types (<https://docs.anthropic.com/en/api/errors>).
+const ANTHROPIC_TYPES: &[&str] = &[
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "rate_limit_error",
+    "api_error",
+    "overloaded_error",
+];
+
+/// Anthropic's error type for an error with this status: the provider's own Anthropic
+/// type when it gave one (kept as `code` by the Anthropic error translation), else the type
+/// Anthropic uses for the status.
+pub fn anthropic_type(status: u16, code: Option<&str>) -> &'static str {
+    if let Some(t) = code.and_then(|c| ANTHROPIC_TYPES.iter().find(|t| **t == c)) {
+        return t;
+    }
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// Serialises an Anthropic error envelope.
+pub fn anthropic_envelope(kind: &str, message: &str) -> Bytes {
+    let v = serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
+    Bytes::from(v.to_string())
+}
+
+/// An error body in the gateway's OpenAI envelope (as the attempt engine keeps upstream
+/// errors) re-rendered in the envelope of `api`, keeping its message.
+pub fn reshape(api: Envelope, status: u16, openai: Bytes) -> Bytes {
+    if api == Envelope::OpenAi {
+        return openai;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&openai).unwrap_or_default();
+    let e = &v["error"];
+    let message = e["message"].as_str().map_or_else(
+        || String::from_utf8_lossy(&openai).into_owned(),
+        str::to_string,
+    );
+    anthropic_envelope(anthropic_type(status, e["code"].as_str()), &message)
 }
 
 /// Serialises an OpenAI error envelope.
 pub fn envelope(kind: &str, code: Option<&str>, param: Option<&str>, message: &str) -> Bytes {
-    let env = Envelope {
+    let env = OpenAiEnvelope {
         error: Body {
             message,
             kind,
@@ -199,6 +272,41 @@ mod tests {
         assert_eq!(v["error"]["code"], "invalid_api_key");
         assert!(v["error"]["param"].is_null());
         assert!(v["error"]["message"].as_str().unwrap().contains("Bearer"));
+    }
+
+    #[test]
+    fn anthropic_envelopes_carry_anthropics_types() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&ApiError::unauthorized().body_in(Envelope::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-api-key"));
+        for (status, code, want) in [
+            (400, None, "invalid_request_error"),
+            (403, None, "permission_error"),
+            (404, None, "not_found_error"),
+            (429, Some("rate_limit_exceeded"), "rate_limit_error"),
+            (503, Some("no_capacity"), "overloaded_error"),
+            (529, Some("overloaded_error"), "overloaded_error"),
+            (502, Some("upstream_error"), "api_error"),
+            (500, Some("overloaded_error"), "overloaded_error"),
+        ] {
+            assert_eq!(anthropic_type(status, code), want, "{status} {code:?}");
+        }
+        let openai = upstream_envelope(
+            429,
+            "groq",
+            br#"{"error":{"message":"slow down","type":"requests"}}"#,
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&reshape(Envelope::Anthropic, 429, openai)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}})
+        );
     }
 
     #[test]

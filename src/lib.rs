@@ -16,6 +16,7 @@ pub mod demo;
 pub mod errors;
 pub mod limits;
 pub mod live;
+pub mod messages;
 pub mod multipart;
 pub mod observe;
 pub mod providers;

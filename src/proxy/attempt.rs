@@ -14,7 +14,7 @@
 //! that opens a 200 and dies at once is still failed over invisibly.
 
 use super::ctx::RequestCtx;
-use super::respond::{send, send_error};
+use super::respond::{send_error, send_upstream_error};
 use super::Gateway;
 use crate::errors::{upstream_envelope, ApiError};
 use crate::live::slots::Slot;
@@ -347,7 +347,7 @@ pub async fn run<C: Call>(
                 };
                 record_answer(ctx, model, live, attempt_start, &answer);
                 let body = upstream_envelope(status, &model.provider_name, &body);
-                send(session, ctx, status, "application/json", body, &[]).await;
+                send_upstream_error(session, ctx, status, body, &[]).await;
                 return None;
             }
             Attempt::Retry(failure) => {
@@ -844,7 +844,7 @@ async fn answer_exhausted(
             *status
         };
         let envelope = upstream_envelope(status, provider, body);
-        send(session, ctx, status, "application/json", envelope, &extra).await;
+        send_upstream_error(session, ctx, status, envelope, &extra).await;
         return;
     }
     let mut err = if all_rate_limited {

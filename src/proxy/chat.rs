@@ -147,11 +147,10 @@ impl ChatCall<'_> {
         Ok(answer)
     }
 
-    /// A streamed answer: hold the client's headers until the first content delta, then
-    /// forward translated events as they arrive.
+    /// A streamed answer through the provider's translator (and the Responses reshaper).
     async fn relay_stream(
         &self,
-        mut reply: Reply<'_>,
+        reply: Reply<'_>,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Answer, Failure> {
@@ -161,93 +160,11 @@ impl ChatCall<'_> {
         if let Some(meta) = &self.responses {
             tr = Box::new(responses::ResponsesStream::new(tr, meta.clone(), &model.id));
         }
-        let mut out = Vec::new();
-        let mut ended = false;
-        let mut assembled = self.capturing().then(crate::cache::sse::Assembler::default);
-        // The failover gate: nothing reaches the client before the first content.
-        while !tr.started() {
-            match reply.chunk(ctx).await {
-                Ok(Some(chunk)) => tr
-                    .feed(&chunk, &mut out)
-                    .map_err(|e| Failure::Malformed(e.to_string()))?,
-                Ok(None) => {
-                    tr.finish(&mut out)
-                        .map_err(|e| Failure::Malformed(e.to_string()))?;
-                    if !tr.started() {
-                        return Err(Failure::Malformed(
-                            "the stream ended without any content".into(),
-                        ));
-                    }
-                    ended = true;
-                }
-                Err(e) => return Err(reply.read_failure(&e, "stream before its first content")),
-            }
-        }
-        let mut answer = reply.answered(true);
-
-        ctx.streamed = true;
-        if !write_head(session, ctx, 200, "text/event-stream", None, &[]).await {
-            return Ok(answer); // the client left; dropping the reply closes upstream
-        }
-
-        loop {
-            if !out.is_empty() {
-                let events = Bytes::from(std::mem::take(&mut out));
-                if let Some(a) = &mut assembled {
-                    a.feed(&events);
-                }
-                if ended {
-                    self.keep(ctx, assembled.take().and_then(|a| a.finish()))
-                        .await;
-                }
-                if session
-                    .write_response_body(Some(events), false)
-                    .await
-                    .is_err()
-                {
-                    log::info!("{}: client disconnected mid-stream", ctx.id);
-                    answer.usage = tr.usage();
-                    return Ok(answer);
-                }
-            }
-            if ended {
-                break;
-            }
-            let failure = match reply.chunk(ctx).await {
-                Ok(Some(chunk)) => match tr.feed(&chunk, &mut out) {
-                    Ok(()) => continue,
-                    Err(e) => e.to_string(),
-                },
-                Ok(None) => match tr.finish(&mut out) {
-                    Ok(()) => {
-                        ended = true;
-                        continue;
-                    }
-                    Err(e) => e.to_string(),
-                },
-                Err(e) if attempt::is_timeout(&e) => {
-                    format!("stalled for {} ms", reply.timeouts.idle.as_millis())
-                }
-                Err(e) => format!("broke: {}", attempt::describe(&e)),
-            };
-            // Complete events translated before the failure still go out, then the error.
-            let why = format!("the stream from `{}` failed: {failure}", model.qualified);
-            let why = self.secrets.scrub(&why).into_owned();
-            log::warn!("{}: {why}", ctx.id);
-            ctx.failures.push(why.clone());
-            tr.error_event(&ApiError::upstream(502, why), &mut out);
-            let _ = session
-                .write_response_body(Some(Bytes::from(out)), true)
-                .await;
-            answer.usage = tr.usage();
-            answer.broken = true;
-            return Ok(answer);
-        }
-        self.keep(ctx, assembled.and_then(|a| a.finish())).await;
-        let _ = session.write_response_body(None, true).await;
-        reply.release().await;
-        answer.usage = tr.usage();
-        Ok(answer)
+        let keep = self.capturing().then_some(Keep {
+            gw: self.gw,
+            ticket: self.ticket,
+        });
+        relay_stream(reply, session, ctx, tr, self.secrets, keep).await
     }
 
     /// Whether the complete answer is wanted for the cache.
@@ -261,4 +178,126 @@ impl ChatCall<'_> {
             self.ticket.store(&self.gw.cache, ctx, body).await;
         }
     }
+}
+
+/// Where a relayed stream's complete answer is cached (chat completions only).
+pub(super) struct Keep<'a> {
+    gw: &'a Gateway,
+    ticket: &'a Ticket,
+}
+
+impl Keep<'_> {
+    async fn store(&self, ctx: &RequestCtx, completion: Option<Bytes>) {
+        if let Some(body) = completion {
+            self.ticket.store(&self.gw.cache, ctx, body).await;
+        }
+    }
+}
+
+/// Relays a streamed answer through `tr` (the provider's translator, possibly wrapped by
+/// the client API's reshaper: Responses, Anthropic Messages): the client's headers are held
+/// until the first content (before it, a failure fails over), then translated events go
+/// out as they arrive; a failure after that ends the stream with `tr`'s error event.
+pub(super) async fn relay_stream(
+    mut reply: Reply<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut tr: Box<dyn StreamTranslator>,
+    secrets: &crate::secrets::Secrets,
+    keep: Option<Keep<'_>>,
+) -> Result<Answer, Failure> {
+    let model = reply.model;
+    let mut out = Vec::new();
+    let mut ended = false;
+    let mut assembled = keep
+        .as_ref()
+        .map(|_| crate::cache::sse::Assembler::default());
+    // The failover gate: nothing reaches the client before the first content.
+    while !tr.started() {
+        match reply.chunk(ctx).await {
+            Ok(Some(chunk)) => tr
+                .feed(&chunk, &mut out)
+                .map_err(|e| Failure::Malformed(e.to_string()))?,
+            Ok(None) => {
+                tr.finish(&mut out)
+                    .map_err(|e| Failure::Malformed(e.to_string()))?;
+                if !tr.started() {
+                    return Err(Failure::Malformed(
+                        "the stream ended without any content".into(),
+                    ));
+                }
+                ended = true;
+            }
+            Err(e) => return Err(reply.read_failure(&e, "stream before its first content")),
+        }
+    }
+    let mut answer = reply.answered(true);
+
+    ctx.streamed = true;
+    if !write_head(session, ctx, 200, "text/event-stream", None, &[]).await {
+        return Ok(answer); // the client left; dropping the reply closes upstream
+    }
+
+    loop {
+        if !out.is_empty() {
+            let events = Bytes::from(std::mem::take(&mut out));
+            if let Some(a) = &mut assembled {
+                a.feed(&events);
+            }
+            if ended {
+                if let Some(k) = &keep {
+                    k.store(ctx, assembled.take().and_then(|a| a.finish()))
+                        .await;
+                }
+            }
+            if session
+                .write_response_body(Some(events), false)
+                .await
+                .is_err()
+            {
+                log::info!("{}: client disconnected mid-stream", ctx.id);
+                answer.usage = tr.usage();
+                return Ok(answer);
+            }
+        }
+        if ended {
+            break;
+        }
+        let failure = match reply.chunk(ctx).await {
+            Ok(Some(chunk)) => match tr.feed(&chunk, &mut out) {
+                Ok(()) => continue,
+                Err(e) => e.to_string(),
+            },
+            Ok(None) => match tr.finish(&mut out) {
+                Ok(()) => {
+                    ended = true;
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            },
+            Err(e) if attempt::is_timeout(&e) => {
+                format!("stalled for {} ms", reply.timeouts.idle.as_millis())
+            }
+            Err(e) => format!("broke: {}", attempt::describe(&e)),
+        };
+        // Complete events translated before the failure still go out, then the error.
+        let why = format!("the stream from `{}` failed: {failure}", model.qualified);
+        let why = secrets.scrub(&why).into_owned();
+        log::warn!("{}: {why}", ctx.id);
+        ctx.failures.push(why.clone());
+        tr.error_event(&ApiError::upstream(502, why), &mut out);
+        let _ = session
+            .write_response_body(Some(Bytes::from(out)), true)
+            .await;
+        answer.usage = tr.usage();
+        answer.broken = true;
+        return Ok(answer);
+    }
+    if let Some(k) = &keep {
+        k.store(ctx, assembled.and_then(|a| a.finish())).await;
+    }
+    let _ = session.write_response_body(None, true).await;
+    reply.release().await;
+    answer.usage = tr.usage();
+    Ok(answer)
 }

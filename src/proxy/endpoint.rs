@@ -4,11 +4,15 @@
 //! limits (`guard`), the request log and the metrics all read the entry stored on the
 //! request context; nothing else in the gateway matches paths.
 
+pub use crate::errors::Envelope;
+
 /// Which handler serves an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handler {
     Chat,
     Responses,
+    /// Anthropic's Messages API (`/v1/messages` and `/v1/messages/count_tokens`).
+    Messages,
     Embeddings,
     Transcriptions,
     Translations,
@@ -66,6 +70,9 @@ pub struct Endpoint {
     pub polled: bool,
     /// One line for humans (the API description).
     pub summary: &'static str,
+    /// The envelope every error of this endpoint is answered in, whoever produced it (the
+    /// gateway's auth, limits and routing, or a provider): `respond::send_error` reads it.
+    pub errors: Envelope,
 }
 
 /// A model endpoint (`POST`, keyed, limited, logged with tokens) or, with `model` false, a
@@ -86,6 +93,7 @@ const fn entry(
         label,
         polled: !model,
         summary,
+        errors: Envelope::OpenAi,
     }
 }
 
@@ -108,6 +116,16 @@ pub static ENDPOINTS: &[Endpoint] = &[
         MODEL,
         "OpenAI Responses API, JSON or SSE, on any chat provider",
     ),
+    Endpoint {
+        errors: Envelope::Anthropic,
+        ..entry(
+            Handler::Messages,
+            &["/v1/messages", "/v1/messages/count_tokens"],
+            "messages",
+            MODEL,
+            "Anthropic Messages API, JSON or SSE, on any chat provider (native on Anthropic)",
+        )
+    },
     entry(
         Handler::Embeddings,
         &["/v1/embeddings", "/embeddings"],
@@ -217,6 +235,7 @@ pub static NOT_FOUND: Endpoint = Endpoint {
     label: "other",
     polled: false,
     summary: "",
+    errors: Envelope::OpenAi,
 };
 
 /// The endpoint serving `path` ([`NOT_FOUND`] when none does).
@@ -273,6 +292,7 @@ mod tests {
             [
                 "chat",
                 "responses",
+                "messages",
                 "embeddings",
                 "transcriptions",
                 "translations",

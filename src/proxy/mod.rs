@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod guard;
 pub mod local;
 pub mod media;
+pub mod messages;
 pub mod passthrough;
 pub mod record;
 pub mod respond;
@@ -154,6 +155,7 @@ impl ProxyHttp for Gateway {
             Handler::Responses => {
                 chat::handle(self, &state, session, ctx, chat::Api::Responses).await
             }
+            Handler::Messages => messages::handle(self, &state, session, ctx).await,
             Handler::Embeddings => media::embeddings(self, &state, session, ctx).await,
             Handler::Transcriptions => {
                 media::transcription(self, &state, session, ctx, false).await

@@ -84,21 +84,28 @@ pub async fn send_json(session: &mut Session, ctx: &mut RequestCtx, status: u16,
     send(session, ctx, status, "application/json", body, &[]).await
 }
 
-/// Sends an OpenAI error envelope.
+/// Sends an error in the envelope of the request's endpoint (OpenAI's, or Anthropic's for
+/// the Messages API): every error the gateway answers itself goes through here.
 pub async fn send_error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) {
     let extra: Vec<(&'static str, String)> = err
         .retry_after
         .map(|s| vec![("retry-after", s.to_string())])
         .unwrap_or_default();
-    send(
-        session,
-        ctx,
-        err.status,
-        "application/json",
-        err.body(),
-        &extra,
-    )
-    .await
+    let body = err.body_in(ctx.endpoint.errors);
+    send(session, ctx, err.status, "application/json", body, &extra).await
+}
+
+/// Sends a provider's error, kept in the gateway's OpenAI envelope by the attempt engine,
+/// in the envelope of the request's endpoint.
+pub async fn send_upstream_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    openai: Bytes,
+    extra: &[(&'static str, String)],
+) {
+    let body = crate::errors::reshape(ctx.endpoint.errors, status, openai);
+    send(session, ctx, status, "application/json", body, extra).await
 }
 
 /// The response headers a browser app may read (CORS).

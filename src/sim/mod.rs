@@ -143,6 +143,35 @@ fn last_user_text(req: &Value) -> String {
     }
 }
 
+/// The reply text cut at the first of the request's stop strings (`stop`, or Anthropic's
+/// `stop_sequences`) found in it, else after `max_tokens` words: (text, finish reason, the
+/// stop string matched).
+pub(crate) fn limit_text(req: &Value, text: String) -> (String, &'static str, Option<String>) {
+    let stops: Vec<&str> = match (&req["stop"], &req["stop_sequences"]) {
+        (Value::String(s), _) => vec![s.as_str()],
+        (Value::Array(a), _) | (_, Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let hit = stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(*s).map(|at| (at, *s)))
+        .min();
+    if let Some((at, s)) = hit {
+        return (text[..at].to_string(), "stop", Some(s.to_string()));
+    }
+    let max = req["max_tokens"]
+        .as_u64()
+        .or_else(|| req["max_completion_tokens"].as_u64());
+    if let Some(max) = max {
+        let words: Vec<&str> = text.split_inclusive(' ').collect();
+        if words.len() as u64 > max {
+            return (words[..max as usize].concat(), "length", None);
+        }
+    }
+    (text, "stop", None)
+}
+
 fn reply_text(req: &Value, body_len: usize) -> String {
     let text = last_user_text(req);
     let mut shown: String = text.chars().take(200).collect();
@@ -344,7 +373,7 @@ impl SimProvider {
         // the echo.
         let conv = openai::conversation(&req);
         let reply = openai::needs_reply(&conv).then(|| native::Reply::choose(&conv, body.len()));
-        let (text, call) = match reply {
+        let (mut text, call) = match reply {
             Some(native::Reply::Text(t)) => (t, None),
             Some(native::Reply::ToolCall { name, args }) => (String::new(), Some((name, args))),
             None => (reply_text(&req, body.len()), None),
@@ -353,11 +382,21 @@ impl SimProvider {
         let id = format!("chatcmpl-sim{:x}", fastrand::u64(..));
         let call_id = format!("call_sim{:x}_0", fastrand::u64(..));
         let prompt_tokens = (body.len() / 4) as u64;
+        // `stop` and `max_tokens` are honoured: the text is cut at the first stop string
+        // (named in the choice's `stop_reason`, as vLLM does) or after `max_tokens` words.
+        let mut finish = if call.is_some() { "tool_calls" } else { "stop" };
+        let mut matched: Option<String> = None;
+        if call.is_none() {
+            (text, finish, matched) = limit_text(&req, text);
+        }
+        // A model named `…reason…` thinks aloud first (`reasoning_content`, as DeepSeek's API).
+        let reasoning = model
+            .contains("reason")
+            .then(|| format!("thinking about: {}", last_user_text(&req)));
         let completion_tokens = match &call {
             Some(_) => 5,
             None => text.split_whitespace().count() as u64,
         };
-        let finish = if call.is_some() { "tool_calls" } else { "stop" };
         let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
 
         if !stream {
@@ -379,10 +418,14 @@ impl SimProvider {
                                     "function": {"name": name, "arguments": args.to_string()}}]}),
                 None => json!({"role": "assistant", "content": text, "refusal": null}),
             };
+            let mut message = message;
+            if let Some(r) = &reasoning {
+                message["reasoning_content"] = json!(r);
+            }
             let v = json!({
                 "id": id, "object": "chat.completion", "created": created, "model": model,
                 "system_fingerprint": "fp_freeway_sim",
-                "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+                "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish, "stop_reason": matched}],
                 "usage": usage,
             });
             return write(
@@ -429,6 +472,14 @@ impl SimProvider {
                 "sim: dropping after the role chunk",
             );
         }
+        if let Some(r) = &reasoning {
+            for word in r.split_inclusive(' ') {
+                let d = json!({"reasoning_content": word});
+                session
+                    .write_response_body(Some(chunk(&id, &model, created, d, Value::Null)), false)
+                    .await?;
+            }
+        }
         if let Some((name, args)) = &call {
             // The call's head, then its arguments in two pieces, as OpenAI streams them.
             let args = args.to_string();
@@ -472,12 +523,13 @@ impl SimProvider {
                 )
                 .await?;
         }
-        session
-            .write_response_body(
-                Some(chunk(&id, &model, created, json!({}), json!(finish))),
-                false,
-            )
-            .await?;
+        let mut last = chunk(&id, &model, created, json!({}), json!(finish));
+        if let Some(m) = &matched {
+            let v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": finish, "stop_reason": m}]});
+            last = Bytes::from(format!("data: {v}\n\n"));
+        }
+        session.write_response_body(Some(last), false).await?;
         if req["stream_options"]["include_usage"].as_bool() == Some(true) {
             let v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage});
             session
@@ -513,6 +565,10 @@ impl ProxyHttp for SimProvider {
             self.media(session, kind).await?;
         } else if path.ends_with("/chat/completions") && method == http::Method::POST {
             self.chat(session).await?;
+        } else if (path.ends_with("/messages/count_tokens") || path.contains(":countTokens"))
+            && method == http::Method::POST
+        {
+            self.count_tokens(session).await?;
         } else if let Some(format) =
             native::Format::of_path(&path).filter(|_| method == http::Method::POST)
         {

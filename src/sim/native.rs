@@ -410,7 +410,7 @@ impl SimProvider {
             }
             let v = match format {
                 Format::Gemini => super::gemini::response(&reply, &turn),
-                Format::Anthropic => super::anthropic::response(&reply, &turn),
+                Format::Anthropic => super::anthropic::response(&reply, &turn, &req),
                 Format::WorkersAi => super::workers_ai::response(&reply, &turn),
             };
             return write(
@@ -425,7 +425,7 @@ impl SimProvider {
 
         let events = match format {
             Format::Gemini => super::gemini::events(&reply, &turn),
-            Format::Anthropic => super::anthropic::events(&reply, &turn),
+            Format::Anthropic => super::anthropic::events(&reply, &turn, &req),
             Format::WorkersAi => super::workers_ai::events(&reply, &turn),
         };
         let mut resp = ResponseHeader::build(200, Some(4))?;
@@ -457,6 +457,72 @@ impl SimProvider {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Anthropic's `POST /v1/messages/count_tokens` (`{"input_tokens": n}`) and Gemini's
+    /// `models/{m}:countTokens` (`{"totalTokens": n}`): a quarter of the body's bytes, the
+    /// simulator's count everywhere.
+    pub(super) async fn count_tokens(&self, session: &mut Session) -> Result<()> {
+        let mut body = Vec::new();
+        while let Some(c) = session.read_request_body().await? {
+            body.extend_from_slice(&c);
+        }
+        let body = Bytes::from(body);
+        let path = session.req_header().uri.path().to_string();
+        let gemini = path.contains(":countTokens");
+        let format = if gemini {
+            Format::Gemini
+        } else {
+            Format::Anthropic
+        };
+        let req: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                self.record(session, &body, "");
+                let err = error_body(format, 400, &format!("sim: bad JSON: {e}"));
+                return write(session, 400, "application/json", err, &[]).await;
+            }
+        };
+        let model = if gemini {
+            req["generateContentRequest"]["model"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        } else {
+            req["model"].as_str().unwrap_or("").to_string()
+        };
+        self.record(session, &body, &model);
+        let malformed = if gemini {
+            (!req["generateContentRequest"]["contents"].is_array())
+                .then_some("generateContentRequest.contents: required")
+        } else if session
+            .req_header()
+            .headers
+            .get("anthropic-version")
+            .is_none()
+        {
+            Some("anthropic-version: header is required")
+        } else {
+            (!req["messages"].is_array()).then_some("messages: Field required")
+        };
+        if let Some(msg) = malformed {
+            let err = error_body(format, 400, msg);
+            return write(session, 400, "application/json", err, &[]).await;
+        }
+        let n = (body.len() / 4) as u64;
+        let v = if gemini {
+            serde_json::json!({ "totalTokens": n })
+        } else {
+            serde_json::json!({ "input_tokens": n })
+        };
+        write(
+            session,
+            200,
+            "application/json",
+            Bytes::from(v.to_string()),
+            &[],
+        )
+        .await
     }
 
     fn behavior(&self, session: &Session, model: &str) -> Behavior {

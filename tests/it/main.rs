@@ -9,6 +9,7 @@ mod errors;
 mod harness;
 mod limits;
 mod media;
+mod messages;
 mod native;
 mod observe;
 mod ops;

@@ -157,7 +157,7 @@ fn every_model_endpoint_is_charged_to_the_per_key_limit() {
 }
 
 /// The request log's rows, newest last, as `endpoint` → columns.
-fn log_rows(gw: &Proc, want: usize) -> Vec<HashMap<String, serde_json::Value>> {
+pub(crate) fn log_rows(gw: &Proc, want: usize) -> Vec<HashMap<String, serde_json::Value>> {
     let db = gw.dir().join("freeway.db");
     let mut rows = Vec::new();
     wait_until(10, "request-log rows", || {
