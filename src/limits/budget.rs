@@ -555,6 +555,16 @@ impl Budgets {
         }
     }
 
+    /// Settles a reservation made in the local ledger (no Redis configured).
+    pub fn settle_local(&self, hold: Hold, cost: u64, tokens: u64) {
+        let tokens = if hold.tokens == 0 { 0 } else { tokens };
+        self.apply_local(
+            &hold.label,
+            &hold.at,
+            [(hold.cost, cost), (hold.cost, cost), (hold.tokens, tokens)],
+        );
+    }
+
     /// Gives a reservation back (the attempt failed: nothing was spent).
     pub async fn release(&self, hold: Hold) {
         self.settle(hold, 0, 0).await;

@@ -195,7 +195,10 @@ impl ProxyHttp for Gateway {
                     analytics::failures(&self.observer, &query).await
                 };
                 match answer {
-                    Ok(body) => respond::send_json(session, ctx, 200, body).await,
+                    Ok(body) => {
+                        let body = spend::with_budget_lines(&state, &query, body);
+                        respond::send_json(session, ctx, 200, body).await
+                    }
                     Err(e) => respond::send_error(session, ctx, &e).await,
                 }
             }

@@ -482,6 +482,30 @@ pub fn content_chars(events: &[u8]) -> u64 {
     n
 }
 
+/// `/v1/analytics?group_by=key` with each key's budgets (`budgets: {label: {daily_usd,
+/// monthly_usd}}`), for the dashboard's budget lines.
+pub fn with_budget_lines(state: &State, query: &str, body: Bytes) -> Bytes {
+    if !query.split('&').any(|p| p == "group_by=key") {
+        return body;
+    }
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    let lines: serde_json::Map<String, serde_json::Value> = state
+        .auth
+        .policies()
+        .filter(|p| p.daily_usd > 0.0 || p.monthly_usd > 0.0)
+        .map(|p| {
+            (
+                p.label.clone(),
+                serde_json::json!({"daily_usd": p.daily_usd, "monthly_usd": p.monthly_usd}),
+            )
+        })
+        .collect();
+    v["budgets"] = serde_json::Value::Object(lines);
+    serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body)
+}
+
 /// `GET /v1/budget`: the calling key's spend and limits.
 pub async fn status(gw: &Gateway, ctx: &RequestCtx) -> serde_json::Value {
     let Some(p) = &ctx.spend.policy else {

@@ -71,7 +71,7 @@ fn a_tiny_daily_budget_stops_at_the_budget_and_json_answers_carry_their_cost() {
         key("tiny", "sk-tiny", "budget = { daily_usd = 0.02 }")
     );
     let gw = start_gateway(&body, &sim.addr);
-    let mut served = 0;
+    let mut served = 0u64;
     let mut total = 0.0;
     let refusal = loop {
         let (status, h, b) = ask(&gw, "sk-tiny", "p/m", 5);
@@ -124,6 +124,28 @@ fn a_tiny_daily_budget_stops_at_the_budget_and_json_answers_carry_their_cost() {
         m.contains("freeway_key_spend_usd_total{key=\"tiny\"}"),
         "{m}"
     );
+    // Analytics: spend and requests per key label, with the budget line.
+    let mut last = serde_json::Value::Null;
+    wait_until(10, "analytics per key", || {
+        let r = client()
+            .get(gw.url("/v1/analytics?group_by=key"))
+            .bearer_auth("sk-tiny")
+            .send()
+            .unwrap();
+        last = json(&r.bytes().unwrap());
+        last["groups"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["key"] == "tiny"))
+            .is_some_and(|g| g["requests"].as_u64() == Some(served + 1))
+    });
+    let g = last["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["key"] == "tiny")
+        .unwrap();
+    assert!(close(g["cost_usd"].as_f64().unwrap(), total), "{last}");
+    assert_eq!(last["budgets"]["tiny"]["daily_usd"], 0.02, "{last}");
 }
 
 /// 50 requests at once against a budget of 3 requests' worth: at most one more is served.
