@@ -329,6 +329,11 @@ pub async fn settle(
 ) {
     let (cost, tokens) = actual(ctx, model, usage);
     ctx.spend.cost = Some(cost);
+    // Answers sent after the engine returns (embeddings, audio) carry their real cost; a
+    // stream's head, already sent, carried its reservation.
+    if !ctx.streamed {
+        ctx.spend.header = Some(cost);
+    }
     let byok = ctx.spend.byok.is_some();
     if let Some(label) = ctx.spend.policy.as_ref().map(|p| p.label.clone()) {
         if !byok {
