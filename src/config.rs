@@ -50,6 +50,8 @@ pub struct Config {
     pub embeddings: EmbeddingsConfig,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Per-app gateway keys with their own limits, models and budgets (`[[keys]]`).
+    pub keys: Vec<KeyConfig>,
 }
 
 // Spelled out: one line per section, like the file.
@@ -67,6 +69,7 @@ impl Default for Config {
             embeddings: EmbeddingsConfig::default(),
             providers: Vec::new(),
             routes: Vec::new(),
+            keys: Vec::new(),
         }
     }
 }
@@ -390,8 +393,57 @@ pub struct ProviderConfig {
     /// local servers an operator controls.
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// Bring-your-own-key: whether a client may send its own key for this provider
+    /// (`x-gateway-provider-key`) on a pinned `provider/model`.
+    #[serde(default)]
+    pub byok: Byok,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+}
+
+/// `[[providers]] byok`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Byok {
+    /// Client keys are refused (400).
+    #[default]
+    Off,
+    /// A client key is used when sent; otherwise the provider's own.
+    Allow,
+    /// Only client keys: a request without one gets 401.
+    Require,
+}
+
+/// One `[[keys]]` entry: a gateway key for one app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub label: String,
+    /// Literal or `env:NAME`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// sha256 hex of the key, instead of `key`.
+    #[serde(default)]
+    pub hash: Option<String>,
+    /// Requests per minute (0 = no per-key request limit).
+    #[serde(default)]
+    pub rpm: u32,
+    /// Tokens per minute: prompt estimate + `max_tokens` reserved, reconciled with usage.
+    #[serde(default)]
+    pub tpm: u32,
+    #[serde(default)]
+    pub budget: BudgetConfig,
+    /// Allowed model patterns (`*` wildcards); empty = all.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+/// `budget = { daily_usd, monthly_usd }`; 0 = none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    pub daily_usd: f64,
+    pub monthly_usd: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -417,6 +469,11 @@ pub enum Tier {
 pub struct Cost {
     pub input_per_mtok: f64,
     pub output_per_mtok: f64,
+    /// The price of prompt tokens the provider served from its cache (when it reports
+    /// them); unset = `input_per_mtok`.
+    pub cached_input_per_mtok: Option<f64>,
+    /// A flat price per request (media models: per image, per clip).
+    pub per_request: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -725,6 +782,7 @@ impl Config {
         }
         self.validate_embeddings()?;
         self.validate_limits_and_cache()?;
+        self.validate_keys()?;
         self.validate_routes()
     }
 
@@ -814,6 +872,64 @@ impl Config {
                 "storage.redis_url",
                 format!("`{url}` must start with redis:// or rediss://"),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_keys(&self) -> Result<(), ConfigError> {
+        let mut labels: HashSet<&str> = self
+            .auth
+            .key_hashes
+            .iter()
+            .filter_map(|h| h.rsplit_once(':').map(|(l, _)| l))
+            .collect();
+        for (i, k) in self.keys.iter().enumerate() {
+            let key = format!("keys[{i}]");
+            let label_ok = !k.label.is_empty()
+                && k.label.len() <= 64
+                && k.label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !label_ok {
+                return Err(err(
+                    format!("{key}.label"),
+                    "must be 1-64 letters, digits, `-`, `_` or `.`",
+                ));
+            }
+            if !labels.insert(k.label.as_str()) {
+                return Err(err(
+                    format!("{key}.label"),
+                    format!("duplicate key label `{}`", k.label),
+                ));
+            }
+            match (&k.key, &k.hash) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(err(
+                        key.as_str(),
+                        "needs exactly one of `key` (literal or env:NAME) and `hash` (sha256 hex)",
+                    ))
+                }
+                (None, Some(h)) => {
+                    parse_key_hash(&format!("x:{h}")).map_err(|e| err(format!("{key}.hash"), e))?;
+                }
+                (Some(_), None) => {}
+            }
+            for (w, v) in [
+                ("daily_usd", k.budget.daily_usd),
+                ("monthly_usd", k.budget.monthly_usd),
+            ] {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(err(
+                        format!("{key}.budget.{w}"),
+                        "must be a number of US dollars, 0 or more (0 = no budget)",
+                    ));
+                }
+            }
+            for (j, m) in k.models.iter().enumerate() {
+                if m.trim().is_empty() {
+                    return Err(err(format!("{key}.models[{j}]"), "must not be empty"));
+                }
+            }
         }
         Ok(())
     }

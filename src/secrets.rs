@@ -36,6 +36,9 @@ impl Secrets {
         for spec in &config.auth.keys {
             list.extend(resolve_secret(spec));
         }
+        for k in &config.keys {
+            list.extend(k.key.as_deref().and_then(resolve_secret));
+        }
         Secrets::new(list)
     }
 

@@ -50,7 +50,7 @@ impl State {
         for m in &mut catalog.models {
             m.several_choices = crate::providers::format(m.provider_kind).several_choices;
         }
-        let auth = Auth::new(&config.auth);
+        let auth = Auth::with_keys(&config.auth, &config.keys);
         let models = catalog
             .models
             .iter()

@@ -12,6 +12,7 @@
 //! [`slots`] caps the requests in flight to each provider (`[[providers]].max_connections`).
 
 pub mod bucket;
+pub mod budget;
 
 use crate::live::redis_link::RedisLink;
 use bucket::{Buckets, Rule, Take};

@@ -9,6 +9,7 @@
 pub mod analytics;
 pub mod dashboard;
 pub mod db;
+pub mod keys;
 pub mod metrics;
 pub mod record;
 pub mod writer;

@@ -261,7 +261,8 @@ impl Upstream {
             log::warn!("provider `{}`: a key is left out: {problem}", cfg.name);
             key_problem.get_or_insert(problem);
         }
-        if keys.is_empty() {
+        // A provider that only takes its clients' own keys needs none of its own.
+        if keys.is_empty() && cfg.byok != crate::config::Byok::Require {
             if let Some(problem) = key_problem {
                 unavailable.get_or_insert(problem);
             }

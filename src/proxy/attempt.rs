@@ -271,9 +271,10 @@ pub fn plan(
         max_attempts: c.attempts(state.config.server.max_attempts),
         provider: c.force_provider.as_deref(),
     };
-    state
+    let planned = state
         .router
-        .plan(&state.catalog, &state.live(), &ask, Instant::now())
+        .plan(&state.catalog, &state.live(), &ask, Instant::now());
+    super::spend::filter_plan(state, ctx, model, planned)
 }
 
 /// The time limits for this request.
@@ -328,6 +329,13 @@ pub async fn run<C: Call>(
         };
         tried.push(idx);
         ctx.price = Some(model.cost);
+        let hold = match super::spend::reserve(gw, ctx, model, needs).await {
+            Ok(h) => h,
+            Err(e) => {
+                send_error(session, ctx, &e).await;
+                return None;
+            }
+        };
         let reserved = gw.board.pace.reserve(model, needs);
         let attempt_start = Instant::now();
         let outcome = attempt(gw, state, model, request, timeouts, call, session, ctx).await;
@@ -336,10 +344,12 @@ pub async fn run<C: Call>(
             Attempt::Done(out, answer) => {
                 gw.board.pace.settle_answer(model, reserved, answer.usage);
                 record_answer(ctx, model, live, attempt_start, &answer);
+                super::spend::settle(gw, ctx, model, hold, answer.usage).await;
                 return Some(out);
             }
             Attempt::Refused { status, body } => {
                 gw.board.pace.release(model, reserved);
+                super::spend::release(gw, hold).await;
                 let answer = Answer {
                     status,
                     first_content: attempt_start.elapsed(),
@@ -353,9 +363,12 @@ pub async fn run<C: Call>(
             Attempt::Retry(failure) => {
                 metrics::attempt(&model.provider_name, &model.id, failure.outcome());
                 gw.board.pace.release(model, reserved);
+                super::spend::release(gw, hold).await;
                 let why = state.secrets.scrub(&failure.to_string()).into_owned();
                 log::warn!("{}: {} failed: {why}", ctx.id, model.qualified);
-                if record_failure(state, idx, ctx.upstream_key, &failure) {
+                // A client's own key says nothing about the provider's keys.
+                let byok = ctx.spend.byok.is_some();
+                if !byok && record_failure(state, idx, ctx.upstream_key, &failure) {
                     queue.push_front(idx);
                 }
                 ctx.failures.push(format!("{}: {why}", model.qualified));
@@ -451,7 +464,13 @@ async fn attempt<C: Call>(
         Err(e) => return Attempt::Retry(Failure::Connect(e)),
     };
     let header = match upstream.request_header(&request, ctx.upstream_key) {
-        Ok(h) => h,
+        Ok(mut h) => match &ctx.spend.byok {
+            Some(k) => match super::spend::apply_client_key(&mut h, model, k) {
+                Ok(()) => h,
+                Err(e) => return Attempt::Retry(Failure::Connect(describe(&e))),
+            },
+            None => h,
+        },
         Err(e) => return Attempt::Retry(Failure::Connect(describe(&e))),
     };
     let started = Instant::now();
@@ -472,10 +491,12 @@ async fn attempt<C: Call>(
             .await
             .unwrap_or_default();
         // A provider may echo the key it was sent: scrubbed before it goes anywhere.
-        let body = state.secrets.scrub_bytes(&body);
+        let body = super::spend::scrub(ctx, state.secrets.scrub_bytes(&body).into());
         // Kept as an OpenAI envelope: it may become the final answer.
         let body = providers::translator(model.provider_kind).error(status, &body, &upstream.name);
-        return if is_retryable_status(status) {
+        // The provider refusing a client's own key is the client's answer.
+        let client_key_refused = ctx.spend.byok.is_some() && matches!(status, 401 | 403);
+        return if is_retryable_status(status) && !client_key_refused {
             Attempt::Retry(Failure::Status {
                 status,
                 body,

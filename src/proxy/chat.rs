@@ -135,6 +135,12 @@ impl ChatCall<'_> {
         };
         reply.release().await;
         self.keep(ctx, Some(translated.body.clone())).await;
+        // The answer's cost (`usage.cost`, `x-gateway-cost-usd`); cached without it.
+        let priced = super::spend::price_json(ctx, Some(&model.cost), translated.body);
+        let translated = providers::Translated {
+            body: priced,
+            usage: translated.usage,
+        };
         send(
             session,
             ctx,
@@ -240,10 +246,15 @@ pub(super) async fn relay_stream(
 
     loop {
         if !out.is_empty() {
-            let events = Bytes::from(std::mem::take(&mut out));
+            let mut events = std::mem::take(&mut out);
             if let Some(a) = &mut assembled {
                 a.feed(&events);
             }
+            // The cost goes into the usage chunk the client sees (cached without it), and
+            // what was delivered is what an aborted stream is charged for.
+            super::spend::price_events(ctx, Some(&model.cost), &mut events);
+            let delivered = super::spend::content_chars(&events);
+            let events = Bytes::from(events);
             if ended {
                 if let Some(k) = &keep {
                     k.store(ctx, assembled.take().and_then(|a| a.finish()))
@@ -259,6 +270,7 @@ pub(super) async fn relay_stream(
                 answer.usage = tr.usage();
                 return Ok(answer);
             }
+            ctx.spend.delivered_chars += delivered;
         }
         if ended {
             break;

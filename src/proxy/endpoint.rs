@@ -21,6 +21,8 @@ pub enum Handler {
     /// `/providers/{name}/…`: the stock proxy phases.
     Passthrough,
     Models,
+    /// `GET /v1/budget`: the calling key's spend and limits.
+    Budget,
     RoutingStatus,
     Health,
     Analytics,
@@ -177,6 +179,13 @@ pub static ENDPOINTS: &[Endpoint] = &[
         "models",
         LOCAL,
         "The models the gateway can route to",
+    ),
+    entry(
+        Handler::Budget,
+        &["/v1/budget"],
+        "budget",
+        LOCAL,
+        "The calling key's spend, budget and limits",
     ),
     entry(
         Handler::RoutingStatus,

@@ -79,6 +79,16 @@ pub async fn admit(
             rule: Rule { burst, per_minute },
         });
     }
+    if let Some((id, rpm)) = super::spend::rpm(ctx) {
+        charges.push(Charge {
+            scope: "key",
+            id,
+            rule: Rule {
+                burst: rpm,
+                per_minute: rpm,
+            },
+        });
+    }
     let Some(verdict) = gw.limiter.charge(&charges).await else {
         return true;
     };
@@ -158,7 +168,8 @@ pub async fn cache_gate(
 ) -> Option<Ticket> {
     let cfg = &gw.cache.config;
     let c = &ctx.controls;
-    if !cfg.enabled || !cacheable || c.skip_cache {
+    // A client's own provider key: its answers are never cached nor served from the cache.
+    if !cfg.enabled || !cacheable || c.skip_cache || ctx.spend.byok.is_some() {
         return Some(Ticket::bypass());
     }
     let ttl = c.cache_ttl.unwrap_or(cfg.default_ttl_seconds);
@@ -235,8 +246,17 @@ async fn serve_hit(
             }
         }
     } else {
-        ("application/json", hit.body.clone())
+        // A cache hit costs nothing.
+        let body = super::spend::price_json(ctx, None, hit.body.clone());
+        ("application/json", body)
     };
+    let mut body = body;
+    if req.stream {
+        let mut events = body.to_vec();
+        super::spend::price_events(ctx, None, &mut events);
+        body = Bytes::from(events);
+    }
+    ctx.spend.header = Some(0.0);
     ctx.stamp.cache = Some("HIT");
     ctx.provider = Some(hit.provider.clone());
     ctx.model = Some(hit.model.clone());
@@ -261,12 +281,14 @@ pub fn storage_health(gw: &Gateway) -> serde_json::Value {
     serde_json::json!({
         "redis": redis,
         "cache": {"enabled": gw.cache.config.enabled, "entries": entries, "bytes": bytes},
+        "budgets": {"mode": gw.budgets.mode()},
     })
 }
 
 /// The limiter, cache and Redis link built from the config, before the server starts.
 pub struct Guards {
     limiter: Arc<crate::limits::Limiter>,
+    budgets: Arc<crate::limits::budget::Budgets>,
     cache: Arc<cache::Cache>,
     redis: Option<Arc<crate::live::redis_link::RedisLink>>,
 }
@@ -285,6 +307,10 @@ impl Guards {
         .map_err(|e| format!("config error at `storage.path`: the cache cannot load: {e}"))?;
         Ok(Guards {
             limiter: Arc::new(crate::limits::Limiter::new(redis.clone())),
+            budgets: Arc::new(crate::limits::budget::Budgets::new(
+                redis.clone(),
+                Arc::new(crate::limits::budget::SystemClock),
+            )),
             cache: Arc::new(cache),
             redis,
         })
@@ -312,8 +338,10 @@ impl Guards {
             "limit sweeper",
             Sweeper {
                 limiter: self.limiter.clone(),
+                budgets: self.budgets.clone(),
             },
         ));
+        gw.budgets = self.budgets;
         gw.limiter = self.limiter;
         gw.cache = self.cache;
         gw.redis = self.redis;
@@ -323,6 +351,7 @@ impl Guards {
 /// Forgets idle in-process buckets every minute.
 struct Sweeper {
     limiter: Arc<crate::limits::Limiter>,
+    budgets: Arc<crate::limits::budget::Budgets>,
 }
 
 #[async_trait::async_trait]
@@ -331,7 +360,10 @@ impl pingora::services::background::BackgroundService for Sweeper {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(Duration::from_secs(60)) => self.limiter.sweep(),
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {
+                    self.limiter.sweep();
+                    self.budgets.sweep();
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod messages;
 pub mod passthrough;
 pub mod record;
 pub mod respond;
+pub mod spend;
 
 use crate::errors::ApiError;
 use crate::live::Board;
@@ -49,6 +50,8 @@ pub struct Gateway {
     pub limiter: Arc<crate::limits::Limiter>,
     pub cache: Arc<crate::cache::Cache>,
     pub redis: Option<Arc<crate::live::redis_link::RedisLink>>,
+    /// Per-key budgets and tokens per minute (`limits::budget`), across config generations.
+    pub budgets: Arc<crate::limits::budget::Budgets>,
     /// The client-connection gate (shared with `conn::BoundedHttp`): a request waiting for
     /// its body counts as waiting, like a connection waiting for its head.
     pub gate: Arc<crate::conn::Gate>,
@@ -64,6 +67,10 @@ impl Gateway {
             limiter: Arc::new(crate::limits::Limiter::new(None)),
             cache: Arc::new(crate::cache::Cache::in_memory(&Default::default())),
             redis: None,
+            budgets: Arc::new(crate::limits::budget::Budgets::new(
+                None,
+                Arc::new(crate::limits::budget::SystemClock),
+            )),
             gate: Arc::new(crate::conn::Gate::default()),
         }
     }
@@ -96,14 +103,9 @@ impl ProxyHttp for Gateway {
         }
 
         if ep.keyed && !state.auth.is_public(path) {
-            let h = &session.req_header().headers;
-            let label = state.auth.check(
-                h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
-                h.get("x-api-key").map(|v| v.as_bytes()),
-            );
-            match label {
-                Some(l) => ctx.key_label = Some(l.to_string()),
-                None => {
+            match spend::authenticate(&state, &session.req_header().headers, ctx) {
+                true => {}
+                false => {
                     // A failed authentication costs the client IP a request like any
                     // other, so keys cannot be guessed at line rate.
                     if guard::admit(self, &state, session, ctx).await {
@@ -164,6 +166,10 @@ impl ProxyHttp for Gateway {
             Handler::Speech => media::speech(self, &state, session, ctx).await,
             Handler::SpeechToSpeech => media::speech_to_speech(self, &state, session, ctx).await,
             Handler::Models => respond::send_json(session, ctx, 200, local::models(&state)).await,
+            Handler::Budget => {
+                let body = spend::status(self, ctx).await;
+                respond::send_json(session, ctx, 200, bytes::Bytes::from(body.to_string())).await
+            }
             Handler::RoutingStatus => {
                 // Public by default: key hints only for a caller with a valid key.
                 let detailed = ctx.key_label.is_some() || {
@@ -191,7 +197,10 @@ impl ProxyHttp for Gateway {
                     analytics::failures(&self.observer, &query).await
                 };
                 match answer {
-                    Ok(body) => respond::send_json(session, ctx, 200, body).await,
+                    Ok(body) => {
+                        let body = spend::with_budget_lines(&state, &query, body);
+                        respond::send_json(session, ctx, 200, body).await
+                    }
                     Err(e) => respond::send_error(session, ctx, &e).await,
                 }
             }

@@ -64,8 +64,10 @@ pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
         }
         None => (0, 0, false),
     };
-    let cost = ctx.price.map_or(0.0, |p| {
-        cost_usd(prompt, completion, p.input_per_mtok, p.output_per_mtok)
+    let cost = ctx.spend.cost.unwrap_or_else(|| {
+        ctx.price.map_or(0.0, |p| {
+            cost_usd(prompt, completion, p.input_per_mtok, p.output_per_mtok)
+        })
     });
 
     let m = &*METRICS;

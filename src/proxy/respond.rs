@@ -18,6 +18,9 @@ pub fn gateway_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
         let _ = resp.insert_header("x-gateway-model", m.as_str());
     }
     ctx.stamp.write(resp);
+    if let Some(cost) = ctx.spend.header.filter(|_| ctx.endpoint.model) {
+        let _ = resp.insert_header("x-gateway-cost-usd", super::spend::format_usd(cost));
+    }
     if let Some(origin) = &ctx.cors {
         let _ = resp.insert_header("access-control-allow-origin", origin.clone());
         let _ = resp.insert_header("access-control-expose-headers", EXPOSED);
@@ -112,7 +115,7 @@ pub async fn send_upstream_error(
 const EXPOSED: &str = "x-gateway-provider, x-gateway-model, x-gateway-attempts, \
     x-gateway-request-id, x-gateway-cache-status, x-gateway-overhead-ms, \
     x-gateway-transcript, x-gateway-reply-text, x-gateway-transcription-model, \
-    x-gateway-chat-model, x-ratelimit-limit, x-ratelimit-remaining, retry-after";
+    x-gateway-chat-model, x-gateway-cost-usd, x-ratelimit-limit, x-ratelimit-remaining, retry-after";
 
 /// The request headers a browser app may send (CORS preflight).
 const ALLOWED: &str = "authorization, content-type, x-api-key, x-stainless-arch, \
@@ -122,7 +125,8 @@ const ALLOWED: &str = "authorization, content-type, x-api-key, x-stainless-arch,
     anthropic-dangerous-direct-browser-access, x-gateway-fallback, x-gateway-cache-ttl, \
     x-gateway-skip-cache, x-gateway-cache-key, x-gateway-metadata, \
     x-gateway-request-timeout, x-gateway-max-attempts, x-gateway-retry-delay, \
-    x-gateway-backoff, x-gateway-collect-log, x-gateway-force-provider, cf-aig-cache-ttl, \
+    x-gateway-backoff, x-gateway-collect-log, x-gateway-force-provider, \
+    x-gateway-provider-key, cf-aig-authorization, cf-aig-cache-ttl, \
     cf-aig-skip-cache, cf-aig-cache-key, cf-aig-metadata, cf-aig-request-timeout, \
     cf-aig-max-attempts, cf-aig-retry-delay, cf-aig-backoff, cf-aig-collect-log";
 

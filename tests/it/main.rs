@@ -1,6 +1,7 @@
 //! The one integration-test crate: real freeway processes on loopback.
 
 mod architecture;
+mod budgets;
 mod cache;
 mod conformance;
 mod contract;
