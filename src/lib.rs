@@ -30,4 +30,5 @@ pub mod sim;
 pub mod sse;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod time;

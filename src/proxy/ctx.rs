@@ -58,6 +58,8 @@ pub struct RequestCtx {
     pub cors: Option<http::HeaderValue>,
     /// The request body's bytes, held against `server.max_buffered_body_bytes`.
     pub body_hold: super::body::Hold,
+    /// The request's OpenTelemetry trace (`[telemetry]`), decided on first use.
+    pub trace: crate::telemetry::TraceSlot,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -103,6 +105,7 @@ impl RequestCtx {
             stamp: Default::default(),
             cors: None,
             body_hold: Default::default(),
+            trace: Default::default(),
         }
     }
 
