@@ -450,3 +450,44 @@ pub(crate) fn warn_rate_limited(last: &AtomicU64, why: &str) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn parse(telemetry: &str) -> Result<Config, String> {
+        Config::parse(&format!(
+            "[server]\nlisten = [\"127.0.0.1:8080\"]\n[telemetry]\n{telemetry}"
+        ))
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_collector_url_gets_the_traces_path_unless_it_names_one() {
+        let c = parse("otlp_endpoint = \"http://127.0.0.1:4318\"").unwrap();
+        let u = c.telemetry.traces_url().unwrap().unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 4318, "/v1/traces")
+        );
+        let c = parse("otlp_endpoint = \"https://otlp.example.com/otlp/v1/traces\"").unwrap();
+        let u = c.telemetry.traces_url().unwrap().unwrap();
+        assert!(u.tls);
+        assert_eq!(u.path, "/otlp/v1/traces");
+        // Off by default.
+        assert!(parse("").unwrap().telemetry.traces_url().unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_telemetry_settings_name_their_key() {
+        for (bad, key) in [
+            ("otlp_endpoint = \"udp://x\"", "telemetry.otlp_endpoint"),
+            ("sample_ratio = 1.5", "telemetry.sample_ratio"),
+            ("queue_size = 0", "telemetry.queue_size"),
+            ("headers = { \"bad header\" = \"x\" }", "telemetry.headers"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+}
