@@ -12,6 +12,9 @@
 #   BASE_BIN=/path/to/old/freeway bash benches/load.sh
 #                                             # also that build of freeway, interleaved
 #                                             # (same config): a before/after in one run
+#   TELEMETRY=1 bash benches/load.sh          # also a freeway exporting OpenTelemetry
+#                                             # spans (sample_ratio 1.0) to a local OTLP
+#                                             # sink, interleaved: what tracing costs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -42,6 +45,27 @@ if [ -n "${LOG_COST:-}" ]; then
   bench_config "$TMP/nolog.toml" "$GW2" "$SIM" "[observability]" "request_log = false"
   RUST_LOG=warn taskset -c 1 "$BIN" --config "$TMP/nolog.toml" >"$TMP/nolog.log" 2>&1 & pids+=($!)
   NOLOG_PID=$!
+fi
+
+if [ -n "${TELEMETRY:-}" ]; then
+  # An OTLP/HTTP sink on CPU 0 (with wrk and the mock): reads each export, answers 200.
+  OTLP=$(port)
+  cat >"$TMP/otlp_sink.py" <<'PY'
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+PY
+  taskset -c 0 python3 "$TMP/otlp_sink.py" "$OTLP" >"$TMP/otlp.log" 2>&1 & pids+=($!)
+  GW4=$(port)
+  bench_config "$TMP/otel.toml" "$GW4" "$SIM" "[observability]" "request_log = ${REQUEST_LOG:-true}" \
+    "[telemetry]" "otlp_endpoint = \"http://127.0.0.1:$OTLP\"" "sample_ratio = 1.0"
+  RUST_LOG=warn taskset -c 1 "$BIN" --config "$TMP/otel.toml" >"$TMP/otel.log" 2>&1 & pids+=($!)
+  OTEL_PID=$!
 fi
 
 if [ -n "${BASE_BIN:-}" ]; then
@@ -115,6 +139,9 @@ for r in $(seq "$ROUNDS"); do
   if [ -n "${BASE_BIN:-}" ]; then
     run fw-base "http://127.0.0.1:$GW3/v1/chat/completions" "$BASE_PID"
   fi
+  if [ -n "${TELEMETRY:-}" ]; then
+    run fw-otel "http://127.0.0.1:$GW4/v1/chat/completions" "$OTEL_PID"
+  fi
 done
 
 python3 - "$TMP/results" "$(getconf CLK_TCK)" <<'PY'
@@ -132,7 +159,7 @@ for line in open(sys.argv[1]):
 med = lambda xs: statistics.median(xs)
 d_lat = med([r[0] for r in rows["direct"]]); d_thr = med([r[1] for r in rows["direct"]])
 print(f"{'target':8} {'c=1 p50':>9} {'added p50':>10} {'c=32 req/s':>11} {'vs direct':>9} {'CPU/req':>9} {'non-2xx':>8}")
-for name in ("direct", "nginx", "freeway", "fw-nolog", "fw-base"):
+for name in ("direct", "nginx", "freeway", "fw-nolog", "fw-base", "fw-otel"):
     rs = rows.get(name)
     if not rs:
         continue
@@ -145,4 +172,12 @@ if "fw-nolog" in rows:
     on = med([r[1] for r in rows["freeway"]]); off = med([r[1] for r in rows["fw-nolog"]])
     print(f"request log costs {1 - on / off:.1%} of throughput at c=32 (per-round: " +
           ", ".join(f"{1 - a[1] / b[1]:.1%}" for a, b in zip(rows["freeway"], rows["fw-nolog"])) + ")")
+if "fw-otel" in rows:
+    cpu = lambda name: [r[2] / tck * 1e6 / r[3] for r in rows[name]]
+    off, on = med(cpu("freeway")), med(cpu("fw-otel"))
+    print(f"telemetry (sampling 1.0) costs {on - off:.1f}us CPU per request: {on / off - 1:.1%} "
+          f"(per-round: " + ", ".join(f"{b - a:+.1f}us" for a, b in zip(cpu("freeway"), cpu("fw-otel"))) + ")")
 PY
+if [ -n "${TELEMETRY:-}" ]; then
+  grep -h "dropping spans" "$TMP/otel.log" | tail -2 || true
+fi

@@ -13,6 +13,11 @@
 #
 #   BASE_BIN=/path/to/old/freeway bash benches/log_cost.sh [seconds]
 #     also measures that build (log off and on) in the same run: a before/after.
+#
+#   TELEMETRY=1 [BASE_BIN=…] bash benches/log_cost.sh [seconds]
+#     instead: what OpenTelemetry costs (request log on throughout): this build with
+#     telemetry off, with telemetry on (sampling 1.0, exporting to a local OTLP sink), and
+#     BASE_BIN's build if given (telemetry off must cost what the old build costs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-30}
@@ -22,7 +27,9 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v valgrind >/dev/null || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then as_root apt-get update -qq; as_root apt-get install -y -qq "${missing[@]}" >/dev/null; fi
 cargo build --release -q
-BIN=$PWD/${CARGO_TARGET_DIR:-target}/release/freeway
+TARGET=${CARGO_TARGET_DIR:-target}
+case $TARGET in /*) ;; *) TARGET=$PWD/$TARGET ;; esac # an absolute CARGO_TARGET_DIR too
+BIN=$TARGET/release/freeway
 TMP=$(mktemp -d)
 source benches/common.sh
 SIM=$(port)
@@ -37,10 +44,11 @@ wrk.headers["Authorization"] = "Bearer sk-bench"
 wrk.body = '{"model":"auto","max_tokens":256,"messages":[{"role":"user","content":"hello there, how are you doing today?"}]}'
 LUA
 
-measure() { # request_log [binary]
+measure() { # request_log [binary] [extra toml lines…]
   local log=$1 bin=${2:-$BIN} gw dir fp n ir
+  shift; shift || true
   gw=$(port); dir="$TMP/$log-$(basename "$(dirname "$bin")")-$RANDOM"; mkdir -p "$dir"
-  bench_config "$dir/freeway.toml" "$gw" "$SIM" "[observability]" "request_log = $log" "log_linger_ms = 1000"
+  bench_config "$dir/freeway.toml" "$gw" "$SIM" "[observability]" "request_log = $log" "log_linger_ms = 1000" "$@"
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" --dump-instr=no \
     "$bin" --config "$dir/freeway.toml" >"$dir/freeway.log" 2>&1 &
   fp=$!; pids+=("$fp")
@@ -66,6 +74,36 @@ print(f"{label}request log on:  {b:,.0f} instructions per request ({n1} requests
 print(f"{label}the request log costs {b - a:,.0f} instructions per request: {b / a - 1:.1%}")
 PY
 }
+if [ -n "${TELEMETRY:-}" ]; then
+  OTLP=$(port)
+  cat >"$TMP/otlp_sink.py" <<'PY'
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+PY
+  python3 "$TMP/otlp_sink.py" "$OTLP" >"$TMP/otlp.log" 2>&1 & pids+=($!)
+  results=("off $(measure true "$BIN")")
+  results+=("on $(measure true "$BIN" "[telemetry]" "otlp_endpoint = \"http://127.0.0.1:$OTLP\"" "sample_ratio = 1.0")")
+  [ -n "${BASE_BIN:-}" ] && results+=("base $(measure true "$BASE_BIN")")
+  python3 - "${results[@]}" <<'PY'
+import sys
+rows = {a.split()[0]: a.split()[2:] for a in sys.argv[1:]}
+per = {k: int(ir) / int(n) for k, (n, ir) in rows.items()}
+names = {"base": "base build", "off": "telemetry off", "on": "telemetry on (sampling 1.0)"}
+for k in ("base", "off", "on"):
+    if k in per:
+        print(f"{names[k]:28} {per[k]:>12,.0f} instructions per request ({rows[k][0]} requests)")
+if "base" in per:
+    print(f"telemetry off vs base: {per['off'] - per['base']:+,.0f} instructions per request ({per['off'] / per['base'] - 1:+.2%})")
+print(f"telemetry on vs off:   {per['on'] - per['off']:+,.0f} instructions per request ({per['on'] / per['off'] - 1:+.1%})")
+PY
+  exit 0
+fi
 off=$(measure false); on=$(measure true)
 if [ -n "${BASE_BIN:-}" ]; then
   base_off=$(measure false "$BASE_BIN"); base_on=$(measure true "$BASE_BIN")

@@ -47,6 +47,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub metrics: MetricsConfig,
     pub observability: ObservabilityConfig,
+    pub telemetry: TelemetryConfig,
     pub embeddings: EmbeddingsConfig,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
@@ -66,6 +67,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
             observability: ObservabilityConfig::default(),
+            telemetry: TelemetryConfig::default(),
             embeddings: EmbeddingsConfig::default(),
             providers: Vec::new(),
             routes: Vec::new(),
@@ -291,6 +293,68 @@ impl Default for ObservabilityConfig {
             redact_ip: RedactIp::Off,
             ip_hash_salt: String::new(),
         }
+    }
+}
+
+/// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP (protobuf). Read at start: a change
+/// takes effect on restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's base URL (`http://127.0.0.1:4318`; spans go to `/v1/traces` under
+    /// it unless the URL already names a path). Empty: telemetry is off.
+    pub otlp_endpoint: String,
+    /// `service.name` of the resource.
+    pub service_name: String,
+    /// Share of new traces recorded (0.0–1.0). A request continuing a client's trace
+    /// follows the client's sampled flag.
+    pub sample_ratio: f64,
+    /// Headers sent to the collector (a token); values may be `env:NAME`. Never logged.
+    pub headers: BTreeMap<String, String>,
+    /// Extra resource attributes (`deployment.environment = "prod"`).
+    pub resource_attributes: BTreeMap<String, String>,
+    /// Record the upstream request body (capped) on attempt spans. Off: no prompt or answer
+    /// text leaves the gateway in a span.
+    pub capture_content: bool,
+    /// Finished requests waiting for the exporter; beyond this their spans are dropped and
+    /// counted (`freeway_otel_dropped_spans_total`).
+    pub queue_size: usize,
+    /// How long the exporter gathers spans into one batch, in ms.
+    pub batch_delay_ms: u64,
+    /// Time limit of one export (connect, send, answer), in ms.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: String::new(),
+            service_name: "freeway".into(),
+            sample_ratio: 1.0,
+            headers: BTreeMap::new(),
+            resource_attributes: BTreeMap::new(),
+            capture_content: false,
+            queue_size: 4096,
+            batch_delay_ms: 200,
+            export_timeout_ms: 5000,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The collector's traces URL, `None` when telemetry is off.
+    pub fn traces_url(&self) -> Result<Option<UpstreamUrl>, String> {
+        let Some(raw) = expand_env_placeholders(self.otlp_endpoint.trim()) else {
+            return Ok(None);
+        };
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let mut url = UpstreamUrl::parse(&raw)?;
+        if url.path.is_empty() || url.path == "/" {
+            url.path = "/v1/traces".into();
+        }
+        Ok(Some(url))
     }
 }
 
@@ -687,6 +751,7 @@ impl Config {
                 "must be at most 10000 (records wait this long before they are written)",
             ));
         }
+        self.validate_telemetry()?;
         let mut names = HashSet::new();
         for (pi, p) in self.providers.iter().enumerate() {
             let key = format!("providers[{pi}]");
@@ -1004,6 +1069,37 @@ pub fn resolve_secret(value: &str) -> Option<String> {
     match value.strip_prefix("env:") {
         Some(name) => std::env::var(name).ok().filter(|v| !v.is_empty()),
         None => Some(value.to_string()).filter(|v| !v.is_empty()),
+    }
+}
+
+impl Config {
+    fn validate_telemetry(&self) -> Result<(), ConfigError> {
+        let t = &self.telemetry;
+        if !t.otlp_endpoint.starts_with("env:") {
+            t.traces_url()
+                .map_err(|m| err("telemetry.otlp_endpoint", m))?;
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return Err(err("telemetry.sample_ratio", "must be between 0.0 and 1.0"));
+        }
+        if t.queue_size == 0 {
+            return Err(err("telemetry.queue_size", "must be at least 1"));
+        }
+        if t.export_timeout_ms == 0 {
+            return Err(err("telemetry.export_timeout_ms", "must be greater than 0"));
+        }
+        if t.batch_delay_ms > 60_000 {
+            return Err(err("telemetry.batch_delay_ms", "must be at most 60000"));
+        }
+        for name in t.headers.keys() {
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                err(
+                    "telemetry.headers",
+                    format!("`{name}` is not a valid header name"),
+                )
+            })?;
+        }
+        Ok(())
     }
 }
 

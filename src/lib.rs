@@ -31,4 +31,5 @@ pub mod sim;
 pub mod sse;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod time;

@@ -78,6 +78,7 @@ pub fn build(
             std::process::exit(1);
         }
     };
+    let exporter = crate::telemetry::install(&config);
     let state = State::new(config, &board);
     log_startup(&state);
     let mut gw = Gateway::new(state, board.clone(), Arc::new(observer));
@@ -106,6 +107,9 @@ pub fn build(
     server.add_service(background_service("config reload and dns", upkeep));
     if let Some(writer) = log_writer {
         server.add_service(background_service("request log writer", writer));
+    }
+    if let Some(exporter) = exporter {
+        server.add_service(background_service("telemetry exporter", exporter));
     }
     if !metrics_listen.is_empty() {
         let mut svc = Service::new("prometheus metrics".into(), MetricsApp);

@@ -338,6 +338,7 @@ pub async fn run<C: Call>(
         };
         let reserved = gw.board.pace.reserve(model, needs);
         let attempt_start = Instant::now();
+        crate::telemetry::attempt_begin(&mut ctx.trace, session.req_header(), ctx.start, &request);
         let outcome = attempt(gw, state, model, request, timeouts, call, session, ctx).await;
         let live = &state.models[idx];
         match outcome {
@@ -345,6 +346,7 @@ pub async fn run<C: Call>(
                 gw.board.pace.settle_answer(model, reserved, answer.usage);
                 record_answer(ctx, model, live, attempt_start, &answer);
                 super::spend::settle(gw, ctx, model, hold, answer.usage).await;
+                trace_attempt(ctx, state, model, needs, Ok(&answer));
                 return Some(out);
             }
             Attempt::Refused { status, body } => {
@@ -356,12 +358,14 @@ pub async fn run<C: Call>(
                     ..Answer::default()
                 };
                 record_answer(ctx, model, live, attempt_start, &answer);
+                trace_attempt(ctx, state, model, needs, Ok(&answer));
                 let body = upstream_envelope(status, &model.provider_name, &body);
                 send_upstream_error(session, ctx, status, body, &[]).await;
                 return None;
             }
             Attempt::Retry(failure) => {
                 metrics::attempt(&model.provider_name, &model.id, failure.outcome());
+                trace_attempt(ctx, state, model, needs, Err(&failure));
                 gw.board.pace.release(model, reserved);
                 super::spend::release(gw, hold).await;
                 let why = state.secrets.scrub(&failure.to_string()).into_owned();
@@ -434,6 +438,43 @@ fn record_answer(
     ctx.ttft = Some(attempt_start.duration_since(ctx.start) + answer.first_content);
 }
 
+/// Closes the attempt's client span (`[telemetry]`; one branch when not traced).
+fn trace_attempt(
+    ctx: &mut RequestCtx,
+    state: &State,
+    model: &ModelEntry,
+    needs: &Needs,
+    end: Result<&Answer, &Failure>,
+) {
+    if !matches!(ctx.trace, crate::telemetry::TraceSlot::On(_)) {
+        return;
+    }
+    let (status, error_type, answer) = match end {
+        Ok(a) if a.broken => (a.status, Some("broken_stream".to_string()), Some(a)),
+        Ok(a) if a.status >= 400 => (a.status, Some(a.status.to_string()), Some(a)),
+        Ok(a) => (a.status, None, Some(a)),
+        Err(Failure::Status { status, .. }) => (*status, Some(status.to_string()), None),
+        Err(Failure::Timeout(_)) => (0, Some("timeout".to_string()), None),
+        Err(Failure::Connect(_)) => (0, Some("connect_error".to_string()), None),
+        Err(Failure::Malformed(_)) => (0, Some("malformed_response".to_string()), None),
+    };
+    let end = crate::telemetry::AttemptEnd {
+        operation: crate::telemetry::operation(ctx.endpoint.label),
+        provider: &model.provider_name,
+        model: &model.id,
+        url: state.upstreams[model.provider].url.as_ref(),
+        attempt: ctx.attempts,
+        max_tokens: needs.max_output_tokens,
+        status,
+        usage: answer.and_then(|a| a.usage),
+        first_content: answer.filter(|a| a.status < 400).map(|a| a.first_content),
+        streamed: answer.is_some_and(|a| a.streamed),
+        broken: answer.is_some_and(|a| a.broken),
+        error_type,
+    };
+    crate::telemetry::attempt_end(&mut ctx.trace, end);
+}
+
 /// How one attempt ended.
 enum Attempt<T> {
     /// An answer (relayed or captured).
@@ -463,7 +504,7 @@ async fn attempt<C: Call>(
         Ok(p) => p,
         Err(e) => return Attempt::Retry(Failure::Connect(e)),
     };
-    let header = match upstream.request_header(&request, ctx.upstream_key) {
+    let mut header = match upstream.request_header(&request, ctx.upstream_key) {
         Ok(mut h) => match &ctx.spend.byok {
             Some(k) => match super::spend::apply_client_key(&mut h, model, k) {
                 Ok(()) => h,
@@ -473,6 +514,7 @@ async fn attempt<C: Call>(
         },
         Err(e) => return Attempt::Retry(Failure::Connect(describe(&e))),
     };
+    crate::telemetry::attempt_header(&mut ctx.trace, &mut header);
     let started = Instant::now();
     let sent = send_request(&gw.connector, &peer, header, &request, timeouts).await;
     ctx.upstream_wait += started.elapsed();
@@ -605,6 +647,9 @@ async fn read_chunk(
     let t = Instant::now();
     let r = http.read_response_body().await;
     ctx.upstream_wait += t.elapsed();
+    if let Ok(Some(chunk)) = &r {
+        crate::telemetry::answer_bytes(&mut ctx.trace, chunk);
+    }
     r
 }
 

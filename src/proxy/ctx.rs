@@ -60,6 +60,8 @@ pub struct RequestCtx {
     pub body_hold: super::body::Hold,
     /// The calling key's policy, its client provider key (BYOK) and the answer's cost.
     pub spend: super::spend::Spend,
+    /// The request's OpenTelemetry trace (`[telemetry]`), decided on first use.
+    pub trace: crate::telemetry::TraceSlot,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -106,6 +108,7 @@ impl RequestCtx {
             cors: None,
             body_hold: Default::default(),
             spend: Default::default(),
+            trace: Default::default(),
         }
     }
 

@@ -212,11 +212,14 @@ const STRIPPED: &[&str] = &[
     "cookie",
 ];
 
-/// Rewrites the upstream request head: path, host, credentials.
-pub fn rewrite(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+/// Rewrites the upstream request head: path, host, credentials, and (`[telemetry]`) the
+/// attempt's `traceparent`.
+pub fn rewrite(req: &mut RequestHeader, ctx: &mut RequestCtx) -> pingora::Result<()> {
     let Some(t) = &ctx.passthrough else {
         return Ok(());
     };
+    let (provider, url) = (&t.upstream.name, t.upstream.url.as_ref());
+    crate::telemetry::passthrough_begin(&mut ctx.trace, req, ctx.start, provider, url);
     let uri = t.path_and_query.parse::<http::Uri>().map_err(|e| {
         pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "passthrough path", e)
     })?;

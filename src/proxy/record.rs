@@ -110,6 +110,7 @@ pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
         }
     }
 
+    trace_request(session, ctx, status, cost);
     if !observer.logging() || !ctx.controls.collect_log || (status < 400 && ep.polled) {
         return;
     }
@@ -157,6 +158,36 @@ pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
         cost_usd: cost,
         metadata: ctx.controls.metadata_raw.take().map(|m| cap(m, MAX_FIELD)),
     }));
+}
+
+/// Ends the request's server span and queues its trace (`[telemetry]`; one branch when off).
+fn trace_request(session: &Session, ctx: &mut RequestCtx, status: u16, cost: f64) {
+    if matches!(ctx.trace, crate::telemetry::TraceSlot::Off) {
+        return;
+    }
+    let req = session.req_header();
+    let ep = ctx.endpoint;
+    let end = crate::telemetry::RequestEnd {
+        method: method_name(&req.method),
+        route: match ep.handler {
+            Handler::NotFound => None,
+            _ => ep.paths.first().copied(),
+        },
+        status,
+        peer: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+        forwarded_for: req.headers.get_all("x-forwarded-for"),
+        key_label: ctx.key_label.as_deref(),
+        cache_status: ctx.stamp.cache.unwrap_or("BYPASS"),
+        cost_usd: cost,
+        attempts: ctx.attempts,
+        request_id: &ctx.id,
+        requested_model: ctx.requested_model.as_deref(),
+        usage: ctx.usage,
+    };
+    crate::telemetry::request_end(&mut ctx.trace, req, ctx.start, end);
 }
 
 #[cfg(test)]

@@ -231,6 +231,8 @@ impl SimProvider {
             "x_api_key": header("x-api-key"),
             "x_goog_api_key": header("x-goog-api-key"),
             "anthropic_version": header("anthropic-version"),
+            "traceparent": header("traceparent"),
+            "tracestate": header("tracestate"),
             "query": session.req_header().uri.query(),
             "accept": header("accept"),
             "content_type": header("content-type"),
