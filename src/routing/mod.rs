@@ -8,6 +8,7 @@
 
 pub mod health;
 pub mod load;
+pub mod pool;
 pub mod routes;
 pub mod status;
 
