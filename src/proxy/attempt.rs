@@ -17,6 +17,7 @@ use super::ctx::RequestCtx;
 use super::respond::{send_error, send_upstream_error};
 use super::Gateway;
 use crate::errors::{upstream_envelope, ApiError};
+use crate::live::endpoints::Lease;
 use crate::live::slots::Slot;
 use crate::observe::metrics;
 use crate::providers::media::Piece;
@@ -303,6 +304,8 @@ pub async fn run<C: Call>(
     // of its provider's pool (after the client's retry delay, if it asked for one).
     let mut queue = VecDeque::from(plan);
     let mut tried: Vec<usize> = Vec::new();
+    // A pooled provider's endpoints this request tried, and the key to keep on the next.
+    let mut pool_turn = PoolTurn::default();
     while let Some(idx) = queue.pop_front() {
         let model = &state.catalog.models[idx];
         let request = match call.build(model) {
@@ -323,14 +326,21 @@ pub async fn run<C: Call>(
                 tokio::time::sleep(wait).await;
             }
         }
+        let Ok(endpoint) = pool_turn.lease(state, model, ctx) else {
+            continue;
+        };
         let Some(_slot) = claim(state, idx, ctx) else {
             continue;
         };
+        pool_turn.keep_key(ctx);
         tried.push(idx);
         ctx.price = Some(model.cost);
         let reserved = gw.board.pace.reserve(model, needs);
         let attempt_start = Instant::now();
-        let outcome = attempt(gw, state, model, request, timeouts, call, session, ctx).await;
+        let ep = endpoint.as_ref().map_or(0, |l| l.index);
+        let outcome = attempt(gw, state, model, request, timeouts, call, session, ctx, ep).await;
+        let endpoint_fault =
+            observe_endpoint(state, model, endpoint.as_ref(), &outcome, attempt_start);
         let live = &state.models[idx];
         match outcome {
             Attempt::Done(out, answer) => {
@@ -355,6 +365,15 @@ pub async fn run<C: Call>(
                 gw.board.pace.release(model, reserved);
                 let why = state.secrets.scrub(&failure.to_string()).into_owned();
                 log::warn!("{}: {} failed: {why}", ctx.id, model.qualified);
+                let max = ctx.controls.attempts(state.config.server.max_attempts);
+                if endpoint_fault && pool_turn.retry(state, model, ctx, max, &mut queue, idx) {
+                    // Another endpoint of the same provider, before the next model: the
+                    // failure was this endpoint's, not the model's.
+                    ctx.failures
+                        .push(format!("{} (one endpoint): {why}", model.qualified));
+                    failures.push((model.provider_name.clone(), failure));
+                    continue;
+                }
                 if record_failure(state, idx, ctx.upstream_key, &failure) {
                     queue.push_front(idx);
                 }
@@ -444,13 +463,14 @@ async fn attempt<C: Call>(
     call: &C,
     session: &mut Session,
     ctx: &mut RequestCtx,
+    ep: usize,
 ) -> Attempt<C::Out> {
     let upstream = &state.upstreams[model.provider];
-    let peer = match upstream.peer().await {
+    let peer = match upstream.peer(ep).await {
         Ok(p) => p,
         Err(e) => return Attempt::Retry(Failure::Connect(e)),
     };
-    let header = match upstream.request_header(&request, ctx.upstream_key) {
+    let header = match upstream.request_header(&request, ctx.upstream_key, ep) {
         Ok(h) => h,
         Err(e) => return Attempt::Retry(Failure::Connect(describe(&e))),
     };
@@ -700,6 +720,125 @@ fn claim(state: &State, idx: usize, ctx: &mut RequestCtx) -> Option<Slot> {
     ctx.provider = Some(model.provider_name.clone());
     ctx.model = Some(model.id.clone());
     Some(slot)
+}
+
+/// The endpoints of a pooled provider one request has tried: a failed attempt tries another
+/// healthy endpoint of the same provider, same model and same key, before the next model.
+#[derive(Default)]
+struct PoolTurn {
+    /// The provider whose endpoints `tried` marks.
+    provider: Option<usize>,
+    tried: u64,
+    /// The key the next attempt keeps (an endpoint retry).
+    key: Option<Option<usize>>,
+}
+
+impl PoolTurn {
+    /// An endpoint of the candidate's pool (`Ok(None)`: a single `base_url`). `Err`, with
+    /// the reason in `ctx.failures`, when no healthy endpoint is left to try.
+    fn lease(
+        &mut self,
+        state: &State,
+        model: &ModelEntry,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Lease>, ()> {
+        let Some(pool) = &state.pools[model.provider] else {
+            return Ok(None);
+        };
+        if self.provider != Some(model.provider) {
+            *self = PoolTurn {
+                provider: Some(model.provider),
+                ..PoolTurn::default()
+            };
+        }
+        match pool.lease(self.tried) {
+            Some(l) => {
+                self.tried |= 1 << l.index;
+                Ok(Some(l))
+            }
+            None => {
+                self.key = None;
+                ctx.failures.push(format!(
+                    "{}: skipped (no healthy endpoint of its provider left to try)",
+                    model.qualified
+                ));
+                Err(())
+            }
+        }
+    }
+
+    /// After the claim: an endpoint retry keeps the key the failed attempt used.
+    fn keep_key(&mut self, ctx: &mut RequestCtx) {
+        if let Some(k) = self.key.take() {
+            ctx.upstream_key = k;
+        }
+    }
+
+    /// Queues `idx` again for another endpoint if one is healthy and untried and the
+    /// request has attempts left (`max_attempts` counts endpoint retries too).
+    fn retry(
+        &mut self,
+        state: &State,
+        model: &ModelEntry,
+        ctx: &RequestCtx,
+        max_attempts: usize,
+        queue: &mut VecDeque<usize>,
+        idx: usize,
+    ) -> bool {
+        let Some(pool) = &state.pools[model.provider] else {
+            return false;
+        };
+        if ctx.attempts as usize >= max_attempts || !pool.another_healthy(self.tried) {
+            return false;
+        }
+        while ctx.attempts as usize + queue.len() >= max_attempts {
+            queue.pop_back();
+        }
+        queue.push_front(idx);
+        self.key = Some(ctx.upstream_key);
+        true
+    }
+}
+
+/// Reports an attempt to its endpoint (of a pooled provider): latency and the outcome
+/// metric; a connect failure, timeout or 5xx counts towards taking the endpoint out.
+/// `true` when the failure was the endpoint's own: another endpoint may serve.
+fn observe_endpoint<T>(
+    state: &State,
+    model: &ModelEntry,
+    lease: Option<&Lease>,
+    outcome: &Attempt<T>,
+    started: Instant,
+) -> bool {
+    let (Some(lease), Some(pool)) = (lease, &state.pools[model.provider]) else {
+        return false;
+    };
+    let ep = &lease.state;
+    match outcome {
+        Attempt::Done(_, answer) => {
+            ep.count(answer.outcome());
+            ep.request_served(answer.first_content);
+            false
+        }
+        Attempt::Refused { .. } => {
+            ep.count("client_error");
+            ep.request_served(started.elapsed());
+            false
+        }
+        Attempt::Retry(f) => {
+            ep.count(f.outcome());
+            let own = match f {
+                Failure::Connect(_) | Failure::Timeout(_) => true,
+                Failure::Status { status, .. } => *status >= 500 || *status == 408,
+                Failure::Malformed(_) => false,
+            };
+            if own {
+                let why = state.secrets.scrub(&f.to_string()).into_owned();
+                ep.request_failed(&why, pool.unhealthy_after);
+            }
+            own
+        }
+    }
 }
 
 /// Updates health, daily counts and provider state after a failed attempt.

@@ -962,6 +962,7 @@ base_url = "http://127.0.0.1:2"
             models: &states,
             providers: &providers,
             slots: &[],
+            pools: &[],
             catalog: &cat,
             pace: &pace,
         };

@@ -16,6 +16,7 @@ mod ops;
 mod package;
 mod passthrough;
 mod pipeline;
+mod pools;
 mod redis_proc;
 mod resources;
 mod responses;
