@@ -3,6 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use freeway::config::Config;
+use freeway::live::endpoints::{EndpointState, Pool};
 use freeway::live::{Board, LiveBoard, ProviderState};
 use freeway::request::parse_chat;
 use freeway::routing::{Ask, Catalog, Router};
@@ -76,6 +77,7 @@ fn bench(c: &mut Criterion) {
         models: &states,
         providers: &providers,
         slots: &[],
+        pools: &[],
         catalog: &cat,
         pace: &pace,
     };
@@ -93,6 +95,22 @@ fn bench(c: &mut Criterion) {
                 .plan(black_box(&cat), &live, black_box(&ask), Instant::now())
                 .unwrap()
         })
+    });
+
+    // A pooled provider's extra work per attempt: choose an endpoint of a 10-endpoint pool
+    // (weights 1-3, some requests in flight) and give it back.
+    let pool = Pool::new(
+        (0..10)
+            .map(|i| {
+                let state = EndpointState::new("bench-pool", &format!("10.0.0.{i}:8000"));
+                (std::sync::Arc::new(state), 1 + (i % 3) as u32, 0)
+            })
+            .collect(),
+        3,
+    );
+    let _held: Vec<_> = (0..7).filter_map(|_| pool.lease(0)).collect();
+    c.bench_function("endpoint_choice_pool_10", |b| {
+        b.iter(|| pool.lease(black_box(0)).map(|l| l.index))
     });
 }
 

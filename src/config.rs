@@ -419,6 +419,17 @@ impl ProviderKind {
         }
     }
 
+    /// The path an endpoint's health check asks for by default: the kind's model listing,
+    /// a cheap authenticated GET. Voyage lists no models: a pool of Voyage-compatible
+    /// servers needs `health_check.path` (and `expect_status`) of its own.
+    pub fn health_path(self) -> &'static str {
+        match self {
+            ProviderKind::Openai | ProviderKind::Gemini | ProviderKind::Anthropic => "/models",
+            ProviderKind::WorkersAi => "/models/search",
+            ProviderKind::Voyage => "/models",
+        }
+    }
+
     /// Whether this build can talk to the kind. Voyage serves embeddings only: its models
     /// are `type = "embedding"`, so chat never routes there.
     pub fn supported(self) -> bool {
@@ -431,7 +442,16 @@ impl ProviderKind {
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
+    /// The provider's one endpoint; or `base_urls` for a pool of several.
+    #[serde(default)]
     pub base_url: String,
+    /// A pool of endpoints serving the same models (replicas, regions): requests go to a
+    /// healthy one, checked actively (`health_check`) and passively (real requests).
+    #[serde(default)]
+    pub base_urls: Vec<EndpointConfig>,
+    /// Active checks of a pool's endpoints (defaults apply when `base_urls` is set).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub api_key: Option<String>,
     /// More keys for the same provider (a pool): requests rotate over them, and a key that
@@ -508,6 +528,99 @@ pub struct KeyConfig {
 pub struct BudgetConfig {
     pub daily_usd: f64,
     pub monthly_usd: f64,
+}
+
+/// One endpoint of a pool: a URL, or `{ url, weight, max_connections }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointConfig {
+    Url(String),
+    Weighted {
+        url: String,
+        #[serde(default = "default_weight")]
+        weight: u32,
+        /// Requests in flight to this endpoint at most (0 = no cap of its own).
+        #[serde(default)]
+        max_connections: usize,
+    },
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl EndpointConfig {
+    pub fn url(&self) -> &str {
+        match self {
+            EndpointConfig::Url(u) | EndpointConfig::Weighted { url: u, .. } => u,
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        match self {
+            EndpointConfig::Url(_) => 1,
+            EndpointConfig::Weighted { weight, .. } => *weight,
+        }
+    }
+
+    pub fn max_connections(&self) -> usize {
+        match self {
+            EndpointConfig::Url(_) => 0,
+            EndpointConfig::Weighted {
+                max_connections, ..
+            } => *max_connections,
+        }
+    }
+}
+
+/// `[[providers]].health_check`: how a pool's endpoints are checked.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// `GET {base}{path}`; `None`: the kind's listing endpoint (`ProviderKind::health_path`).
+    pub path: Option<String>,
+    /// Seconds between two checks of an endpoint (jittered by ±20%).
+    pub interval_seconds: f64,
+    /// A check that has not answered in this time failed.
+    pub timeout_ms: u64,
+    /// Failed checks (or failed real requests) in a row that take an endpoint out.
+    pub unhealthy_after: u32,
+    /// Passed checks in a row that bring it back.
+    pub healthy_after: u32,
+    /// The status a passing check answers.
+    pub expect_status: u16,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: None,
+            interval_seconds: 10.0,
+            timeout_ms: 2000,
+            unhealthy_after: 3,
+            healthy_after: 2,
+            expect_status: 200,
+        }
+    }
+}
+
+/// The most endpoints one provider's pool may have.
+pub const MAX_POOL_ENDPOINTS: usize = 64;
+
+impl ProviderConfig {
+    /// The configured endpoints: `base_urls`, or the one `base_url`.
+    pub fn endpoints(&self) -> Vec<EndpointConfig> {
+        if self.base_urls.is_empty() {
+            vec![EndpointConfig::Url(self.base_url.clone())]
+        } else {
+            self.base_urls.clone()
+        }
+    }
+
+    /// Whether the provider is a pool: several endpoints (or one, checked).
+    pub fn pooled(&self) -> bool {
+        !self.base_urls.is_empty() || self.health_check.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -784,8 +897,71 @@ impl Config {
             // A base URL behind env: is checked when it resolves; a literal one now.
             // A base URL that needs an unset variable leaves the provider unconfigured (not
             // an error); one that resolves must be a valid URL.
+            match (p.base_url.is_empty(), p.base_urls.is_empty()) {
+                (true, true) => {
+                    return Err(err(
+                        format!("{key}.base_url"),
+                        "is required (or `base_urls` for a pool of endpoints)",
+                    ))
+                }
+                (false, false) => {
+                    return Err(err(
+                        format!("{key}.base_urls"),
+                        "set either `base_url` or `base_urls`, not both",
+                    ))
+                }
+                _ => {}
+            }
             if let Some(url) = expand_env_placeholders(&p.base_url) {
-                UpstreamUrl::parse(&url).map_err(|m| err(format!("{key}.base_url"), m))?;
+                if !p.base_url.is_empty() {
+                    UpstreamUrl::parse(&url).map_err(|m| err(format!("{key}.base_url"), m))?;
+                }
+            }
+            if p.base_urls.len() > MAX_POOL_ENDPOINTS {
+                return Err(err(
+                    format!("{key}.base_urls"),
+                    format!("at most {MAX_POOL_ENDPOINTS} endpoints"),
+                ));
+            }
+            let mut seen_urls = HashSet::new();
+            for (ei, e) in p.base_urls.iter().enumerate() {
+                let ekey = format!("{key}.base_urls[{ei}]");
+                if let Some(url) = expand_env_placeholders(e.url()) {
+                    UpstreamUrl::parse(&url).map_err(|m| err(&ekey, m))?;
+                }
+                if e.weight() == 0 {
+                    return Err(err(format!("{ekey}.weight"), "must be at least 1"));
+                }
+                if !seen_urls.insert(e.url()) {
+                    return Err(err(&ekey, format!("`{}` is listed twice", e.url())));
+                }
+            }
+            if let Some(hc) = &p.health_check {
+                let hkey = format!("{key}.health_check");
+                if hc.path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+                    return Err(err(format!("{hkey}.path"), "must start with `/`"));
+                }
+                if !(hc.interval_seconds.is_finite() && hc.interval_seconds >= 0.05) {
+                    return Err(err(
+                        format!("{hkey}.interval_seconds"),
+                        "must be at least 0.05",
+                    ));
+                }
+                if hc.timeout_ms == 0 {
+                    return Err(err(format!("{hkey}.timeout_ms"), "must be at least 1"));
+                }
+                if hc.unhealthy_after == 0 || hc.healthy_after == 0 {
+                    return Err(err(
+                        format!("{hkey}.unhealthy_after"),
+                        "unhealthy_after and healthy_after must be at least 1",
+                    ));
+                }
+                if !(100..=599).contains(&hc.expect_status) {
+                    return Err(err(
+                        format!("{hkey}.expect_status"),
+                        "must be an HTTP status (100-599)",
+                    ));
+                }
             }
             for hname in p.headers.keys() {
                 http::HeaderName::from_bytes(hname.as_bytes()).map_err(|_| {
@@ -1396,5 +1572,63 @@ base_url = "http://127.0.0.1:1"
         assert!(expand_env_placeholders("https://h/{env:FREEWAY_TEST_MISSING_VAR}").is_none());
         assert_eq!(resolve_secret("literal").as_deref(), Some("literal"));
         assert_eq!(resolve_secret("env:FREEWAY_TEST_MISSING_VAR"), None);
+    }
+
+    #[test]
+    fn base_urls_make_a_pool_and_bad_pools_name_their_key() {
+        let pool = "[[providers]]\nname = \"p\"\nkind = \"openai\"\n\
+                    base_urls = [\"http://10.0.0.5:8000/v1\", { url = \"http://10.0.0.6:8000/v1\", weight = 3, max_connections = 8 }]\n\
+                    health_check = { path = \"/health\", interval_seconds = 0.5, unhealthy_after = 4 }\n";
+        let c = Config::parse(pool).unwrap();
+        let p = &c.providers[0];
+        assert!(p.pooled());
+        let eps = p.endpoints();
+        assert_eq!(eps.len(), 2);
+        assert_eq!(eps[1].url(), "http://10.0.0.6:8000/v1");
+        assert_eq!((eps[0].weight(), eps[1].weight()), (1, 3));
+        assert_eq!(eps[1].max_connections(), 8);
+        let hc = p.health_check.as_ref().unwrap();
+        assert_eq!(hc.path.as_deref(), Some("/health"));
+        assert_eq!(
+            (hc.unhealthy_after, hc.healthy_after, hc.timeout_ms),
+            (4, 2, 2000)
+        );
+        // One base_url: no pool, exactly as before.
+        let one = "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://x\"\n";
+        let c = Config::parse(one).unwrap();
+        assert!(!c.providers[0].pooled());
+        assert_eq!(c.providers[0].endpoints()[0].url(), "http://x");
+        let head = "[[providers]]\nname = \"p\"\nkind = \"openai\"\n";
+        for (body, key) in [
+            ("", "providers[0].base_url"),
+            (
+                "base_url = \"http://x\"\nbase_urls = [\"http://y\"]\n",
+                "providers[0].base_urls",
+            ),
+            ("base_urls = [\"ftp://y\"]\n", "providers[0].base_urls[0]"),
+            (
+                "base_urls = [\"http://y\", \"http://y\"]\n",
+                "providers[0].base_urls[1]",
+            ),
+            (
+                "base_urls = [{ url = \"http://y\", weight = 0 }]\n",
+                "providers[0].base_urls[0].weight",
+            ),
+            (
+                "base_urls = [\"http://y\"]\nhealth_check = { path = \"models\" }\n",
+                "providers[0].health_check.path",
+            ),
+            (
+                "base_urls = [\"http://y\"]\nhealth_check = { healthy_after = 0 }\n",
+                "providers[0].health_check.unhealthy_after",
+            ),
+            (
+                "base_urls = [\"http://y\"]\nhealth_check = { interval_seconds = 0 }\n",
+                "providers[0].health_check.interval_seconds",
+            ),
+        ] {
+            let text = format!("{head}{body}");
+            assert_eq!(Config::parse(&text).unwrap_err().key, key, "{text}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod checks;
 pub mod client_ip;
 pub mod config;
 pub mod conn;

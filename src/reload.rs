@@ -57,13 +57,18 @@ impl Upkeep {
             state.catalog.models.len()
         );
         self.state.store(Arc::new(state));
+        // Endpoints removed from pools leave the board (and their metric); requests still
+        // on them finish on the state they hold.
+        self.board
+            .keep_endpoints(&self.state.load().endpoint_states());
         true
     }
 
     async fn refresh_dns(&self) {
         let state = self.state.load_full();
         for up in state.upstreams.iter().filter(|u| u.needs_dns()) {
-            if let Err(e) = up.resolve().await {
+            // Each endpoint of a pool has its own host and peer.
+            if let Err(e) = up.resolve_all().await {
                 log::warn!("provider `{}`: {e}", up.name);
             }
         }

@@ -92,6 +92,7 @@ pub fn build(
 
     guards.install(&mut gw, &mut server, &board);
     crate::conn::ensure_fd_limit(gw.state().config.server.max_connections);
+    let checker = crate::checks::Checker::new(gw.state.clone());
     let live = gw.state.clone();
     let gate = gw.gate.clone();
     let proxy = pingora::proxy::http_proxy(&server.configuration, gw);
@@ -105,6 +106,7 @@ pub fn build(
     server.add_service(gateway);
     server.add_service(background_service("daily counters", BoardFlusher { board }));
     server.add_service(background_service("config reload and dns", upkeep));
+    server.add_service(background_service("endpoint health checks", checker));
     if let Some(writer) = log_writer {
         server.add_service(background_service("request log writer", writer));
     }

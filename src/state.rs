@@ -3,6 +3,7 @@
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::live::endpoints::Pool;
 use crate::live::slots::Slots;
 use crate::live::{Board, LiveBoard, ModelState, ProviderState};
 use crate::providers::{PeerTimeouts, Upstream};
@@ -22,6 +23,9 @@ pub struct State {
     /// Requests in flight per provider against its `max_connections`, indexed like
     /// `config.providers` (the counts are the board's, across config generations).
     pub slots: Vec<Slots>,
+    /// Endpoint pools, indexed like `config.providers` (`None`: a single `base_url`, which
+    /// costs the request path nothing). Endpoint states are the board's, across reloads.
+    pub pools: Vec<Option<Pool>>,
     /// Live per-model state (health, daily count), indexed like `catalog.models`; shared
     /// with the board, so it outlives this config generation.
     pub models: Vec<Arc<ModelState>>,
@@ -62,6 +66,21 @@ impl State {
             .iter()
             .map(|p| Slots::new(board.provider_slots(&p.name), p.max_connections))
             .collect();
+        let pools = upstreams
+            .iter()
+            .map(|up| {
+                let hc = up.health_check.as_ref()?;
+                let endpoints = up
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let s = board.endpoint(&up.name, &e.configured, &e.address);
+                        (s, e.weight, e.max_connections)
+                    })
+                    .collect();
+                Some(Pool::new(endpoints, hc.unhealthy_after))
+            })
+            .collect();
         let router = Router::new(Routes::new(&config.routes));
         let secrets = crate::secrets::Secrets::from_config(&config);
         State {
@@ -71,6 +90,7 @@ impl State {
             upstreams,
             providers,
             slots,
+            pools,
             models,
             auth,
             router,
@@ -84,8 +104,18 @@ impl State {
             models: &self.models,
             providers: &self.providers,
             slots: &self.slots,
+            pools: &self.pools,
             catalog: &self.catalog,
             pace: &self.pace,
         }
+    }
+
+    /// Every endpoint state of this generation's pools (the board keeps only these).
+    pub fn endpoint_states(&self) -> Vec<Arc<crate::live::endpoints::EndpointState>> {
+        self.pools
+            .iter()
+            .flatten()
+            .flat_map(|p| p.endpoints.iter().cloned())
+            .collect()
     }
 }

@@ -5,6 +5,7 @@
 //! `routing` is the pure logic that reads this state through its `Live` trait; this module
 //! does the I/O (SQLite, Redis) and holds the locks and atomics.
 
+pub mod endpoints;
 pub mod pace;
 pub mod redis_link;
 pub mod slots;
@@ -92,6 +93,8 @@ pub struct Board {
     models: Mutex<HashMap<String, Arc<ModelState>>>,
     /// Requests in flight per provider name.
     slots: Mutex<HashMap<String, Arc<SlotCount>>>,
+    /// Endpoints of pooled providers, by provider, configured URL and label.
+    endpoints: Mutex<HashMap<(String, String, String), Arc<endpoints::EndpointState>>>,
     /// Counts loaded from the store at start, for models not created yet.
     loaded: Mutex<HashMap<String, u64>>,
     today: AtomicU64,
@@ -122,6 +125,7 @@ impl Board {
             store: OnceLock::new(),
             models: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(HashMap::new()),
             loaded: Mutex::new(loaded),
             today: AtomicU64::new(today),
             pace: Arc::new(Pace::default()),
@@ -150,6 +154,32 @@ impl Board {
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(SlotCount::new(name)))
             .clone()
+    }
+
+    /// The live state of one endpoint of a pooled provider (created healthy if new).
+    pub fn endpoint(
+        &self,
+        provider: &str,
+        configured: &str,
+        label: &str,
+    ) -> Arc<endpoints::EndpointState> {
+        self.endpoints
+            .lock()
+            .entry((provider.into(), configured.into(), label.into()))
+            .or_insert_with(|| Arc::new(endpoints::EndpointState::new(provider, label)))
+            .clone()
+    }
+
+    /// Forgets endpoints the running config no longer has (after a reload); requests still
+    /// on one keep its state until they end.
+    pub fn keep_endpoints(&self, live: &[Arc<endpoints::EndpointState>]) {
+        self.endpoints.lock().retain(|_, e| {
+            let keep = live.iter().any(|l| Arc::ptr_eq(l, e));
+            if !keep {
+                e.retire();
+            }
+            keep
+        });
     }
 
     /// Writes pending counts; at a new UTC day, starts every counter from zero.
@@ -282,6 +312,8 @@ pub struct LiveBoard<'a> {
     pub providers: &'a [ProviderState],
     /// Requests in flight per provider, indexed like the config's providers.
     pub slots: &'a [Slots],
+    /// Endpoint pools, indexed like the config's providers (`None`: one `base_url`).
+    pub pools: &'a [Option<endpoints::Pool>],
     /// The models' names and rate ceilings, and the rate estimates read against them.
     pub catalog: &'a Catalog,
     pub pace: &'a Pace,
@@ -304,7 +336,12 @@ impl Live for LiveBoard<'_> {
             success: h.smoothed_success(),
             latency_ms: h.ewma_latency_ms,
             daily_used: state.daily_used(),
-            blocked: self.providers[provider].blocked(),
+            blocked: self.providers[provider].blocked().or_else(|| {
+                self.pools
+                    .get(provider)
+                    .and_then(Option::as_ref)
+                    .and_then(endpoints::Pool::all_down)
+            }),
             busy: self.slots.get(provider).and_then(Slots::busy),
             last_error: if gate == Gate::Open {
                 None

@@ -23,7 +23,8 @@ pub mod workers_ai;
 pub use caps::{format, Auth, Embeddings, Format, Speech, Transcription};
 
 use crate::config::{
-    expand_env_placeholders, resolve_secret, ProviderConfig, ProviderKind, UpstreamUrl,
+    expand_env_placeholders, resolve_secret, HealthCheckConfig, ProviderConfig, ProviderKind,
+    UpstreamUrl,
 };
 use crate::errors::ApiError;
 use crate::request::ChatRequest;
@@ -192,54 +193,132 @@ pub struct PeerTimeouts {
     pub idle: Duration,
 }
 
+/// One endpoint of a provider: its URL, `Host` header and peer (its own connection pool).
+/// A provider with one `base_url` has one; a pool (`base_urls`) has several.
+pub struct Endpoint {
+    /// `None` when the URL did not resolve (missing `env:` variable).
+    pub url: Option<UpstreamUrl>,
+    pub host_header: HeaderValue,
+    pub weight: u32,
+    /// Requests in flight to this endpoint at most (0: no cap of its own).
+    pub max_connections: usize,
+    /// The URL as configured (before `env:` expansion): the endpoint's identity across
+    /// reloads, never shown (it may name a host an unauthorized caller must not see).
+    pub configured: String,
+    /// `host:port`: the endpoint in metrics and in the status shown to authorized callers.
+    pub address: String,
+    peer: ArcSwapOption<HttpPeer>,
+}
+
+impl Endpoint {
+    /// Whether the host is a name that must be resolved (and re-resolved) by DNS.
+    fn needs_dns(&self) -> bool {
+        self.url
+            .as_ref()
+            .is_some_and(|u| u.host.parse::<IpAddr>().is_err())
+    }
+}
+
 /// One configured provider, ready to send requests to.
 pub struct Upstream {
     pub name: String,
     pub kind: ProviderKind,
     pub simulated: bool,
-    /// `None` when the base URL did not resolve (missing `env:` variable).
-    pub url: Option<UpstreamUrl>,
+    /// At least one; several for a pool (`base_urls`).
+    pub endpoints: Vec<Endpoint>,
+    /// The resolved `health_check` of a pool (`None`: not a pool).
+    pub health_check: Option<HealthCheckConfig>,
     /// The provider's keys (empty when it takes none), each as the header carrying it in
     /// the provider's format (`authorization: Bearer …`, `x-goog-api-key`, `x-api-key`).
     pub keys: Vec<PoolKey>,
     next_key: AtomicUsize,
-    pub host_header: HeaderValue,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Why this provider is not routable, if it is not.
     pub unavailable: Option<String>,
     insecure: bool,
     timeouts: PeerTimeouts,
-    peer: ArcSwapOption<HttpPeer>,
+}
+
+/// A base URL from the config: expanded and parsed, or why it cannot be used.
+fn endpoint_url(kind: ProviderKind, configured: &str) -> Result<UpstreamUrl, String> {
+    let Some(u) = expand_env_placeholders(configured) else {
+        return Err(format!(
+            "base_url `{configured}` needs an environment variable that is not set"
+        ));
+    };
+    let mut u = UpstreamUrl::parse(&u).map_err(|e| format!("base_url is invalid: {e}"))?;
+    // Cloudflare's docs write the Workers AI base as `…/ai/run`; requests add
+    // `/run/{model}` themselves, so both spellings mean the same base.
+    if kind == ProviderKind::WorkersAi {
+        if let Some(base) = u.path.strip_suffix("/run") {
+            u.path = base.to_string();
+        }
+    }
+    Ok(u)
 }
 
 impl Upstream {
     pub fn new(cfg: &ProviderConfig, timeouts: PeerTimeouts) -> Upstream {
         let mut unavailable = None;
-        let url = match expand_env_placeholders(&cfg.base_url) {
-            Some(u) => match UpstreamUrl::parse(&u) {
-                Ok(mut u) => {
-                    // Cloudflare's docs write the Workers AI base as `…/ai/run`; requests add
-                    // `/run/{model}` themselves, so both spellings mean the same base.
-                    if cfg.kind == ProviderKind::WorkersAi {
-                        if let Some(base) = u.path.strip_suffix("/run") {
-                            u.path = base.to_string();
-                        }
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        for spec in cfg.endpoints() {
+            let url = match endpoint_url(cfg.kind, spec.url()) {
+                Ok(u) => Some(u),
+                Err(why) => {
+                    // A pool serves from the endpoints that resolve; one that cannot is left
+                    // out with a warning. With none left, the provider is unavailable.
+                    if cfg.pooled() {
+                        log::warn!("provider `{}`: an endpoint is left out: {why}", cfg.name);
+                        continue;
                     }
-                    Some(u)
-                }
-                Err(e) => {
-                    unavailable = Some(format!("base_url is invalid: {e}"));
+                    unavailable = Some(why);
                     None
                 }
-            },
-            None => {
-                unavailable = Some(format!(
-                    "base_url `{}` needs an environment variable that is not set",
-                    cfg.base_url
-                ));
-                None
+            };
+            let host_header = url
+                .as_ref()
+                .and_then(|u| HeaderValue::from_str(&u.host_header()).ok())
+                .unwrap_or_else(|| HeaderValue::from_static("invalid"));
+            let address = url.as_ref().map_or_else(String::new, |u| u.host_header());
+            endpoints.push(Endpoint {
+                url,
+                host_header,
+                weight: spec.weight().max(1),
+                max_connections: spec.max_connections(),
+                configured: spec.url().to_string(),
+                address,
+                peer: ArcSwapOption::empty(),
+            });
+        }
+        if endpoints.is_empty() {
+            unavailable = Some("no endpoint of `base_urls` can be used (see the log)".into());
+            endpoints.push(Endpoint {
+                url: None,
+                host_header: HeaderValue::from_static("invalid"),
+                weight: 1,
+                max_connections: 0,
+                configured: String::new(),
+                address: String::new(),
+                peer: ArcSwapOption::empty(),
+            });
+        }
+        // Two endpoints on one host:port (different paths) are told apart by their place.
+        for i in 0..endpoints.len() {
+            if endpoints
+                .iter()
+                .filter(|e| e.address == endpoints[i].address)
+                .count()
+                > 1
+            {
+                endpoints[i].address = format!("{}#{}", endpoints[i].address, i + 1);
             }
-        };
+        }
+        let health_check = cfg.pooled().then(|| {
+            let mut hc = cfg.health_check.clone().unwrap_or_default();
+            hc.path
+                .get_or_insert_with(|| cfg.kind.health_path().to_string());
+            hc
+        });
         // The pool: every key that resolves. A pool with none left is unavailable, with the
         // first key's reason.
         let mut keys = Vec::new();
@@ -273,10 +352,6 @@ impl Upstream {
                 cfg.kind.as_str()
             ));
         }
-        let host_header = url
-            .as_ref()
-            .and_then(|u| HeaderValue::from_str(&u.host_header()).ok())
-            .unwrap_or_else(|| HeaderValue::from_static("invalid"));
         let extra_headers = cfg
             .headers
             .iter()
@@ -292,37 +367,40 @@ impl Upstream {
             name: cfg.name.clone(),
             kind: cfg.kind,
             simulated: cfg.simulated,
-            url,
+            endpoints,
+            health_check,
             keys,
             next_key: AtomicUsize::new(0),
-            host_header,
             extra_headers,
             unavailable,
             insecure: cfg.insecure_skip_verify,
             timeouts,
-            peer: ArcSwapOption::empty(),
         };
         // An IP literal needs no resolution: build its peer now.
-        if let Some(u) = &up.url {
-            if let Ok(ip) = u.host.parse::<IpAddr>() {
-                up.peer
-                    .store(Some(Arc::new(up.make_peer(SocketAddr::new(ip, u.port)))));
+        for ep in &up.endpoints {
+            if let Some(u) = &ep.url {
+                if let Ok(ip) = u.host.parse::<IpAddr>() {
+                    ep.peer.store(Some(Arc::new(
+                        up.make_peer(ep, SocketAddr::new(ip, u.port)),
+                    )));
+                }
             }
         }
         up
     }
 
-    /// Whether the host is a name that must be resolved (and re-resolved) by DNS.
-    pub fn needs_dns(&self) -> bool {
-        self.unavailable.is_none()
-            && self
-                .url
-                .as_ref()
-                .is_some_and(|u| u.host.parse::<IpAddr>().is_err())
+    /// Whether the provider is a pool of endpoints (checked, chosen per attempt).
+    pub fn pooled(&self) -> bool {
+        self.health_check.is_some()
     }
 
-    fn make_peer(&self, addr: SocketAddr) -> HttpPeer {
-        let (tls, sni) = match &self.url {
+    /// Whether a host must be resolved (and re-resolved) by DNS.
+    pub fn needs_dns(&self) -> bool {
+        self.unavailable.is_none() && self.endpoints.iter().any(Endpoint::needs_dns)
+    }
+
+    fn make_peer(&self, ep: &Endpoint, addr: SocketAddr) -> HttpPeer {
+        let (tls, sni) = match &ep.url {
             Some(u) => (u.tls, u.host.clone()),
             None => (false, String::new()),
         };
@@ -338,20 +416,42 @@ impl Upstream {
         peer
     }
 
-    /// The peer to connect to; resolves the host now if it has never been resolved.
-    pub async fn peer(&self) -> Result<Arc<HttpPeer>, String> {
-        if let Some(p) = self.peer.load_full() {
+    /// The peer of endpoint `ep` (0 for a single `base_url`); resolves its host now if it
+    /// has never been resolved.
+    pub async fn peer(&self, ep: usize) -> Result<Arc<HttpPeer>, String> {
+        let endpoint = self.endpoint(ep);
+        if let Some(p) = endpoint.peer.load_full() {
             return Ok(p);
         }
-        self.resolve().await?;
-        self.peer
+        self.resolve(ep).await?;
+        endpoint
+            .peer
             .load_full()
             .ok_or_else(|| format!("`{}` has no resolved address", self.name))
     }
 
-    /// Resolves the host asynchronously and stores the first address.
-    pub async fn resolve(&self) -> Result<(), String> {
-        let Some(u) = &self.url else {
+    /// Endpoint `ep`, or the first if there is no such endpoint.
+    pub fn endpoint(&self, ep: usize) -> &Endpoint {
+        self.endpoints.get(ep).unwrap_or(&self.endpoints[0])
+    }
+
+    /// Resolves every endpoint's host name (off the request path); the first error, if any.
+    pub async fn resolve_all(&self) -> Result<(), String> {
+        let mut first = Ok(());
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if ep.needs_dns() {
+                if let Err(e) = self.resolve(i).await {
+                    first = first.and(Err(e));
+                }
+            }
+        }
+        first
+    }
+
+    /// Resolves endpoint `ep`'s host asynchronously and stores the first address.
+    pub async fn resolve(&self, ep: usize) -> Result<(), String> {
+        let endpoint = self.endpoint(ep);
+        let Some(u) = &endpoint.url else {
             return Err(format!("`{}` has no base URL", self.name));
         };
         let mut addrs = tokio::net::lookup_host((u.host.as_str(), u.port))
@@ -360,16 +460,22 @@ impl Upstream {
         let addr = addrs
             .next()
             .ok_or_else(|| format!("`{}` resolved to no address", u.host))?;
-        let current = self.peer.load();
+        let current = endpoint.peer.load();
         if current.as_ref().and_then(|p| p._address.as_inet().copied()) != Some(addr) {
-            self.peer.store(Some(Arc::new(self.make_peer(addr))));
+            endpoint
+                .peer
+                .store(Some(Arc::new(self.make_peer(endpoint, addr))));
         }
         Ok(())
     }
 
-    /// The full upstream path for an API path such as `/chat/completions`.
-    pub fn path(&self, api_path: &str) -> String {
-        let prefix = self.url.as_ref().map_or("", |u| u.path.as_str());
+    /// The full upstream path at endpoint `ep` for an API path such as `/chat/completions`.
+    pub fn path(&self, ep: usize, api_path: &str) -> String {
+        let prefix = self
+            .endpoint(ep)
+            .url
+            .as_ref()
+            .map_or("", |u| u.path.as_str());
         format!("{prefix}{api_path}")
     }
 
@@ -404,20 +510,22 @@ impl Upstream {
             .any(|(i, k)| i != key && k.usable(now))
     }
 
-    /// The request head for `POST {base}{req.path}`, carrying key `key` of the pool.
+    /// The request head for `POST {base}{req.path}` at endpoint `ep`, carrying key `key` of
+    /// the pool.
     pub fn request_header(
         &self,
         req: &Outbound,
         key: Option<usize>,
+        ep: usize,
     ) -> pingora::Result<pingora::http::RequestHeader> {
         use http::header;
-        let path = self.path(&req.path);
+        let path = self.path(ep, &req.path);
         let mut h = pingora::http::RequestHeader::build(
             "POST",
             path.as_bytes(),
             Some(8 + self.extra_headers.len() + req.headers.len()),
         )?;
-        h.insert_header(header::HOST, self.host_header.clone())?;
+        h.insert_header(header::HOST, self.endpoint(ep).host_header.clone())?;
         if let Some((name, value)) = key.and_then(|k| self.keys.get(k)).map(|k| &k.header) {
             h.insert_header(name.clone(), value.clone())?;
         }
@@ -429,6 +537,38 @@ impl Upstream {
             concat!("freeway/", env!("CARGO_PKG_VERSION")),
         )?;
         for (k, v) in self.extra_headers.iter().chain(&req.headers) {
+            h.insert_header(k.clone(), v.clone())?;
+        }
+        Ok(h)
+    }
+}
+
+impl Upstream {
+    /// The head of an active health check of endpoint `ep`: `GET {base}{path}` with the
+    /// provider's key (the first one usable) and configured headers, as a request would.
+    pub fn check_header(
+        &self,
+        ep: usize,
+        path: &str,
+    ) -> pingora::Result<pingora::http::RequestHeader> {
+        use http::header;
+        let full = self.path(ep, path);
+        let mut h = pingora::http::RequestHeader::build("GET", full.as_bytes(), None)?;
+        h.insert_header(header::HOST, self.endpoint(ep).host_header.clone())?;
+        let now = unix_ms();
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.usable(now))
+            .or(self.keys.first());
+        if let Some((name, value)) = key.map(|k| &k.header) {
+            h.insert_header(name.clone(), value.clone())?;
+        }
+        h.insert_header(
+            header::USER_AGENT,
+            concat!("freeway/", env!("CARGO_PKG_VERSION"), " health-check"),
+        )?;
+        for (k, v) in &self.extra_headers {
             h.insert_header(k.clone(), v.clone())?;
         }
         Ok(h)

@@ -17,6 +17,7 @@ use super::ctx::RequestCtx;
 use super::respond::{send_error, send_upstream_error};
 use super::Gateway;
 use crate::errors::{upstream_envelope, ApiError};
+use crate::live::endpoints::Lease;
 use crate::live::slots::Slot;
 use crate::observe::metrics;
 use crate::providers::media::Piece;
@@ -304,6 +305,8 @@ pub async fn run<C: Call>(
     // of its provider's pool (after the client's retry delay, if it asked for one).
     let mut queue = VecDeque::from(plan);
     let mut tried: Vec<usize> = Vec::new();
+    // A pooled provider's endpoints this request tried, and the key to keep on the next.
+    let mut pool_turn = PoolTurn::default();
     while let Some(idx) = queue.pop_front() {
         let model = &state.catalog.models[idx];
         let request = match call.build(model) {
@@ -324,9 +327,13 @@ pub async fn run<C: Call>(
                 tokio::time::sleep(wait).await;
             }
         }
+        let Ok(endpoint) = pool_turn.lease(state, model, ctx) else {
+            continue;
+        };
         let Some(_slot) = claim(state, idx, ctx) else {
             continue;
         };
+        pool_turn.keep_key(ctx);
         tried.push(idx);
         ctx.price = Some(model.cost);
         let hold = match super::spend::reserve(gw, ctx, model, needs).await {
@@ -339,14 +346,17 @@ pub async fn run<C: Call>(
         let reserved = gw.board.pace.reserve(model, needs);
         let attempt_start = Instant::now();
         crate::telemetry::attempt_begin(&mut ctx.trace, session.req_header(), ctx.start, &request);
-        let outcome = attempt(gw, state, model, request, timeouts, call, session, ctx).await;
+        let ep = endpoint.as_ref().map_or(0, |l| l.index);
+        let outcome = attempt(gw, state, model, request, timeouts, call, session, ctx, ep).await;
+        let endpoint_fault =
+            observe_endpoint(state, model, endpoint.as_ref(), &outcome, attempt_start);
         let live = &state.models[idx];
         match outcome {
             Attempt::Done(out, answer) => {
                 gw.board.pace.settle_answer(model, reserved, answer.usage);
                 record_answer(ctx, model, live, attempt_start, &answer);
                 super::spend::settle(gw, ctx, model, hold, answer.usage).await;
-                trace_attempt(ctx, state, model, needs, Ok(&answer));
+                trace_attempt(ctx, state, model, ep, needs, Ok(&answer));
                 return Some(out);
             }
             Attempt::Refused { status, body } => {
@@ -358,20 +368,29 @@ pub async fn run<C: Call>(
                     ..Answer::default()
                 };
                 record_answer(ctx, model, live, attempt_start, &answer);
-                trace_attempt(ctx, state, model, needs, Ok(&answer));
+                trace_attempt(ctx, state, model, ep, needs, Ok(&answer));
                 let body = upstream_envelope(status, &model.provider_name, &body);
                 send_upstream_error(session, ctx, status, body, &[]).await;
                 return None;
             }
             Attempt::Retry(failure) => {
                 metrics::attempt(&model.provider_name, &model.id, failure.outcome());
-                trace_attempt(ctx, state, model, needs, Err(&failure));
+                trace_attempt(ctx, state, model, ep, needs, Err(&failure));
                 gw.board.pace.release(model, reserved);
                 super::spend::release(gw, hold).await;
                 let why = state.secrets.scrub(&failure.to_string()).into_owned();
                 log::warn!("{}: {} failed: {why}", ctx.id, model.qualified);
                 // A client's own key says nothing about the provider's keys.
                 let byok = ctx.spend.byok.is_some();
+                let max = ctx.controls.attempts(state.config.server.max_attempts);
+                if endpoint_fault && pool_turn.retry(state, model, ctx, max, &mut queue, idx) {
+                    // Another endpoint of the same provider, before the next model: the
+                    // failure was this endpoint's, not the model's.
+                    ctx.failures
+                        .push(format!("{} (one endpoint): {why}", model.qualified));
+                    failures.push((model.provider_name.clone(), failure));
+                    continue;
+                }
                 if !byok && record_failure(state, idx, ctx.upstream_key, &failure) {
                     queue.push_front(idx);
                 }
@@ -443,6 +462,7 @@ fn trace_attempt(
     ctx: &mut RequestCtx,
     state: &State,
     model: &ModelEntry,
+    ep: usize,
     needs: &Needs,
     end: Result<&Answer, &Failure>,
 ) {
@@ -462,7 +482,10 @@ fn trace_attempt(
         operation: crate::telemetry::operation(ctx.endpoint.label),
         provider: &model.provider_name,
         model: &model.id,
-        url: state.upstreams[model.provider].url.as_ref(),
+        url: state.upstreams[model.provider]
+            .endpoints
+            .get(ep)
+            .and_then(|e| e.url.as_ref()),
         attempt: ctx.attempts,
         max_tokens: needs.max_output_tokens,
         status,
@@ -498,13 +521,14 @@ async fn attempt<C: Call>(
     call: &C,
     session: &mut Session,
     ctx: &mut RequestCtx,
+    ep: usize,
 ) -> Attempt<C::Out> {
     let upstream = &state.upstreams[model.provider];
-    let peer = match upstream.peer().await {
+    let peer = match upstream.peer(ep).await {
         Ok(p) => p,
         Err(e) => return Attempt::Retry(Failure::Connect(e)),
     };
-    let mut header = match upstream.request_header(&request, ctx.upstream_key) {
+    let mut header = match upstream.request_header(&request, ctx.upstream_key, ep) {
         Ok(mut h) => match &ctx.spend.byok {
             Some(k) => match super::spend::apply_client_key(&mut h, model, k) {
                 Ok(()) => h,
@@ -766,6 +790,125 @@ fn claim(state: &State, idx: usize, ctx: &mut RequestCtx) -> Option<Slot> {
     ctx.provider = Some(model.provider_name.clone());
     ctx.model = Some(model.id.clone());
     Some(slot)
+}
+
+/// The endpoints of a pooled provider one request has tried: a failed attempt tries another
+/// healthy endpoint of the same provider, same model and same key, before the next model.
+#[derive(Default)]
+struct PoolTurn {
+    /// The provider whose endpoints `tried` marks.
+    provider: Option<usize>,
+    tried: u64,
+    /// The key the next attempt keeps (an endpoint retry).
+    key: Option<Option<usize>>,
+}
+
+impl PoolTurn {
+    /// An endpoint of the candidate's pool (`Ok(None)`: a single `base_url`). `Err`, with
+    /// the reason in `ctx.failures`, when no healthy endpoint is left to try.
+    fn lease(
+        &mut self,
+        state: &State,
+        model: &ModelEntry,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Lease>, ()> {
+        let Some(pool) = &state.pools[model.provider] else {
+            return Ok(None);
+        };
+        if self.provider != Some(model.provider) {
+            *self = PoolTurn {
+                provider: Some(model.provider),
+                ..PoolTurn::default()
+            };
+        }
+        match pool.lease(self.tried) {
+            Some(l) => {
+                self.tried |= 1 << l.index;
+                Ok(Some(l))
+            }
+            None => {
+                self.key = None;
+                ctx.failures.push(format!(
+                    "{}: skipped (no healthy endpoint of its provider left to try)",
+                    model.qualified
+                ));
+                Err(())
+            }
+        }
+    }
+
+    /// After the claim: an endpoint retry keeps the key the failed attempt used.
+    fn keep_key(&mut self, ctx: &mut RequestCtx) {
+        if let Some(k) = self.key.take() {
+            ctx.upstream_key = k;
+        }
+    }
+
+    /// Queues `idx` again for another endpoint if one is healthy and untried and the
+    /// request has attempts left (`max_attempts` counts endpoint retries too).
+    fn retry(
+        &mut self,
+        state: &State,
+        model: &ModelEntry,
+        ctx: &RequestCtx,
+        max_attempts: usize,
+        queue: &mut VecDeque<usize>,
+        idx: usize,
+    ) -> bool {
+        let Some(pool) = &state.pools[model.provider] else {
+            return false;
+        };
+        if ctx.attempts as usize >= max_attempts || !pool.another_healthy(self.tried) {
+            return false;
+        }
+        while ctx.attempts as usize + queue.len() >= max_attempts {
+            queue.pop_back();
+        }
+        queue.push_front(idx);
+        self.key = Some(ctx.upstream_key);
+        true
+    }
+}
+
+/// Reports an attempt to its endpoint (of a pooled provider): latency and the outcome
+/// metric; a connect failure, timeout or 5xx counts towards taking the endpoint out.
+/// `true` when the failure was the endpoint's own: another endpoint may serve.
+fn observe_endpoint<T>(
+    state: &State,
+    model: &ModelEntry,
+    lease: Option<&Lease>,
+    outcome: &Attempt<T>,
+    started: Instant,
+) -> bool {
+    let (Some(lease), Some(pool)) = (lease, &state.pools[model.provider]) else {
+        return false;
+    };
+    let ep = &lease.state;
+    match outcome {
+        Attempt::Done(_, answer) => {
+            ep.count(answer.outcome());
+            ep.request_served(answer.first_content);
+            false
+        }
+        Attempt::Refused { .. } => {
+            ep.count("client_error");
+            ep.request_served(started.elapsed());
+            false
+        }
+        Attempt::Retry(f) => {
+            ep.count(f.outcome());
+            let own = match f {
+                Failure::Connect(_) | Failure::Timeout(_) => true,
+                Failure::Status { status, .. } => *status >= 500 || *status == 408,
+                Failure::Malformed(_) => false,
+            };
+            if own {
+                let why = state.secrets.scrub(&f.to_string()).into_owned();
+                ep.request_failed(&why, pool.unhealthy_after);
+            }
+            own
+        }
+    }
 }
 
 /// Updates health, daily counts and provider state after a failed attempt.

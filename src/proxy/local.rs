@@ -84,7 +84,12 @@ pub fn models(state: &State) -> Bytes {
 pub fn routing_status(state: &State, detailed: bool) -> Bytes {
     let now = Instant::now();
     let mut providers = serde_json::Map::new();
-    for (up, live) in state.upstreams.iter().zip(&state.providers) {
+    for ((up, live), pool) in state
+        .upstreams
+        .iter()
+        .zip(&state.providers)
+        .zip(&state.pools)
+    {
         let blocked = live.blocked();
         let mut entry = json!({
             "configured": up.unavailable.is_none() && blocked.is_none(),
@@ -106,12 +111,20 @@ pub fn routing_status(state: &State, detailed: bool) -> Bytes {
                 })
                 .collect();
         }
+        if let Some(pool) = pool {
+            entry["endpoints"] = endpoints_status(up, pool, detailed);
+        }
         providers.insert(up.name.clone(), entry);
     }
     let mut counts = [0u64; 6]; // configured, available, degraded, cooldown, exhausted, unconfigured
     let mut models = Vec::with_capacity(state.catalog.models.len());
     for (m, live) in state.catalog.models.iter().zip(&state.models) {
-        let blocked = state.providers[m.provider].blocked();
+        // A pool with every endpoint out is skipped by the router like a blocked provider.
+        let blocked = state.providers[m.provider].blocked().or_else(|| {
+            state.pools[m.provider]
+                .as_ref()
+                .and_then(crate::live::endpoints::Pool::all_down)
+        });
         let used = live.daily_used();
         let h = live.health.lock();
         let success_rate = h.success_rate();
@@ -163,4 +176,34 @@ pub fn routing_status(state: &State, detailed: bool) -> Bytes {
         "providers": providers,
         "models": models,
     }))
+}
+
+/// A pooled provider's endpoints. Addresses only for an authorized caller (`detailed`);
+/// errors never carry addresses or keys (they are written without them, and scrubbed).
+fn endpoints_status(
+    up: &crate::providers::Upstream,
+    pool: &crate::live::endpoints::Pool,
+    detailed: bool,
+) -> Value {
+    pool.endpoints
+        .iter()
+        .zip(&up.endpoints)
+        .enumerate()
+        .map(|(i, (live, ep))| {
+            let info = live.check_info();
+            let mut v = json!({
+                "endpoint": format!("#{}", i + 1),
+                "healthy": live.healthy(),
+                "in_flight": live.in_flight(),
+                "latency_ms": live.latency_ms().round(),
+                "weight": ep.weight,
+                "last_check": info.last_check.map(|ms| rfc3339(UNIX_EPOCH + Duration::from_millis(ms))),
+                "last_error": info.last_error,
+            });
+            if detailed {
+                v["address"] = json!(ep.address);
+            }
+            v
+        })
+        .collect()
 }

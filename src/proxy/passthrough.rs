@@ -21,6 +21,10 @@ pub struct Target {
     pub path_and_query: String,
     /// Counts the request against the provider's `max_connections` until it ends.
     pub _slot: Slot,
+    /// The endpoint of a pooled provider (`0` for a single `base_url`).
+    pub endpoint: usize,
+    /// Counts the request in flight at that endpoint until it ends.
+    pub _lease: Option<crate::live::endpoints::Lease>,
 }
 
 /// Splits `/providers/{name}/{rest}` into the provider and the rest (with its leading `/`).
@@ -65,11 +69,25 @@ pub async fn target(state: &State, path: &str, query: Option<&str>) -> Result<Ta
         e.retry_after = Some(1);
         return Err(e);
     };
+    // A pooled provider: the endpoint a model request would get now.
+    let lease = match &state.pools[idx] {
+        Some(pool) => Some(pool.lease(0).ok_or_else(|| {
+            ApiError::no_capacity(format!(
+                "Provider `{name}` cannot be used: every endpoint is unhealthy."
+            ))
+        })?),
+        None => None,
+    };
+    let endpoint = lease.as_ref().map_or(0, |l| l.index);
     let peer = upstream
-        .peer()
+        .peer(endpoint)
         .await
         .map_err(|e| ApiError::upstream(502, format!("Provider `{name}`: {e}")))?;
-    let base = upstream.url.as_ref().map_or("", |u| u.path.as_str());
+    let base = upstream
+        .endpoint(endpoint)
+        .url
+        .as_ref()
+        .map_or("", |u| u.path.as_str());
     let mut path_and_query = join_path(base, rest);
     if let Some(q) = query {
         path_and_query.push('?');
@@ -80,6 +98,8 @@ pub async fn target(state: &State, path: &str, query: Option<&str>) -> Result<Ta
         peer,
         path_and_query,
         _slot: slot,
+        endpoint,
+        _lease: lease,
     })
 }
 
@@ -218,7 +238,12 @@ pub fn rewrite(req: &mut RequestHeader, ctx: &mut RequestCtx) -> pingora::Result
     let Some(t) = &ctx.passthrough else {
         return Ok(());
     };
-    let (provider, url) = (&t.upstream.name, t.upstream.url.as_ref());
+    let url = t
+        .upstream
+        .endpoints
+        .get(t.endpoint)
+        .and_then(|e| e.url.as_ref());
+    let provider = &t.upstream.name;
     crate::telemetry::passthrough_begin(&mut ctx.trace, req, ctx.start, provider, url);
     let uri = t.path_and_query.parse::<http::Uri>().map_err(|e| {
         pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "passthrough path", e)
@@ -236,7 +261,8 @@ pub fn rewrite(req: &mut RequestHeader, ctx: &mut RequestCtx) -> pingora::Result
     for name in controls {
         req.remove_header(&name);
     }
-    req.insert_header(http::header::HOST, t.upstream.host_header.clone())?;
+    let host = t.upstream.endpoint(t.endpoint).host_header.clone();
+    req.insert_header(http::header::HOST, host)?;
     // A key of the pool (with every key out, the first: the provider answers for itself).
     let key = t.upstream.pick_key().unwrap_or(Some(0));
     if let Some(k) = key.and_then(|k| t.upstream.keys.get(k)) {

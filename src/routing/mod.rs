@@ -8,6 +8,7 @@
 
 pub mod health;
 pub mod load;
+pub mod pool;
 pub mod routes;
 pub mod status;
 
@@ -961,6 +962,7 @@ base_url = "http://127.0.0.1:2"
             models: &states,
             providers: &providers,
             slots: &[],
+            pools: &[],
             catalog: &cat,
             pace: &pace,
         };

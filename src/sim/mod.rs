@@ -45,6 +45,9 @@ struct Log {
     by_prefix: std::collections::BTreeMap<String, u64>,
     recent: VecDeque<Value>,
     last_body: Bytes,
+    /// `GET …/models` requests (a gateway's health checks), and the last one's credentials.
+    listings: u64,
+    listing_authorization: Option<String>,
 }
 
 /// The simulated provider service.
@@ -543,6 +546,38 @@ impl SimProvider {
             .await
     }
 
+    /// `GET …/models`, also a gateway's health check: an override of the path's prefix makes
+    /// it fail (`fail-500` answers 500, `hang` never answers) like a chat request would.
+    async fn listing(&self, session: &mut Session, path: &str) -> Result<()> {
+        {
+            let mut log = self.log.lock();
+            log.listings += 1;
+            log.listing_authorization = session
+                .req_header()
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+        }
+        let overridden = self
+            .overrides
+            .lock()
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, b)| behavior_of(b));
+        match overridden {
+            Some(Behavior::Hang) => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            }
+            Some(Behavior::Fail(status)) => {
+                let err = crate::errors::envelope("server_error", None, None, "sim: failing");
+                write(session, status, "application/json", err, &[]).await
+            }
+            _ => write(session, 200, "application/json", self.models(), &[]).await,
+        }
+    }
+
     fn models(&self) -> Bytes {
         let data: Vec<Value> = [
             "echo", "slow", "flaky", "fail-429", "fail-500", "drop", "hang",
@@ -578,7 +613,8 @@ impl ProxyHttp for SimProvider {
         } else if path == "/_sim/requests" {
             let body = {
                 let log = self.log.lock();
-                json!({"total": log.total, "by_prefix": log.by_prefix, "recent": log.recent})
+                json!({"total": log.total, "by_prefix": log.by_prefix, "recent": log.recent,
+                       "listings": log.listings, "listing_authorization": log.listing_authorization})
                     .to_string()
             };
             write(session, 200, "application/json", Bytes::from(body), &[]).await?;
@@ -617,7 +653,7 @@ impl ProxyHttp for SimProvider {
             )
             .await?;
         } else if path.ends_with("/models") {
-            write(session, 200, "application/json", self.models(), &[]).await?;
+            self.listing(session, &path).await?;
         } else {
             let err =
                 crate::errors::envelope("invalid_request_error", None, None, "sim: unknown path");

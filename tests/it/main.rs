@@ -18,6 +18,7 @@ mod otlp;
 mod package;
 mod passthrough;
 mod pipeline;
+mod pools;
 mod redis_proc;
 mod resources;
 mod responses;
