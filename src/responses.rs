@@ -10,8 +10,9 @@
 //! it is refused with a clear 400.
 
 use crate::errors::ApiError;
+use crate::providers::chat::{Reshape, Reshaped};
 use crate::providers::{StreamError, StreamTranslator, Usage};
-use crate::sse::{write_event, SseReader};
+use crate::sse::write_event;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -460,10 +461,7 @@ pub fn from_chat_completion(
 
 /// Turns a chat stream (after the provider's own translator) into Responses events.
 pub struct ResponsesStream {
-    inner: Box<dyn StreamTranslator>,
     meta: Arc<Meta>,
-    reader: SseReader,
-    scratch: Vec<u8>,
     seq: u64,
     model: String,
     created: bool,
@@ -477,21 +475,25 @@ pub struct ResponsesStream {
 }
 
 impl ResponsesStream {
-    pub fn new(inner: Box<dyn StreamTranslator>, meta: Arc<Meta>, model: &str) -> ResponsesStream {
-        ResponsesStream {
+    pub fn new(
+        inner: Box<dyn StreamTranslator>,
+        meta: Arc<Meta>,
+        model: &str,
+    ) -> Reshaped<ResponsesStream> {
+        Reshaped::new(
             inner,
-            meta,
-            reader: SseReader::new(),
-            scratch: Vec::new(),
-            seq: 0,
-            model: model.to_string(),
-            created: false,
-            text: None,
-            calls: Vec::new(),
-            output: Vec::new(),
-            finish: None,
-            usage: None,
-        }
+            ResponsesStream {
+                meta,
+                seq: 0,
+                model: model.to_string(),
+                created: false,
+                text: None,
+                calls: Vec::new(),
+                output: Vec::new(),
+                finish: None,
+                usage: None,
+            },
+        )
     }
 
     fn emit(&mut self, out: &mut Vec<u8>, kind: &str, mut event: Value) {
@@ -557,7 +559,9 @@ impl ResponsesStream {
     fn next_index(&self) -> usize {
         self.output.len() + usize::from(self.text.is_some()) + self.calls.len()
     }
+}
 
+impl Reshape for ResponsesStream {
     fn chunk(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
         if data == b"[DONE]" {
             return Ok(());
@@ -641,35 +645,11 @@ impl ResponsesStream {
         Ok(())
     }
 
-    fn drain(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        let chat = std::mem::take(&mut self.scratch);
-        self.reader.push(&chat);
-        while let Some(ev) = self.reader.next_event() {
-            self.chunk(&ev.data, out)?;
-        }
-        Ok(())
-    }
-}
-
-impl StreamTranslator for ResponsesStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        let mut chat = std::mem::take(&mut self.scratch);
-        let r = self.inner.feed(chunk, &mut chat);
-        self.scratch = chat;
-        self.drain(out)?;
-        r
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        let mut chat = std::mem::take(&mut self.scratch);
-        let r = self.inner.finish(&mut chat);
-        self.scratch = chat;
-        self.drain(out)?;
-        r?;
+    fn end(&mut self, usage: Option<Usage>, out: &mut Vec<u8>) {
         self.ensure_created(out);
         self.close_text(out);
         self.close_calls(out);
-        self.usage = self.inner.usage();
+        self.usage = usage;
         let status = status_for(self.finish.as_deref());
         let r = response_object(
             &self.meta,
@@ -685,21 +665,12 @@ impl StreamTranslator for ResponsesStream {
             "response.incomplete"
         };
         self.emit(out, kind, json!({"response": r}));
-        Ok(())
-    }
-
-    fn started(&self) -> bool {
-        self.inner.started()
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.inner.usage()
     }
 
     /// A stream failing mid-way ends as OpenAI's does: an `error` event, then
     /// `response.failed` with the response so far (`status: "failed"`, `error: {code,
     /// message}`; unfinished items `incomplete`), never `response.completed`.
-    fn error_event(&mut self, err: &ApiError, out: &mut Vec<u8>) {
+    fn fail(&mut self, err: &ApiError, usage: Option<Usage>, out: &mut Vec<u8>) {
         self.ensure_created(out);
         let code = if err.status == 429 {
             "rate_limit_exceeded"
@@ -718,14 +689,7 @@ impl StreamTranslator for ResponsesStream {
         for (_, _, id, call_id, name, args) in &self.calls {
             output.push(call_item(id, call_id, name, args, "incomplete"));
         }
-        let mut r = response_object(
-            &self.meta,
-            &self.model,
-            "failed",
-            output,
-            self.inner.usage(),
-            None,
-        );
+        let mut r = response_object(&self.meta, &self.model, "failed", output, usage, None);
         r["error"] = json!({"code": code, "message": err.message});
         self.emit(out, "response.failed", json!({ "response": r }));
     }
@@ -736,6 +700,7 @@ mod tests {
     use super::*;
     use crate::providers::openai::OpenAi;
     use crate::providers::Translator;
+    use crate::sse::SseReader;
 
     #[test]
     fn input_items_keep_roles_images_and_tool_calls() {

@@ -13,6 +13,7 @@
 use super::answer::{self, NativeUsage};
 use super::{span_of, splice_model, Meta};
 use crate::errors::{anthropic_envelope, anthropic_type, ApiError};
+use crate::providers::chat::{Reshape, Reshaped};
 use crate::providers::{StreamError, StreamTranslator, Usage};
 use crate::sse::{write_event, SseEvent, SseReader};
 use serde::Deserialize;
@@ -49,10 +50,7 @@ impl Open {
 
 /// Turns a chat stream into Anthropic's events.
 pub struct MessagesStream {
-    inner: Box<dyn StreamTranslator>,
     meta: Arc<Meta>,
-    reader: SseReader,
-    scratch: Vec<u8>,
     model: String,
     /// `message_start` was written.
     begun: bool,
@@ -66,20 +64,24 @@ pub struct MessagesStream {
 }
 
 impl MessagesStream {
-    pub fn new(inner: Box<dyn StreamTranslator>, meta: Arc<Meta>, model: &str) -> MessagesStream {
-        MessagesStream {
+    pub fn new(
+        inner: Box<dyn StreamTranslator>,
+        meta: Arc<Meta>,
+        model: &str,
+    ) -> Reshaped<MessagesStream> {
+        Reshaped::new(
             inner,
-            meta,
-            reader: SseReader::new(),
-            scratch: Vec::new(),
-            model: model.to_string(),
-            begun: false,
-            open: None,
-            blocks: 0,
-            tools: Vec::new(),
-            finish: None,
-            matched: None,
-        }
+            MessagesStream {
+                meta,
+                model: model.to_string(),
+                begun: false,
+                open: None,
+                blocks: 0,
+                tools: Vec::new(),
+                finish: None,
+                matched: None,
+            },
+        )
     }
 
     fn emit(out: &mut Vec<u8>, event: Value) {
@@ -127,7 +129,9 @@ impl MessagesStream {
             json!({"type": "content_block_delta", "index": index, "delta": delta}),
         );
     }
+}
 
+impl Reshape for MessagesStream {
     fn chunk(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
         if data == b"[DONE]" {
             return Ok(());
@@ -201,54 +205,21 @@ impl MessagesStream {
         Ok(())
     }
 
-    fn drain(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        self.reader.push(&self.scratch);
-        self.scratch.clear();
-        while let Some(ev) = self.reader.next_event() {
-            self.chunk(&ev.data, out)?;
-        }
-        Ok(())
-    }
-}
-
-impl StreamTranslator for MessagesStream {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
-        let mut chat = std::mem::take(&mut self.scratch);
-        let r = self.inner.feed(chunk, &mut chat);
-        self.scratch = chat;
-        self.drain(out)?;
-        r
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
-        let mut chat = std::mem::take(&mut self.scratch);
-        let r = self.inner.finish(&mut chat);
-        self.scratch = chat;
-        self.drain(out)?;
-        r?;
+    fn end(&mut self, usage: Option<Usage>, out: &mut Vec<u8>) {
         self.begin(out);
         self.close(out);
         let (reason, sequence) =
             answer::stop_reason(self.finish.as_deref(), self.matched.as_deref(), &self.meta);
-        let usage = self.inner.usage().unwrap_or_default();
+        let usage = usage.unwrap_or_default();
         Self::emit(
             out,
             json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
                    "usage": answer::usage_json(usage)}),
         );
         Self::emit(out, json!({"type": "message_stop"}));
-        Ok(())
     }
 
-    fn started(&self) -> bool {
-        self.inner.started()
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.inner.usage()
-    }
-
-    fn error_event(&mut self, err: &ApiError, out: &mut Vec<u8>) {
+    fn fail(&mut self, err: &ApiError, _usage: Option<Usage>, out: &mut Vec<u8>) {
         error_event(err, out);
     }
 }

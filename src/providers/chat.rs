@@ -196,6 +196,106 @@ impl<E: ChatEvents> StreamTranslator for ChatStream<E> {
 }
 
 /// What the stream tests of every format share.
+/// A provider's chat translator whose output is read back event by event: the plumbing every
+/// client-API reshaper (the Responses API, Anthropic Messages) wraps around it, written once.
+pub struct Rechunk {
+    /// The provider's translator (its `started` and `usage` are the reshaper's too).
+    pub inner: Box<dyn StreamTranslator>,
+    reader: crate::sse::SseReader,
+    scratch: Vec<u8>,
+}
+
+impl Rechunk {
+    pub fn new(inner: Box<dyn StreamTranslator>) -> Rechunk {
+        Rechunk {
+            inner,
+            reader: crate::sse::SseReader::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Feeds upstream bytes (`None`: the upstream ended) to the provider's translator; its
+    /// complete chat events are then read with [`Self::next_event`].
+    pub fn pump(&mut self, chunk: Option<&[u8]>) -> Result<(), StreamError> {
+        let r = match chunk {
+            Some(c) => self.inner.feed(c, &mut self.scratch),
+            None => self.inner.finish(&mut self.scratch),
+        };
+        self.reader.push(&self.scratch);
+        self.scratch.clear();
+        r
+    }
+
+    /// The next complete chat event, if one is buffered.
+    pub fn next_event(&mut self) -> Option<crate::sse::SseEvent> {
+        self.reader.next_event()
+    }
+}
+
+/// A client API's reshaping of the chat events a provider's translator produces (the
+/// Responses API, Anthropic Messages): it supplies only what differs, and [`Reshaped`] makes
+/// it a [`StreamTranslator`].
+pub trait Reshape: Send {
+    /// One chat event (its `data:` payload): append the client API's events to `out`.
+    fn chunk(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError>;
+    /// The provider's stream ended well (`usage`: what it reported): the closing events.
+    fn end(&mut self, usage: Option<Usage>, out: &mut Vec<u8>);
+    /// The events that end a stream failing mid-way (never a fake completion).
+    fn fail(&mut self, err: &crate::errors::ApiError, usage: Option<Usage>, out: &mut Vec<u8>);
+}
+
+/// A reshaper over the provider's translator: feeds it, reads its chat events back and hands
+/// each to the reshaper.
+pub struct Reshaped<R> {
+    chat: Rechunk,
+    api: R,
+}
+
+impl<R: Reshape> Reshaped<R> {
+    pub fn new(inner: Box<dyn StreamTranslator>, api: R) -> Reshaped<R> {
+        Reshaped {
+            chat: Rechunk::new(inner),
+            api,
+        }
+    }
+
+    /// Hands every buffered chat event to the reshaper.
+    fn reshape(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        while let Some(ev) = self.chat.next_event() {
+            self.api.chunk(&ev.data, out)?;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Reshape> StreamTranslator for Reshaped<R> {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        let r = self.chat.pump(Some(chunk));
+        self.reshape(out)?;
+        r
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        let r = self.chat.pump(None);
+        self.reshape(out)?;
+        r?;
+        self.api.end(self.chat.inner.usage(), out);
+        Ok(())
+    }
+
+    fn started(&self) -> bool {
+        self.chat.inner.started()
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.chat.inner.usage()
+    }
+
+    fn error_event(&mut self, err: &crate::errors::ApiError, out: &mut Vec<u8>) {
+        self.api.fail(err, self.chat.inner.usage(), out)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use super::{StreamError, StreamTranslator};
