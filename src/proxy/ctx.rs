@@ -58,6 +58,8 @@ pub struct RequestCtx {
     pub cors: Option<http::HeaderValue>,
     /// The request body's bytes, held against `server.max_buffered_body_bytes`.
     pub body_hold: super::body::Hold,
+    /// The guardrails applying to this request and what they matched (`None`: none).
+    pub guardrails: Option<std::sync::Arc<crate::guardrails::Applied>>,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -103,6 +105,7 @@ impl RequestCtx {
             stamp: Default::default(),
             cors: None,
             body_hold: Default::default(),
+            guardrails: None,
         }
     }
 

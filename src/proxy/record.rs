@@ -68,6 +68,7 @@ pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
         cost_usd(prompt, completion, p.input_per_mtok, p.output_per_mtok)
     });
 
+    let guardrails = super::guardrails::record(ctx);
     let m = &*METRICS;
     m.requests
         .with_label_values(&[endpoint, provider, model, status_label(status)])
@@ -154,6 +155,7 @@ pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
         overhead_ms: ms(overhead),
         cost_usd: cost,
         metadata: ctx.controls.metadata_raw.take().map(|m| cap(m, MAX_FIELD)),
+        guardrails,
     }));
 }
 
