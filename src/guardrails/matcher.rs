@@ -175,19 +175,28 @@ impl Matcher {
             if p >= limit {
                 return None;
             }
-            for (i, pat) in self.patterns.iter().enumerate() {
+            // Leftmost-first: no pattern before the one reported matches at `p` (a match
+            // within a window is a match), and the reported match is the anchored one
+            // when it fits the window.
+            let first = m.pattern().as_usize();
+            for (i, pat) in self.patterns.iter().enumerate().skip(first) {
                 if mask & (1 << pat.rule) == 0 {
                     continue;
                 }
-                let window = Input::new(hay)
-                    .range(p..hay.len().min(p + pat.max_len))
-                    .anchored(Anchored::Yes);
-                let Some(a) = pat.anchored.search(&window) else {
-                    continue;
+                let end = if i == first && m.end() - p <= pat.max_len {
+                    m.end()
+                } else {
+                    let window = Input::new(hay)
+                        .range(p..hay.len().min(p + pat.max_len))
+                        .anchored(Anchored::Yes);
+                    match pat.anchored.search(&window) {
+                        Some(a) => a.end(),
+                        None => continue,
+                    }
                 };
                 let end = match pat.check {
-                    Some(check) => check(hay, p, a.end()),
-                    None => Some(a.end()),
+                    Some(check) => check(hay, p, end),
+                    None => Some(end),
                 };
                 if let Some(end) = end.filter(|&e| e > p) {
                     return Some(Found {

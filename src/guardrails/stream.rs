@@ -13,8 +13,15 @@ use crate::providers::{StreamError, StreamTranslator, Usage};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+fn write_event(out: &mut Vec<u8>, name: &str, v: &Value) {
+    crate::sse::write_event(out, name, v.to_string().as_bytes());
+}
+
 pub struct GuardStream {
     inner: Box<dyn StreamTranslator>,
+    /// The inner translator writes Anthropic events (native Messages streams), not chat
+    /// chunks: `text_delta`s are guarded, held text goes out before `content_block_stop`.
+    anthropic: bool,
     applied: Arc<Applied>,
     /// The inner translator's output, not yet guarded.
     scratch: Vec<u8>,
@@ -29,11 +36,67 @@ impl GuardStream {
     pub fn new(inner: Box<dyn StreamTranslator>, applied: Arc<Applied>) -> GuardStream {
         GuardStream {
             inner,
+            anthropic: false,
             applied,
             scratch: Vec::new(),
             texts: Vec::new(),
             head: None,
             blocked: None,
+        }
+    }
+
+    /// The guard of a native Anthropic Messages stream (`messages::NativeStream`).
+    pub fn anthropic(inner: Box<dyn StreamTranslator>, applied: Arc<Applied>) -> GuardStream {
+        GuardStream {
+            anthropic: true,
+            ..GuardStream::new(inner, applied)
+        }
+    }
+
+    /// One Anthropic event: `event: <type>\ndata: <json>\n\n`.
+    fn anthropic_event(&mut self, event: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        let data = event
+            .split(|&b| b == b'\n')
+            .find_map(|l| l.strip_prefix(b"data: "));
+        let Some(Ok(mut v)) = data.map(serde_json::from_slice::<Value>) else {
+            out.extend_from_slice(event);
+            return Ok(());
+        };
+        let index = v["index"].as_u64().unwrap_or(0) as usize;
+        match v["type"].as_str() {
+            Some("content_block_delta") if v["delta"]["type"] == "text_delta" => {
+                let text = v["delta"]["text"].as_str().unwrap_or("").to_owned();
+                let mut released = String::new();
+                let r = self.text(index).push(&text, &mut released);
+                if !released.is_empty() {
+                    if released == text {
+                        out.extend_from_slice(event);
+                    } else {
+                        v["delta"]["text"] = Value::String(released);
+                        write_event(out, "content_block_delta", &v);
+                    }
+                }
+                r.map_err(|b| self.blocked_error(b))
+            }
+            Some("content_block_stop") => {
+                let mut released = String::new();
+                let r = match self.texts.get_mut(index) {
+                    Some(Some(t)) => t.finish(&mut released),
+                    _ => Ok(()),
+                };
+                if !released.is_empty() {
+                    let d = json!({"type": "content_block_delta", "index": index,
+                        "delta": {"type": "text_delta", "text": released}});
+                    write_event(out, "content_block_delta", &d);
+                }
+                r.map_err(|b| self.blocked_error(b))?;
+                out.extend_from_slice(event);
+                Ok(())
+            }
+            _ => {
+                out.extend_from_slice(event);
+                Ok(())
+            }
         }
     }
 
@@ -66,6 +129,9 @@ impl GuardStream {
     }
 
     fn event(&mut self, event: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        if self.anthropic {
+            return self.anthropic_event(event, out);
+        }
         let payload = event
             .strip_prefix(b"data: ")
             .map(|p| p.strip_suffix(b"\n\n").unwrap_or(p));
@@ -217,7 +283,7 @@ impl StreamTranslator for GuardStream {
         }
         let r = self.inner.finish(&mut self.scratch);
         self.drain(out)?;
-        if r.is_ok() {
+        if r.is_ok() && !self.anthropic {
             // A stream without `[DONE]`: what is held still goes out.
             self.flush_all(out)?;
         }

@@ -105,6 +105,17 @@ pub fn stream(ctx: &RequestCtx, tr: Box<dyn StreamTranslator>) -> Box<dyn Stream
     }
 }
 
+/// A native Anthropic Messages stream, guarded when answer guardrails apply.
+pub fn anthropic_stream(
+    ctx: &RequestCtx,
+    tr: Box<dyn StreamTranslator>,
+) -> Box<dyn StreamTranslator> {
+    match &ctx.guardrails {
+        Some(g) if g.guards_response() => Box::new(GuardStream::anthropic(tr, g.clone())),
+        _ => tr,
+    }
+}
+
 /// What keeps guarded answers apart in the cache: answers stored after the answer
 /// guardrails of one definition are served only to requests under the same ones.
 pub fn cache_scope(ctx: &RequestCtx) -> Option<String> {

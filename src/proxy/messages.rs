@@ -166,7 +166,7 @@ impl Call for MessagesCall<'_> {
         let kind = model.provider_kind;
         if reply.is_sse() {
             let tr: Box<dyn StreamTranslator> = if native(kind) {
-                Box::new(NativeStream::new(&model.id))
+                super::guardrails::anthropic_stream(ctx, Box::new(NativeStream::new(&model.id)))
             } else {
                 let inner = providers::translator(kind).chat_stream(&model.id, true);
                 let inner = super::guardrails::stream(ctx, inner);

@@ -104,8 +104,9 @@ fn guardrails_block_redact_and_flag_prompts_and_answers() {
 
     // Anthropic Messages: the native provider gets the redacted prompt; a blocked prompt
     // gets Anthropic's error envelope.
-    let messages = |key: &str, text: &str| {
+    let messages_with = |key: &str, text: &str, stream: bool| {
         let body = serde_json::json!({"model": "sim-anthropic/claude-sonnet-4-5", "max_tokens": 64,
+            "stream": stream,
             "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]});
         post_with(
             &gw.url("/v1/messages"),
@@ -114,6 +115,7 @@ fn guardrails_block_redact_and_flag_prompts_and_answers() {
             &[("x-api-key", key), ("anthropic-version", "2023-06-01")],
         )
     };
+    let messages = |key: &str, text: &str| messages_with(key, text, false);
     let (status, _, body) = messages("sk-gw-1", "card 4111 1111 1111 1111");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let upstream = String::from_utf8(sim_last_body(&sim)).unwrap();
@@ -140,6 +142,37 @@ fn guardrails_block_redact_and_flag_prompts_and_answers() {
         text.contains("[REDACTED:email]") && !text.contains("me@example.com"),
         "{text}"
     );
+    // Native Anthropic streams: text deltas redacted, or ended by an error event.
+    let (status, _, body) = messages_with("sk-gw-4", "reach me@example.com today", true);
+    assert_eq!(status, 200);
+    let events = String::from_utf8_lossy(&body);
+    let streamed: String = sse_data(&body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| v["delta"]["text"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        streamed.contains("reach [REDACTED:email] today"),
+        "{events}"
+    );
+    assert!(
+        !events.contains("me@example.com") && events.contains("message_stop"),
+        "{events}"
+    );
+    let lead = "the quick brown fox jumps over the lazy dog ".repeat(3);
+    let (status, _, body) =
+        messages_with("sk-gw-3", &format!("{lead}card 4111 1111 1111 1111"), true);
+    let events = String::from_utf8_lossy(&body);
+    assert!(!events.contains("4111"), "{events}");
+    if status == 200 {
+        assert!(
+            events.contains("event: error") && events.contains("response-block"),
+            "{events}"
+        );
+        assert!(!events.contains("message_stop"), "{events}");
+    } else {
+        assert_eq!(status, 400, "{events}");
+    }
 
     // The metric, and the request log's list.
     let metrics = client()
