@@ -18,7 +18,7 @@ else
   export RUSTC_BOOTSTRAP=1
   FUZZ=(cargo fuzz)
 fi
-targets=(parse_chat sse_reader stream_translators native_requests responses_api messages_api request_head passthrough_path multipart)
+targets=(parse_chat sse_reader stream_translators native_requests responses_api messages_api request_head passthrough_path multipart guardrails_stream)
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
   for f in tests/fixtures/*/*; do

@@ -53,6 +53,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Per-app gateway keys with their own limits, models and budgets (`[[keys]]`).
     pub keys: Vec<KeyConfig>,
+    pub guardrails: Vec<GuardrailConfig>,
 }
 
 // Spelled out: one line per section, like the file.
@@ -72,6 +73,7 @@ impl Default for Config {
             providers: Vec::new(),
             routes: Vec::new(),
             keys: Vec::new(),
+            guardrails: Vec::new(),
         }
     }
 }
@@ -754,6 +756,78 @@ pub struct RouteRule {
     pub targets: RouteTargets,
 }
 
+/// `[[guardrails]]`: what to look for, in which direction, and what to do about it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailConfig {
+    pub name: String,
+    #[serde(default)]
+    pub on: GuardOn,
+    /// Built-in detectors ([`PII_KINDS`]).
+    #[serde(default)]
+    pub pii: Vec<String>,
+    /// Case-insensitive whole words.
+    #[serde(default)]
+    pub words: Vec<String>,
+    /// Patterns of the `regex` crate's syntax (linear time).
+    #[serde(default)]
+    pub regex: Vec<String>,
+    pub action: GuardAction,
+    /// Gateway key labels it applies to; empty = all.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Models (as the client names them) it applies to; empty = all.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Prompt roles whose text it reads (tool results are always read).
+    #[serde(default = "default_guard_roles")]
+    pub roles: Vec<String>,
+}
+
+fn default_guard_roles() -> Vec<String> {
+    vec!["user".into()]
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardOn {
+    Prompt,
+    Response,
+    #[default]
+    Both,
+}
+
+impl GuardOn {
+    pub fn prompt(self) -> bool {
+        self != GuardOn::Response
+    }
+    pub fn response(self) -> bool {
+        self != GuardOn::Prompt
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardAction {
+    Block,
+    Redact,
+    Flag,
+}
+
+/// The built-in detectors (`guardrails::detect`).
+pub const PII_KINDS: &[&str] = &[
+    "api_key",
+    "email",
+    "iban",
+    "credit_card",
+    "ipv6",
+    "ipv4",
+    "phone",
+];
+
+/// Roles a guardrail may name.
+const GUARD_ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+
 /// Capability names accepted in `capabilities = [...]`.
 pub const CAPABILITIES: &[&str] = &["tools", "json", "vision", "stream", "reasoning"];
 
@@ -1024,6 +1098,7 @@ impl Config {
         self.validate_embeddings()?;
         self.validate_limits_and_cache()?;
         self.validate_keys()?;
+        self.validate_guardrails()?;
         self.validate_routes()
     }
 
@@ -1169,6 +1244,65 @@ impl Config {
             for (j, m) in k.models.iter().enumerate() {
                 if m.trim().is_empty() {
                     return Err(err(format!("{key}.models[{j}]"), "must not be empty"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_guardrails(&self) -> Result<(), ConfigError> {
+        if self.guardrails.len() > 64 {
+            return Err(err("guardrails", "at most 64 guardrails"));
+        }
+        let mut names = HashSet::new();
+        for (gi, g) in self.guardrails.iter().enumerate() {
+            let key = format!("guardrails[{gi}]");
+            if g.name.is_empty() || !names.insert(g.name.as_str()) {
+                return Err(err(
+                    format!("{key}.name"),
+                    format!("`{}` is empty or used twice", g.name),
+                ));
+            }
+            if g.pii.is_empty() && g.words.is_empty() && g.regex.is_empty() {
+                return Err(err(&key, "needs `pii`, `words` or `regex`"));
+            }
+            for (i, k) in g.pii.iter().enumerate() {
+                if !PII_KINDS.contains(&k.as_str()) {
+                    return Err(err(
+                        format!("{key}.pii[{i}]"),
+                        format!("`{k}` is not one of {}", PII_KINDS.join(", ")),
+                    ));
+                }
+            }
+            for (i, w) in g.words.iter().enumerate() {
+                if w.trim().is_empty() {
+                    return Err(err(format!("{key}.words[{i}]"), "must not be empty"));
+                }
+            }
+            for (i, re) in g.regex.iter().enumerate() {
+                let hir = regex_syntax::parse(re).map_err(|e| {
+                    let first = e.to_string();
+                    let line = first.lines().last().unwrap_or("").to_string();
+                    err(
+                        format!("{key}.regex[{i}]"),
+                        format!("not a valid regex: {line}"),
+                    )
+                })?;
+                if hir.properties().minimum_len().unwrap_or(0) == 0 {
+                    return Err(err(
+                        format!("{key}.regex[{i}]"),
+                        "can match empty text: every match must be at least one character",
+                    ));
+                }
+                regex_automata::meta::Regex::new(re)
+                    .map_err(|e| err(format!("{key}.regex[{i}]"), e.to_string()))?;
+            }
+            for (i, r) in g.roles.iter().enumerate() {
+                if !GUARD_ROLES.contains(&r.as_str()) {
+                    return Err(err(
+                        format!("{key}.roles[{i}]"),
+                        format!("`{r}` is not one of {}", GUARD_ROLES.join(", ")),
+                    ));
                 }
             }
         }

@@ -37,6 +37,16 @@ default_ttl_seconds = 0
 
 # No [auth] keys: the demo is open on loopback (the gateway warns about it at start).
 
+# A guardrail: e-mail addresses and card numbers (Luhn-checked) are redacted on the way to
+# the provider and on the way back, streams included. `action = "block"` refuses instead
+# (400 content_blocked), `"flag"` only reports it (`x-gateway-guardrails`); `keys = [...]`
+# limits it to some gateway keys. Try: "my card is 4111 1111 1111 1111".
+[[guardrails]]
+name = "no-pii"
+on = "both"
+pii = ["email", "credit_card"]
+action = "redact"
+
 # Two healthy providers serving the same model under the alias "echo".
 [[providers]]
 name = "sim-alpha"

@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod errors;
+pub mod guardrails;
 pub mod limits;
 pub mod live;
 pub mod messages;

@@ -35,6 +35,8 @@ pub struct State {
     pub pace: Arc<crate::live::pace::Pace>,
     /// Every configured secret, to scrub from upstream text (`secrets`).
     pub secrets: crate::secrets::Secrets,
+    /// `[[guardrails]]`, compiled once for this generation.
+    pub guardrails: Arc<crate::guardrails::Guardrails>,
 }
 
 impl State {
@@ -83,7 +85,14 @@ impl State {
             .collect();
         let router = Router::new(Routes::new(&config.routes));
         let secrets = crate::secrets::Secrets::from_config(&config);
+        let guardrails =
+            crate::guardrails::Guardrails::new(&config.guardrails).unwrap_or_else(|e| {
+                // `Config::parse` compiled every pattern already.
+                log::error!("guardrails not compiled: {e}");
+                Default::default()
+            });
         State {
+            guardrails: Arc::new(guardrails),
             secrets,
             config,
             catalog,

@@ -306,6 +306,19 @@ pub fn render() -> Vec<u8> {
     out
 }
 
+/// Counts one guardrail's hit on one request: `freeway_guardrail_hits_total{guardrail,
+/// action,on}` (`on`: `prompt` or `response`).
+pub fn guardrail_hit(guardrail: &str, action: &str, on: &str) {
+    static HITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        counter_vec(
+            "freeway_guardrail_hits_total",
+            "Requests on which a guardrail matched, by guardrail, action and direction.",
+            &["guardrail", "action", "on"],
+        )
+    });
+    HITS.with_label_values(&[guardrail, action, on]).inc();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,8 @@ pub struct RequestRecord {
     pub cost_usd: f64,
     /// `x-gateway-metadata` (or `cf-aig-metadata`) as sent, capped.
     pub metadata: Option<String>,
+    /// The guardrails that matched (prompt and answer), in config order.
+    pub guardrails: Vec<String>,
 }
 
 /// The method's name without an allocation (`OTHER` for extension methods).

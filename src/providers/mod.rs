@@ -133,6 +133,8 @@ pub enum StreamError {
     Upstream(String),
     /// The provider sent something that is not its documented format.
     Malformed(String),
+    /// A guardrail blocked the answer (its name): not the provider's failure.
+    Blocked(String),
 }
 
 impl std::fmt::Display for StreamError {
@@ -140,6 +142,7 @@ impl std::fmt::Display for StreamError {
         match self {
             StreamError::Upstream(m) => write!(f, "the provider reported an error: {m}"),
             StreamError::Malformed(m) => write!(f, "{m}"),
+            StreamError::Blocked(name) => write!(f, "blocked by the guardrail `{name}`"),
         }
     }
 }

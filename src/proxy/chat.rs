@@ -7,10 +7,11 @@ use super::attempt::{self, Answer, Call, Failure, Refusal, Reply};
 use super::body::read_body;
 use super::ctx::RequestCtx;
 use super::guard::Ticket;
+use super::guardrails::Prompt;
 use super::respond::{send, send_error, write_head};
 use super::Gateway;
 use crate::errors::ApiError;
-use crate::providers::{self, Outbound, StreamTranslator};
+use crate::providers::{self, Outbound, StreamError, StreamTranslator};
 use crate::request::{parse_chat, ChatRequest};
 use crate::responses;
 use crate::routing::ModelEntry;
@@ -42,6 +43,9 @@ pub async fn handle(
             Ok((chat, meta)) => (Bytes::from(chat), Some(meta)),
             Err(e) => return send_error(session, ctx, &e).await,
         },
+    };
+    let Some(raw) = super::guardrails::prompt(state, session, ctx, raw, Prompt::Chat).await else {
+        return; // blocked
     };
     let req = match parse_chat(&raw) {
         Ok(r) => r,
@@ -124,15 +128,24 @@ impl ChatCall<'_> {
         let mut translated = providers::translator(model.provider_kind)
             .chat_response(body, &model.id)
             .map_err(Failure::Malformed)?;
+        let guarded = super::guardrails::chat_answer(ctx, translated.body);
+        let answer = Answer {
+            usage: translated.usage,
+            ..reply.answered(false)
+        };
+        translated.body = match guarded {
+            Ok(body) => body,
+            Err(blocked) => {
+                reply.release().await;
+                send_error(session, ctx, &blocked).await;
+                return Ok(answer);
+            }
+        };
         if let Some(meta) = &self.responses {
             translated.body =
                 responses::from_chat_completion(meta, &translated.body, translated.usage)
                     .map_err(Failure::Malformed)?;
         }
-        let answer = Answer {
-            usage: translated.usage,
-            ..reply.answered(false)
-        };
         reply.release().await;
         self.keep(ctx, Some(translated.body.clone())).await;
         // The answer's cost (`usage.cost`, `x-gateway-cost-usd`); cached without it.
@@ -163,6 +176,7 @@ impl ChatCall<'_> {
         let model = reply.model;
         let mut tr: Box<dyn StreamTranslator> = providers::translator(model.provider_kind)
             .chat_stream(&model.id, self.req.include_usage);
+        tr = super::guardrails::stream(ctx, tr);
         if let Some(meta) = &self.responses {
             tr = Box::new(responses::ResponsesStream::new(tr, meta.clone(), &model.id));
         }
@@ -220,21 +234,28 @@ pub(super) async fn relay_stream(
         .map(|_| crate::cache::sse::Assembler::default());
     // The failover gate: nothing reaches the client before the first content.
     while !tr.started() {
-        match reply.chunk(ctx).await {
-            Ok(Some(chunk)) => tr
-                .feed(&chunk, &mut out)
-                .map_err(|e| Failure::Malformed(e.to_string()))?,
+        let fed = match reply.chunk(ctx).await {
+            Ok(Some(chunk)) => tr.feed(&chunk, &mut out),
             Ok(None) => {
-                tr.finish(&mut out)
-                    .map_err(|e| Failure::Malformed(e.to_string()))?;
-                if !tr.started() {
-                    return Err(Failure::Malformed(
-                        "the stream ended without any content".into(),
-                    ));
-                }
                 ended = true;
+                tr.finish(&mut out)
             }
             Err(e) => return Err(reply.read_failure(&e, "stream before its first content")),
+        };
+        match fed {
+            // A guardrail blocked the answer before the client saw a byte: its error.
+            Err(StreamError::Blocked(name)) => {
+                let answer = reply.answered(true);
+                send_error(session, ctx, &crate::guardrails::content_blocked(&name)).await;
+                return Ok(answer);
+            }
+            Err(e) => return Err(Failure::Malformed(e.to_string())),
+            Ok(()) if ended && !tr.started() => {
+                return Err(Failure::Malformed(
+                    "the stream ended without any content".into(),
+                ));
+            }
+            Ok(()) => {}
         }
     }
     let mut answer = reply.answered(true);
@@ -278,20 +299,30 @@ pub(super) async fn relay_stream(
         let failure = match reply.chunk(ctx).await {
             Ok(Some(chunk)) => match tr.feed(&chunk, &mut out) {
                 Ok(()) => continue,
-                Err(e) => e.to_string(),
+                Err(e) => e,
             },
             Ok(None) => match tr.finish(&mut out) {
                 Ok(()) => {
                     ended = true;
                     continue;
                 }
-                Err(e) => e.to_string(),
+                Err(e) => e,
             },
-            Err(e) if attempt::is_timeout(&e) => {
-                format!("stalled for {} ms", reply.timeouts.idle.as_millis())
-            }
-            Err(e) => format!("broke: {}", attempt::describe(&e)),
+            Err(e) if attempt::is_timeout(&e) => StreamError::Malformed(format!(
+                "stalled for {} ms",
+                reply.timeouts.idle.as_millis()
+            )),
+            Err(e) => StreamError::Malformed(format!("broke: {}", attempt::describe(&e))),
         };
+        if let StreamError::Blocked(name) = &failure {
+            // Not the provider's failure: what was released, then the guardrail's error.
+            tr.error_event(&crate::guardrails::content_blocked(name), &mut out);
+            let _ = session
+                .write_response_body(Some(Bytes::from(out)), true)
+                .await;
+            answer.usage = tr.usage();
+            return Ok(answer);
+        }
         // Complete events translated before the failure still go out, then the error.
         let why = format!("the stream from `{}` failed: {failure}", model.qualified);
         let why = secrets.scrub(&why).into_owned();

@@ -62,6 +62,8 @@ pub struct RequestCtx {
     pub spend: super::spend::Spend,
     /// The request's OpenTelemetry trace (`[telemetry]`), decided on first use.
     pub trace: crate::telemetry::TraceSlot,
+    /// The guardrails applying to this request and what they matched (`None`: none).
+    pub guardrails: Option<std::sync::Arc<crate::guardrails::Applied>>,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -109,6 +111,7 @@ impl RequestCtx {
             body_hold: Default::default(),
             spend: Default::default(),
             trace: Default::default(),
+            guardrails: None,
         }
     }
 

@@ -193,6 +193,11 @@ pub async fn cache_gate(
     } else {
         cache::scoped(key, ctx.key_label.as_deref().unwrap_or(""))
     };
+    // Answers guarded by answer guardrails are kept apart (stored after them).
+    let key = match super::guardrails::cache_scope(ctx) {
+        Some(scope) => cache::scoped(key, &scope),
+        None => key,
+    };
     let ttl = Duration::from_secs(ttl);
     let deadline = Instant::now() + Duration::from_millis(state.config.server.upstream_timeout_ms);
     let mut waited = false;

@@ -256,8 +256,18 @@ pub async fn speech_to_speech(
         "stream": false,
     })
     .to_string();
-    let Some(reply) = chat_text(gw, state, session, ctx, chat_body.as_bytes()).await else {
+    let chat_body = Bytes::from(chat_body);
+    let prompt = super::guardrails::Prompt::Chat;
+    let Some(chat_body) = super::guardrails::prompt(state, session, ctx, chat_body, prompt).await
+    else {
+        return; // blocked
+    };
+    let Some(reply) = chat_text(gw, state, session, ctx, &chat_body).await else {
         return;
+    };
+    let reply = match super::guardrails::answer_text(ctx, reply) {
+        Ok(r) => r,
+        Err(e) => return send_error(session, ctx, &e).await,
     };
     let chat_served = ctx.qualified();
 

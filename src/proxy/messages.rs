@@ -11,6 +11,7 @@ use super::attempt::{self, Answer, Call, Failure, Refusal, Reply};
 use super::body::read_body;
 use super::chat::relay_stream;
 use super::ctx::RequestCtx;
+use super::guardrails::Prompt;
 use super::respond::{send, send_error, send_json};
 use super::Gateway;
 use crate::config::ProviderKind;
@@ -30,6 +31,10 @@ pub async fn handle(gw: &Gateway, state: &State, session: &mut Session, ctx: &mu
     let headers = anthropic_headers(session);
     let Some(raw) = read_body(gw, session, ctx, state).await else {
         return;
+    };
+    let Some(raw) = super::guardrails::prompt(state, session, ctx, raw, Prompt::Messages).await
+    else {
+        return; // blocked
     };
     let msg = match messages::parse(&raw, count) {
         Ok(m) => m,
@@ -161,9 +166,10 @@ impl Call for MessagesCall<'_> {
         let kind = model.provider_kind;
         if reply.is_sse() {
             let tr: Box<dyn StreamTranslator> = if native(kind) {
-                Box::new(NativeStream::new(&model.id))
+                super::guardrails::anthropic_stream(ctx, Box::new(NativeStream::new(&model.id)))
             } else {
                 let inner = providers::translator(kind).chat_stream(&model.id, true);
+                let inner = super::guardrails::stream(ctx, inner);
                 Box::new(MessagesStream::new(inner, self.msg.meta.clone(), &model.id))
             };
             let answer = relay_stream(reply, session, ctx, tr, self.secrets, None).await?;
@@ -171,20 +177,31 @@ impl Call for MessagesCall<'_> {
         }
         let body = reply.whole(ctx).await?;
         let (body, usage) = if native(kind) {
-            answer::native(&body, &model.id).map_err(Failure::Malformed)?
+            let (b, usage) = answer::native(&body, &model.id).map_err(Failure::Malformed)?;
+            (super::guardrails::messages_answer(ctx, b), usage)
         } else {
             let t = providers::translator(kind)
                 .chat_response(body, &model.id)
                 .map_err(Failure::Malformed)?;
-            let m = answer::from_chat_completion(&self.msg.meta, &t.body, t.usage)
-                .map_err(Failure::Malformed)?;
-            (m, t.usage)
+            let guarded = match super::guardrails::chat_answer(ctx, t.body) {
+                Ok(b) => Ok(answer::from_chat_completion(&self.msg.meta, &b, t.usage)
+                    .map_err(Failure::Malformed)?),
+                Err(e) => Err(e),
+            };
+            (guarded, t.usage)
         };
         let answer = Answer {
             usage,
             ..reply.answered(false)
         };
         reply.release().await;
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                send_error(session, ctx, &e).await;
+                return Ok(((), answer));
+            }
+        };
         send(session, ctx, answer.status, "application/json", body, &[]).await;
         Ok(((), answer))
     }

@@ -12,6 +12,7 @@ pub mod controls;
 pub mod ctx;
 pub mod endpoint;
 pub mod guard;
+pub mod guardrails;
 pub mod local;
 pub mod media;
 pub mod messages;

@@ -70,6 +70,7 @@ pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
         })
     });
 
+    let guardrails = super::guardrails::record(ctx);
     let m = &*METRICS;
     m.requests
         .with_label_values(&[endpoint, provider, model, status_label(status)])
@@ -157,6 +158,7 @@ pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
         overhead_ms: ms(overhead),
         cost_usd: cost,
         metadata: ctx.controls.metadata_raw.take().map(|m| cap(m, MAX_FIELD)),
+        guardrails,
     }));
 }
 

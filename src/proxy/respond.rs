@@ -21,6 +21,9 @@ pub fn gateway_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
     if let Some(cost) = ctx.spend.header.filter(|_| ctx.endpoint.model) {
         let _ = resp.insert_header("x-gateway-cost-usd", super::spend::format_usd(cost));
     }
+    if let Some(names) = super::guardrails::header(ctx) {
+        let _ = resp.insert_header("x-gateway-guardrails", names);
+    }
     if let Some(origin) = &ctx.cors {
         let _ = resp.insert_header("access-control-allow-origin", origin.clone());
         let _ = resp.insert_header("access-control-expose-headers", EXPOSED);
@@ -115,7 +118,8 @@ pub async fn send_upstream_error(
 const EXPOSED: &str = "x-gateway-provider, x-gateway-model, x-gateway-attempts, \
     x-gateway-request-id, x-gateway-cache-status, x-gateway-overhead-ms, \
     x-gateway-transcript, x-gateway-reply-text, x-gateway-transcription-model, \
-    x-gateway-chat-model, x-gateway-cost-usd, x-ratelimit-limit, x-ratelimit-remaining, retry-after";
+    x-gateway-chat-model, x-gateway-cost-usd, x-gateway-guardrails, x-ratelimit-limit, \
+    x-ratelimit-remaining, retry-after";
 
 /// The request headers a browser app may send (CORS preflight).
 const ALLOWED: &str = "authorization, content-type, x-api-key, x-stainless-arch, \

@@ -7,6 +7,7 @@ mod conformance;
 mod contract;
 mod core;
 mod errors;
+mod guardrails;
 mod harness;
 mod limits;
 mod media;

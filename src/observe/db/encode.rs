@@ -63,6 +63,12 @@ pub(super) fn encode(
     json_f64(out, r.cost_usd);
     out.push(b',');
     json_opt(out, r.metadata.as_deref());
+    out.push(b',');
+    if r.guardrails.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        let _ = serde_json::to_writer(&mut *out, &r.guardrails);
+    }
     out.push(b']');
 }
 

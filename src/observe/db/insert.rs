@@ -262,6 +262,7 @@ mod tests {
             overhead_ms: 0.001,
             cost_usd: 1.25e-7,
             metadata: Some("{\"team\":\"x\"}\n\t\u{1}".into()),
+            guardrails: vec!["no-pii".into(), "words".into()],
         };
         let bare = RequestRecord {
             ts_ms: 1_760_000_000_124,
@@ -278,11 +279,11 @@ mod tests {
                 "ts_ms, status, failures, request_id, key_label, client_ip, method, endpoint,
                 path, requested_model, provider, model, attempts, cache_status, streamed,
                 prompt_tokens, completion_tokens, tokens_estimated, ttft_ms, duration_ms,
-                overhead_ms, cost_usd, metadata";
+                overhead_ms, cost_usd, metadata, guardrails";
             c.query_row(
                 &format!("SELECT {cols} FROM request_log WHERE id = ?1"),
                 [id],
-                |r| (0..23).map(|i| r.get::<_, Value>(i)).collect(),
+                |r| (0..24).map(|i| r.get::<_, Value>(i)).collect(),
             )
             .unwrap()
         };
@@ -313,11 +314,13 @@ mod tests {
                 R(0.001),
                 R(1.25e-7),
                 t("{\"team\":\"x\"}\n\t\u{1}"),
+                t("[\"no-pii\",\"words\"]"),
             ]
         );
         let bare = row(2);
         assert_eq!(bare[2], Null, "no failures");
         assert_eq!((&bare[5], &bare[8], &bare[18]), (&Null, &Null, &Null));
         assert_eq!((&bare[14], &bare[17]), (&I(0), &I(0)));
+        assert_eq!(bare[23], Null, "no guardrail matched");
     }
 }

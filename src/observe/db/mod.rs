@@ -38,7 +38,7 @@ mod testing;
 
 use rollup::ensure_rollup;
 use rusqlite::Connection;
-use schema::{schema, upgrade_v1};
+use schema::{schema, upgrade_v1, upgrade_view};
 use std::path::Path;
 
 pub use aggregate::{lat_bucket, Aggregate, Percentiles};
@@ -60,6 +60,7 @@ pub fn open(path: &Path) -> Result<Connection, String> {
     )
     .and_then(|_| upgrade_v1(&conn))
     .and_then(|_| conn.execute_batch(schema()))
+    .and_then(|_| upgrade_view(&conn))
     .and_then(|_| ensure_rollup(&conn))
     .map_err(|e| {
         format!(

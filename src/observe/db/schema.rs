@@ -16,7 +16,7 @@ use rusqlite::Connection;
 /// request is budgeted at a few percent of the gateway's (README, Performance). Generated
 /// columns would read the same but SQLite computes them on every INSERT; a view costs
 /// nothing until read.
-pub(super) const FIELDS: [&str; 20] = [
+pub(super) const FIELDS: [&str; 21] = [
     "request_id",
     "key_label",
     "client_ip",
@@ -37,7 +37,11 @@ pub(super) const FIELDS: [&str; 20] = [
     "overhead_ms",
     "cost_usd",
     "metadata",
+    "guardrails",
 ];
+
+/// The fields a store from before `request_log_data` had as columns.
+const V1_FIELDS: usize = 20;
 
 /// SQL reading field `name` of a `request_log_data` row.
 pub(super) fn field(name: &str) -> String {
@@ -84,7 +88,8 @@ fn upgrade_v1_sql() -> String {
              SELECT id, ts_ms, status, failures, json_array({}) FROM request_log_v1;
          DROP TABLE request_log_v1;",
         schema(),
-        FIELDS.join(", ")
+        // The fields appended since (`guardrails`) read NULL in the moved rows.
+        FIELDS[..V1_FIELDS].join(", ")
     )
 }
 
@@ -129,6 +134,24 @@ pub(super) fn upgrade_v1(conn: &Connection) -> rusqlite::Result<()> {
         let n: i64 = c.query_row("SELECT count(*) FROM request_log", [], |r| r.get(0))?;
         log::info!("request log: moving {n} records to the current table");
         c.execute_batch(&upgrade_v1_sql())
+    })
+}
+
+/// A field appended to [`FIELDS`] (`guardrails`) is a new position of `record`: rows
+/// written before read NULL there, and the view of a store from before is recreated once to
+/// show it.
+pub(super) fn upgrade_view(conn: &Connection) -> rusqlite::Result<()> {
+    let last = FIELDS[FIELDS.len() - 1];
+    let stale = |c: &Connection| {
+        Ok(
+            c.prepare(&format!("SELECT {last} FROM request_log LIMIT 0"))
+                .is_err(),
+        )
+    };
+    once(conn, stale, |c| {
+        log::info!("request log: the view gains the field `{last}`");
+        c.execute_batch("DROP VIEW IF EXISTS request_log;")?;
+        c.execute_batch(schema())
     })
 }
 

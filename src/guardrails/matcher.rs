@@ -1,0 +1,239 @@
+//! The matcher: every pattern of one side (prompt or response) in one multi-pattern regex,
+//! and the streaming redactor built on it.
+//!
+//! **What a match is** (whole text): scanning from a position, the next match starts at the
+//! smallest position `p` where some pattern, searched *anchored at `p`* within a window of
+//! its `max_len` bytes, matches and its check accepts; at `p` the first such pattern in
+//! priority order wins; scanning resumes at the match's end. A pattern's verdict at `p` reads
+//! only the window and up to two characters on each side (a check peeks at a second one
+//! after a separator), never where the scan began — which is what makes the streaming matcher exact.
+//!
+//! **Streaming**: text arrives in pieces. After each piece the redactor releases everything
+//! before a bound `R`: for each pattern, a match that the text so far cannot yet decide must
+//! end at or beyond the current end, so all its bytes so far are in the pattern's byte set
+//! (every byte any match of it can contain) and it started at most `max_len` bytes back.
+//! `R` is the earliest such start over all patterns (the start of the trailing run of bytes
+//! in the pattern's set, bounded by `max_len`). Every match starting before `R` is decided
+//! by the text already held, so the redactor applies them, emits the text up to `R` and keeps
+//! the rest (plus two characters of context for look-behind). Prose usually holds back only
+//! its last word; at most the longest possible match is held. The output is therefore the
+//! same for every chunking of the stream, and equal to the whole-text redaction.
+
+use super::detect::Check;
+use regex_automata::{meta, Anchored, Input};
+use regex_syntax::hir::{Class, Hir, HirKind};
+
+/// Bytes a check may peek past a match's end (the next character and one after it), plus
+/// slack for multi-byte characters.
+const PEEK: usize = 8;
+/// The longest match of a pattern whose own length is unbounded (`\w+`): its window.
+pub const WINDOW: usize = 256;
+
+/// One pattern to compile.
+pub struct Spec {
+    /// The guardrail it belongs to (a bit of the request's mask).
+    pub rule: usize,
+    /// `[REDACTED:<kind>]`.
+    pub kind: String,
+    pub pattern: String,
+    pub check: Option<Check>,
+    /// Bytes, besides the match's own, that a check peeks at (`.` and `,` after a number).
+    pub peek: &'static [u8],
+    /// The most bytes a match spans (`None`: from the pattern, at most [`WINDOW`]).
+    pub max_len: Option<usize>,
+}
+
+struct Pattern {
+    rule: usize,
+    kind: String,
+    anchored: meta::Regex,
+    check: Option<Check>,
+    max_len: usize,
+    /// Every byte a match (or a check's peek) can contain.
+    bytes: [u64; 4],
+}
+
+/// One side's patterns, compiled once per config generation.
+#[derive(Default)]
+pub struct Matcher {
+    any: Option<meta::Regex>,
+    patterns: Vec<Pattern>,
+}
+
+/// A match: its span and the index of its pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub start: usize,
+    pub end: usize,
+    pub pattern: usize,
+}
+
+fn add(set: &mut [u64; 4], b: u8) {
+    set[usize::from(b >> 6)] |= 1 << (b & 63);
+}
+
+fn has(set: &[u64; 4], b: u8) -> bool {
+    set[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+}
+
+/// Every byte a match of `h` can contain (any non-ASCII character: all bytes ≥ 0x80).
+fn collect(h: &Hir, set: &mut [u64; 4]) {
+    match h.kind() {
+        HirKind::Empty | HirKind::Look(_) => {}
+        HirKind::Literal(l) => l.0.iter().for_each(|&b| add(set, b)),
+        HirKind::Class(Class::Unicode(c)) => {
+            for r in c.ranges() {
+                let (lo, hi) = (u32::from(r.start()), u32::from(r.end()));
+                for b in lo..=hi.min(0x7f) {
+                    add(set, b as u8);
+                }
+                if hi >= 0x80 {
+                    (0x80..=0xff).for_each(|b| add(set, b));
+                }
+            }
+        }
+        HirKind::Class(Class::Bytes(c)) => {
+            for r in c.ranges() {
+                (r.start()..=r.end()).for_each(|b| add(set, b));
+            }
+        }
+        HirKind::Repetition(r) => collect(&r.sub, set),
+        HirKind::Capture(c) => collect(&c.sub, set),
+        HirKind::Concat(v) | HirKind::Alternation(v) => v.iter().for_each(|x| collect(x, set)),
+    }
+}
+
+/// Checks a pattern: it parses, compiles, and cannot match empty text. Its longest match
+/// (capped at [`WINDOW`]).
+pub fn check_pattern(pattern: &str) -> Result<usize, String> {
+    let hir = regex_syntax::parse(pattern).map_err(|e| e.to_string())?;
+    if hir.properties().minimum_len().unwrap_or(0) == 0 {
+        return Err("the pattern can match empty text".into());
+    }
+    meta::Regex::new(pattern).map_err(|e| e.to_string())?;
+    Ok(hir.properties().maximum_len().unwrap_or(WINDOW).min(WINDOW))
+}
+
+impl Matcher {
+    /// Compiles `specs`, in priority order.
+    pub fn new(specs: Vec<Spec>) -> Result<Matcher, String> {
+        if specs.is_empty() {
+            return Ok(Matcher::default());
+        }
+        let mut patterns = Vec::with_capacity(specs.len());
+        for s in &specs {
+            let hir = regex_syntax::parse(&s.pattern).map_err(|e| e.to_string())?;
+            let longest = check_pattern(&s.pattern)?;
+            let mut bytes = [0u64; 4];
+            collect(&hir, &mut bytes);
+            s.peek.iter().for_each(|&b| add(&mut bytes, b));
+            patterns.push(Pattern {
+                rule: s.rule,
+                kind: s.kind.clone(),
+                anchored: meta::Regex::new(&s.pattern).map_err(|e| e.to_string())?,
+                check: s.check,
+                max_len: s.max_len.unwrap_or(longest),
+                bytes,
+            });
+        }
+        let all: Vec<&str> = specs.iter().map(|s| s.pattern.as_str()).collect();
+        let any = meta::Regex::new_many(&all).map_err(|e| e.to_string())?;
+        Ok(Matcher {
+            any: Some(any),
+            patterns,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// The guardrail and the redaction label of pattern `i`.
+    pub fn pattern(&self, i: usize) -> (usize, &str) {
+        let p = &self.patterns[i];
+        (p.rule, &p.kind)
+    }
+
+    /// The longest match of any pattern of `mask`'s guardrails.
+    pub fn max_len(&self, mask: u64) -> usize {
+        self.patterns
+            .iter()
+            .filter(|p| mask & (1 << p.rule) != 0)
+            .map(|p| p.max_len)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The first match starting in `from..limit` (see the module doc), for the guardrails
+    /// in `mask`. `hay[..from]` is context only.
+    pub fn find(&self, hay: &str, from: usize, limit: usize, mask: u64) -> Option<Found> {
+        let any = self.any.as_ref()?;
+        let mut at = from;
+        while at < limit.min(hay.len() + 1) {
+            let m = any.search(&Input::new(hay).range(at..))?;
+            let p = m.start();
+            if p >= limit {
+                return None;
+            }
+            // Leftmost-first: no pattern before the one reported matches at `p` (a match
+            // within a window is a match), and the reported match is the anchored one
+            // when it fits the window.
+            let first = m.pattern().as_usize();
+            for (i, pat) in self.patterns.iter().enumerate().skip(first) {
+                if mask & (1 << pat.rule) == 0 {
+                    continue;
+                }
+                let end = if i == first && m.end() - p <= pat.max_len {
+                    m.end()
+                } else {
+                    let window = Input::new(hay)
+                        .range(p..hay.len().min(p + pat.max_len))
+                        .anchored(Anchored::Yes);
+                    match pat.anchored.search(&window) {
+                        Some(a) => a.end(),
+                        None => continue,
+                    }
+                };
+                let end = match pat.check {
+                    Some(check) => check(hay, p, end),
+                    None => Some(end),
+                };
+                if let Some(end) = end.filter(|&e| e > p) {
+                    return Some(Found {
+                        start: p,
+                        end,
+                        pattern: i,
+                    });
+                }
+            }
+            at = p + hay[p..].chars().next().map_or(1, char::len_utf8);
+        }
+        None
+    }
+
+    /// Where the text held so far stops being decided: no match that more text could
+    /// still change covers a byte before it (see the module doc). At least `from`.
+    pub fn bound(&self, hay: &str, from: usize, mask: u64) -> usize {
+        let b = hay.as_bytes();
+        let len = b.len();
+        let mut r = len;
+        for p in &self.patterns {
+            if mask & (1 << p.rule) == 0 {
+                continue;
+            }
+            let floor = len.saturating_sub(p.max_len + PEEK).max(from);
+            let mut s = len;
+            while s > floor && has(&p.bytes, b[s - 1]) {
+                s -= 1;
+            }
+            r = r.min(s);
+            if r <= from {
+                return from;
+            }
+        }
+        while !hay.is_char_boundary(r) {
+            r -= 1;
+        }
+        r.max(from)
+    }
+}
