@@ -14,7 +14,9 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v valgrind >/dev/null || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then as_root apt-get update -qq; as_root apt-get install -y -qq "${missing[@]}" >/dev/null; fi
 cargo build --release -q
-BIN=$PWD/${CARGO_TARGET_DIR:-target}/release/freeway
+TARGET=${CARGO_TARGET_DIR:-target}
+case $TARGET in /*) ;; *) TARGET=$PWD/$TARGET ;; esac
+BIN=$TARGET/release/freeway
 TMP=$(mktemp -d)
 source benches/common.sh
 SIM=$(port)
@@ -37,10 +39,12 @@ measure() { # label binary [TOML_LINE...]
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" --dump-instr=no \
     "$bin" --config "$dir/freeway.toml" >"$dir/freeway.log" 2>&1 &
   fp=$!; pids+=("$fp")
-  for _ in $(seq 240); do curl -fsS -o /dev/null "http://127.0.0.1:$gw/health" 2>/dev/null && break; sleep 0.5; done
+  for _ in $(seq 600); do curl -fsS -o /dev/null "http://127.0.0.1:$gw/health" 2>/dev/null && break; sleep 0.5; done
   wrk -t1 -c8 -d5s -s "$TMP/post.lua" "http://127.0.0.1:$gw/v1/chat/completions" >/dev/null
   callgrind_control -z "$fp" >/dev/null
-  n=$(wrk -t1 -c8 -d"${SECS}s" -s "$TMP/post.lua" "http://127.0.0.1:$gw/v1/chat/completions" | awk '/requests in/{print $1}')
+  wrk -t1 -c8 -d"${SECS}s" -s "$TMP/post.lua" "http://127.0.0.1:$gw/v1/chat/completions" >"$dir/wrk.txt"
+  if grep -q "Non-2xx" "$dir/wrk.txt"; then echo "$label: some answers were not 2xx:" >&2; cat "$dir/wrk.txt" >&2; exit 1; fi
+  n=$(awk '/requests in/{print $1}' "$dir/wrk.txt")
   callgrind_control -d "$fp" >/dev/null
   sleep 1
   ir=$(awk '/^summary:/{print $2}' "$dir/cg.out.1")
