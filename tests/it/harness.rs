@@ -8,12 +8,23 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_freeway");
 
-/// A free loopback port (bound then released; the OS does not hand it out again at once).
+/// A free loopback port, never handed out twice in this test process: parallel tests
+/// that got the same port from the OS would otherwise start two processes on it, and the
+/// second test would talk to the first test's process (`wait_listening` also checks the
+/// socket's owner).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn scratch_dir() -> PathBuf {
@@ -25,7 +36,7 @@ fn scratch_dir() -> PathBuf {
 fn wait_listening(addr: &str, child: &mut Child, log: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if TcpStream::connect(addr).is_ok() {
+        if TcpStream::connect(addr).is_ok() && listens_here(addr, child.id()) {
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -35,6 +46,29 @@ fn wait_listening(addr: &str, child: &mut Child, log: &std::path::Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("{addr} did not start listening in 20 s");
+}
+
+/// Whether the socket listening on `addr` belongs to process `pid` (Linux: the socket's
+/// inode from /proc/net/tcp among the process's open files). Elsewhere, assumed so.
+fn listens_here(addr: &str, pid: u32) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let local = format!("0100007F:{port:04X}");
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A")).then(|| f[9].to_string())
+    });
+    let Some(inode) = inode else {
+        return false;
+    };
+    let target = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
 }
 
 /// A running process killed when dropped.
