@@ -4,7 +4,6 @@
 
 use crate::harness::*;
 use crate::redis_proc::{redis_up, RedisProc};
-use std::process::Command;
 
 /// Output tokens cost $0.001 each (input free unless `input` says otherwise).
 fn priced(provider: &str, models: &[&str], extra: &str) -> String {
@@ -420,12 +419,6 @@ fn usage_cost_through_the_openai_python_sdk() {
     let sim = start_sim();
     let body = format!("{}{}", priced("p", &["m"], ""), key("sdk", "sk-sdk", ""));
     let gw = start_gateway(&body, &sim.addr);
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    let python = if std::path::Path::new(venv).exists() {
-        venv
-    } else {
-        "python3"
-    };
     let script = r#"
 import sys, openai
 c = openai.OpenAI(base_url=sys.argv[1], api_key="sk-sdk")
@@ -442,16 +435,9 @@ want = u.prompt_tokens * 2.0 / 1e6 + u.completion_tokens * 1000.0 / 1e6
 assert abs(u.model_extra["cost"] - want) < 1e-9, (u, want)
 print("COST OK")
 "#;
-    let out = Command::new(python)
-        .args(["-c", script, &gw.url("/v1")])
-        .output()
-        .expect("python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("COST OK"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_python(&["-c", script, &gw.url("/v1")], "COST OK", &|| {
+        gw.log_text()
+    });
 }
 
 #[test]

@@ -94,13 +94,9 @@ fn streamed_answers_are_stored_and_replayed_as_sse_the_openai_sdk_parses() {
     let text = content(&b);
     assert!(text.contains("stream me please"), "{text}");
     // And replayed as a stream to the official SDK.
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/sdk/cache_replay_check.py"
-    );
-    let out = std::process::Command::new("python3")
-        .args([
-            script,
+    run_python(
+        &[
+            &sdk_script("cache_replay_check.py"),
             "--base-url",
             &gw.url("/v1"),
             "--model",
@@ -109,14 +105,9 @@ fn streamed_answers_are_stored_and_replayed_as_sse_the_openai_sdk_parses() {
             "stream me please",
             "--expect",
             &text,
-        ])
-        .output()
-        .expect("python3 with the openai package (scripts/setup.sh --test)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CACHE REPLAY OK"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        "CACHE REPLAY OK",
+        &|| gw.log_text(),
     );
     assert_eq!(sim_count(&sim, "/p/"), 1);
 }

@@ -5,75 +5,14 @@
 
 use crate::harness::*;
 use serde_json::{json, Value};
-use std::process::Command;
 
-const GEMINI: &str = "sim-gemini/gemini-2.5-flash";
-const ANTHROPIC: &str = "sim-anthropic/claude-sonnet-4-5";
-const WORKERS: &str = "sim-workers/@cf/meta/llama-3.3-70b-instruct-fp8-fast";
-
-fn native_provider(name: &str, kind: &str, base: &str, model: &str, behavior: &str) -> String {
-    let mut s = format!(
-        "[[providers]]\nname = \"{name}\"\nkind = \"{kind}\"\nbase_url = \"http://{{sim}}{base}\"\n\
-         api_key = \"key-{name}\"\nsimulated = true\n"
-    );
-    if !behavior.is_empty() {
-        s.push_str(&format!(
-            "headers = {{ \"x-sim-behavior\" = \"{behavior}\" }}\n"
-        ));
-    }
-    s.push_str(&format!(
-        "  [[providers.models]]\n  id = \"{model}\"\n  context_window = 1048576\n  \
-         capabilities = [\"tools\", \"json\", \"vision\", \"stream\"]\n"
-    ));
-    s
-}
-
-fn natives() -> String {
-    [
-        native_provider(
-            "sim-gemini",
-            "gemini",
-            "/gemini/v1beta",
-            "gemini-2.5-flash",
-            "",
-        ),
-        native_provider(
-            "sim-anthropic",
-            "anthropic",
-            "/anthropic/v1",
-            "claude-sonnet-4-5",
-            "",
-        ),
-        native_provider(
-            "sim-workers",
-            "workers-ai",
-            "/cf/client/v4/accounts/acct123/ai",
-            "@cf/meta/llama-3.3-70b-instruct-fp8-fast",
-            "",
-        ),
-    ]
-    .concat()
-}
-
-/// Runs `conformance_check.py` with `args`; returns its stdout, failing with both outputs.
+/// Runs `conformance_check.py` with `args`; returns its stdout.
 fn sdk_check(args: &[&str], context: &dyn Fn() -> String) -> String {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/sdk/conformance_check.py"
-    );
-    let out = Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 must be installed (see README set-up)");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && stdout.contains("CONFORMANCE OK"),
-        "SDK conformance check {args:?} failed:\n{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        context()
-    );
-    stdout
+    let script = sdk_script("conformance_check.py");
+    let args: Vec<&str> = std::iter::once(script.as_str())
+        .chain(args.iter().copied())
+        .collect();
+    run_python(&args, "CONFORMANCE OK", context)
 }
 
 /// Structured outputs with nested Pydantic models, nested tools, a recursive model, unique

@@ -3,22 +3,15 @@
 //! official Anthropic SDK through native passthrough.
 
 use crate::harness::*;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Runs one case of `tests/sdk/contract_check.py` against `base_url`.
 fn sdk_case(case: &str, base_url: &str, gw: &Proc) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/contract_check.py");
-    let out = Command::new("python3")
-        .args([script, "--base-url", base_url, "--case", case])
-        .output()
-        .expect("python3 must be installed (see README set-up)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains(&format!("CONTRACT OK {case}")),
-        "{case}:\n{stdout}\n{stderr}\n{}",
-        gw.log_text()
+    let script = sdk_script("contract_check.py");
+    run_python(
+        &[&script, "--base-url", base_url, "--case", case],
+        &format!("CONTRACT OK {case}"),
+        &|| gw.log_text(),
     );
 }
 

@@ -3,7 +3,6 @@
 //! received, the Anthropic Messages endpoint, the metric and the request-log field.
 
 use crate::harness::*;
-use std::process::Command;
 
 /// One guardrail per gateway key (`key-0` … `key-5`), so one gateway serves every case.
 fn config() -> String {
@@ -60,23 +59,16 @@ fn config() -> String {
 fn guardrails_block_redact_and_flag_prompts_and_answers() {
     let sim = start_sim();
     let gw = start_gateway(&config(), &sim.addr);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/guardrails_check.py");
-    let out = Command::new("python3")
-        .args([
-            script,
+    run_python(
+        &[
+            &sdk_script("guardrails_check.py"),
             "--base-url",
             &gw.url("/v1"),
             "--sim-url",
             &sim.url(""),
-        ])
-        .output()
-        .expect("python3 with the openai package (scripts/setup.sh --test)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("GUARDRAILS CHECK OK"),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        gw.log_text()
+        ],
+        "GUARDRAILS CHECK OK",
+        &|| gw.log_text(),
     );
 
     // The provider received the redaction, never the address (checked here too, on the

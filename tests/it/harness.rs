@@ -453,3 +453,77 @@ pub fn assert_alive(gw: &Proc) {
         .expect("gateway stopped answering");
     assert!(r.status().as_u16() == 200 || r.status().as_u16() == 503);
 }
+
+/// Python with the SDKs: the repository's `.venv` (made by `scripts/setup.sh --test`) when
+/// there is one, else `python3` on the PATH.
+pub fn python() -> &'static str {
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python3");
+    if std::path::Path::new(venv).exists() {
+        venv
+    } else {
+        "python3"
+    }
+}
+
+/// The path of a check script under `tests/sdk/`.
+pub fn sdk_script(name: &str) -> String {
+    format!("{}/tests/sdk/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `python args…` (a `tests/sdk/` script and its arguments, or `-c code`) and returns
+/// its stdout; fails unless it exits 0 and prints `ok`, showing both outputs and
+/// `context()` (a gateway's log, say).
+pub fn run_python(args: &[&str], ok: &str, context: &dyn Fn() -> String) -> String {
+    let out = Command::new(python())
+        .args(args)
+        .output()
+        .expect("python3 with the SDKs (scripts/setup.sh --test)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains(ok),
+        "{args:?} failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        context()
+    );
+    stdout
+}
+
+/// A native-format simulated provider (`kind` gemini, anthropic, workers-ai…) serving
+/// `model` (also as alias `shared`) at `base` on the simulator.
+pub fn native_provider(name: &str, kind: &str, base: &str, model: &str, behavior: &str) -> String {
+    let mut s = format!(
+        "[[providers]]\nname = \"{name}\"\nkind = \"{kind}\"\nbase_url = \"http://{{sim}}{base}\"\n\
+         api_key = \"key-{name}\"\nsimulated = true\n"
+    );
+    if !behavior.is_empty() {
+        s.push_str(&format!(
+            "headers = {{ \"x-sim-behavior\" = \"{behavior}\" }}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "  [[providers.models]]\n  id = \"{model}\"\n  aliases = [\"shared\"]\n  context_window = 1048576\n  \
+         capabilities = [\"tools\", \"json\", \"vision\", \"stream\"]\n"
+    ));
+    s
+}
+
+/// The simulated Gemini, Anthropic and Workers AI chat models, by their `provider/model` ids.
+pub const GEMINI: &str = "sim-gemini/gemini-2.5-flash";
+pub const ANTHROPIC: &str = "sim-anthropic/claude-sonnet-4-5";
+pub const WORKERS: &str = "sim-workers/@cf/meta/llama-3.3-70b-instruct-fp8-fast";
+
+/// The three native providers serving `GEMINI`, `ANTHROPIC` and `WORKERS`.
+pub fn natives() -> String {
+    [
+        ("sim-gemini", "gemini", "/gemini/v1beta", GEMINI),
+        ("sim-anthropic", "anthropic", "/anthropic/v1", ANTHROPIC),
+        (
+            "sim-workers",
+            "workers-ai",
+            "/cf/client/v4/accounts/acct123/ai",
+            WORKERS,
+        ),
+    ]
+    .map(|(name, kind, base, id)| native_provider(name, kind, base, &id[name.len() + 1..], ""))
+    .concat()
+}

@@ -150,7 +150,7 @@ fn openai_sdk_embeds_transcribes_and_speaks_through_every_provider_kind() {
     let gw = start_gateway(&all_kinds(), &sim.addr);
     let dir = scratch("sdk");
     let wav = speech_wav(&dir);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/media_check.py");
+    let script = &sdk_script("media_check.py");
     let models = serde_json::json!({
         "embed_openai": "sim-openai/text-embedding-3-small",
         "embed_gemini": "sim-gemini/gemini-embedding-001",
@@ -163,27 +163,21 @@ fn openai_sdk_embeds_transcribes_and_speaks_through_every_provider_kind() {
         "tts_openai": "sim-openai/gpt-4o-mini-tts",
         "tts_workers": "sim-workers/@cf/myshell-ai/melotts",
     });
-    let out = Command::new("python3")
-        .args([
+    run_python(
+        &[
             script,
             "--base-url",
             &gw.url("/v1"),
             "--sim-url",
             &sim.url(""),
-        ])
-        .arg("--audio")
-        .arg(&wav)
-        .args(["--models", &models.to_string()])
-        .output()
-        .expect("python3 must be installed (see README set-up)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "media SDK check failed:\n{stdout}\n{stderr}\n{}",
-        gw.log_text()
+            "--audio",
+            wav.to_str().unwrap(),
+            "--models",
+            &models.to_string(),
+        ],
+        "MEDIA CHECK OK",
+        &|| gw.log_text(),
     );
-    assert!(stdout.contains("MEDIA CHECK OK"), "{stdout}");
     // Daily counts and health cover the media endpoints like chat.
     let status = gw.model_status("sim-voyage/voyage-3.5");
     assert!(status["daily_used"].as_u64().unwrap() >= 3, "{status}");

@@ -4,7 +4,6 @@
 //! the request log and metrics.
 
 use crate::harness::*;
-use std::process::Command;
 
 const KEY: &str = "sk-gw-test";
 
@@ -47,21 +46,10 @@ fn config() -> String {
     )
 }
 
-/// The worktree's virtualenv (with the `anthropic` SDK) if there is one, else `python3`.
-fn python() -> String {
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python3");
-    if std::path::Path::new(venv).exists() {
-        venv.into()
-    } else {
-        "python3".into()
-    }
-}
-
 #[test]
 fn messages_anthropic_sdk_against_native_and_translated_providers() {
     let sim = start_sim();
     let gw = start_gateway(&config(), &sim.addr);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/messages_check.py");
     let providers = serde_json::json!([
         [
             "anthropic",
@@ -85,9 +73,9 @@ fn messages_anthropic_sdk_against_native_and_translated_providers() {
             "sim-gemini/gemini-drop"
         ],
     ]);
-    let out = Command::new(python())
-        .args([
-            script,
+    let stdout = run_python(
+        &[
+            &sdk_script("messages_check.py"),
             "--base-url",
             &gw.url(""),
             "--sim-url",
@@ -96,15 +84,9 @@ fn messages_anthropic_sdk_against_native_and_translated_providers() {
             KEY,
             "--providers",
             &providers.to_string(),
-        ])
-        .output()
-        .expect("python3 with the anthropic SDK (see README set-up)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("MESSAGES CHECK OK"),
-        "messages SDK check failed:\n{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        gw.log_text()
+        ],
+        "MESSAGES CHECK OK",
+        &|| gw.log_text(),
     );
     for label in ["[anthropic ", "[openai ", "[gemini "] {
         assert!(stdout.contains(label), "{label} not checked: {stdout}");

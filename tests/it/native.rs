@@ -3,66 +3,16 @@
 //! across native formats.
 
 use crate::harness::*;
-use std::process::Command;
-
-const GEMINI: &str = "sim-gemini/gemini-2.5-flash";
-const ANTHROPIC: &str = "sim-anthropic/claude-sonnet-4-5";
-const WORKERS: &str = "sim-workers/@cf/meta/llama-3.3-70b-instruct-fp8-fast";
-
-fn native_provider(name: &str, kind: &str, base: &str, model: &str, behavior: &str) -> String {
-    let mut s = format!(
-        "[[providers]]\nname = \"{name}\"\nkind = \"{kind}\"\nbase_url = \"http://{{sim}}{base}\"\n\
-         api_key = \"key-{name}\"\nsimulated = true\n"
-    );
-    if !behavior.is_empty() {
-        s.push_str(&format!(
-            "headers = {{ \"x-sim-behavior\" = \"{behavior}\" }}\n"
-        ));
-    }
-    s.push_str(&format!(
-        "  [[providers.models]]\n  id = \"{model}\"\n  aliases = [\"shared\"]\n  context_window = 1048576\n  \
-         capabilities = [\"tools\", \"json\", \"vision\", \"stream\"]\n"
-    ));
-    s
-}
-
-fn natives() -> String {
-    [
-        native_provider(
-            "sim-gemini",
-            "gemini",
-            "/gemini/v1beta",
-            "gemini-2.5-flash",
-            "",
-        ),
-        native_provider(
-            "sim-anthropic",
-            "anthropic",
-            "/anthropic/v1",
-            "claude-sonnet-4-5",
-            "",
-        ),
-        native_provider(
-            "sim-workers",
-            "workers-ai",
-            "/cf/client/v4/accounts/acct123/ai",
-            "@cf/meta/llama-3.3-70b-instruct-fp8-fast",
-            "",
-        ),
-    ]
-    .concat()
-}
 
 #[test]
 fn openai_sdk_talks_to_native_providers_through_the_gateway() {
     let sim = start_sim();
     let gw = start_gateway(&natives(), &sim.addr);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/native_check.py");
     let openapi = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openapi/openapi.json");
     let models = serde_json::json!({"gemini": GEMINI, "anthropic": ANTHROPIC, "workers": WORKERS});
-    let out = Command::new("python3")
-        .args([
-            script,
+    let stdout = run_python(
+        &[
+            &sdk_script("native_check.py"),
             "--base-url",
             &gw.url("/v1"),
             "--sim-url",
@@ -71,17 +21,10 @@ fn openai_sdk_talks_to_native_providers_through_the_gateway() {
             openapi,
             "--models",
             &models.to_string(),
-        ])
-        .output()
-        .expect("python3 must be installed (see README set-up)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "native SDK check failed:\n{stdout}\n{stderr}\n{}",
-        gw.log_text()
+        ],
+        "NATIVE CHECK OK",
+        &|| gw.log_text(),
     );
-    assert!(stdout.contains("NATIVE CHECK OK"), "{stdout}");
     for kind in ["[gemini ", "[anthropic ", "[workers "] {
         assert!(stdout.contains(kind), "{kind} not checked: {stdout}");
     }

@@ -2,7 +2,6 @@
 //! Anthropic provider (simulated), with a tool round trip on the native one.
 
 use crate::harness::*;
-use std::process::Command;
 
 #[test]
 fn responses_api_works_on_openai_and_anthropic_providers() {
@@ -15,31 +14,17 @@ fn responses_api_works_on_openai_and_anthropic_providers() {
         sim_provider("sim-openai", "", &["echo-1"])
     );
     let gw = start_gateway(&providers, &sim.addr);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/responses_check.py");
+    let script = sdk_script("responses_check.py");
     for (model, tools) in [
         ("sim-openai/echo-1", false),
         ("sim-anthropic/claude-sonnet-4-5", true),
     ] {
-        let mut args = vec![
-            script.to_string(),
-            "--base-url".into(),
-            gw.url("/v1"),
-            "--model".into(),
-            model.into(),
-        ];
+        let url = gw.url("/v1");
+        let mut args = vec![script.as_str(), "--base-url", &url, "--model", model];
         if tools {
-            args.push("--tools".into());
+            args.push("--tools");
         }
-        let out = Command::new("python3")
-            .args(&args)
-            .output()
-            .expect("python3");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("RESPONSES CHECK OK"),
-            "{model}:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_python(&args, "RESPONSES CHECK OK", &|| gw.log_text());
     }
     // The Anthropic upstream received the Messages API format.
     let rec = sim_requests(&sim);

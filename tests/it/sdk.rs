@@ -38,23 +38,16 @@ fn openai_python_sdk_chats_and_streams_through_demo() {
         }
         Kill(child)
     };
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk_check.py");
     let openapi = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openapi/openapi.json");
-    let out = Command::new("python3")
-        .args([
-            script,
+    run_python(
+        &[
+            &sdk_script("openai_sdk_check.py"),
             "--base-url",
             &format!("http://{listen}/v1"),
             "--openapi",
             openapi,
-        ])
-        .output()
-        .expect("python3 must be installed (see README set-up)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK check failed:\n{stdout}\n{stderr}"
+        ],
+        "SDK CHECK OK",
+        &|| std::fs::read_to_string(&log).unwrap_or_default(),
     );
-    assert!(stdout.contains("SDK CHECK OK"), "{stdout}");
 }
