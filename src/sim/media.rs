@@ -182,7 +182,7 @@ fn openai_error(msg: &str) -> Bytes {
 }
 
 impl SimProvider {
-    fn media_behavior(&self, session: &Session, model: &str) -> Behavior {
+    pub(super) fn media_behavior(&self, session: &Session, model: &str) -> Behavior {
         let path = session.req_header().uri.path();
         let overridden = self
             .overrides

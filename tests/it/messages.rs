@@ -48,7 +48,7 @@ fn config() -> String {
 }
 
 /// The worktree's virtualenv (with the `anthropic` SDK) if there is one, else `python3`.
-fn python() -> String {
+pub(crate) fn python() -> String {
     let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python3");
     if std::path::Path::new(venv).exists() {
         venv.into()
