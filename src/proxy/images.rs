@@ -70,12 +70,16 @@ pub async fn generations(gw: &Gateway, state: &State, session: &mut Session, ctx
         };
         let want = req.n - got.len() as u32;
         ctx.spend.images = want;
+        // What earlier runs generated and cost, logged as such if this run fails.
+        ctx.images = got.len() as u32;
+        ctx.spend.cost = Some(cost);
         let call = ImageCall { req: &req, want };
         let Some(mut more) = attempt::run(gw, state, session, ctx, plan, &needs, &call).await
         else {
             return; // every candidate failed: answered
         };
-        cost += ctx.spend.cost.take().unwrap_or(0.0);
+        // The run's settlement (`spend::settle`) replaced the cost with its own.
+        cost += ctx.spend.cost.unwrap_or(0.0);
         more.truncate(want as usize);
         got.append(&mut more);
     }

@@ -1,7 +1,7 @@
 //! A small PNG encoder for the simulated image providers: 8-bit RGB, no filtering, one
 //! zlib stream in one `IDAT` chunk (flate2, as pingora already builds it; CRC-32 from
-//! crc32fast). The picture is a gradient tinted by a seed, so different prompts give
-//! different images.
+//! crc32fast). The picture is an 8 × 8 grid of bands tinted by a seed, so different prompts
+//! give different images and a 1024x1024 one compresses to a few kilobytes.
 
 use flate2::write::ZlibEncoder;
 use flate2::Compression;
@@ -14,13 +14,13 @@ pub fn gradient(width: u32, height: u32, seed: &[u8]) -> Vec<u8> {
     let mut raw = Vec::with_capacity((width as usize * 3 + 1) * height as usize);
     for y in 0..height {
         raw.push(0); // filter: none
-        let gy = (y * 255 / height.max(1)) as u8;
+        let gy = (y * 8 / height.max(1) * 32) as u8;
         for x in 0..width {
-            let gx = (x * 255 / width.max(1)) as u8;
+            let gx = (x * 8 / width.max(1) * 32) as u8;
             raw.extend_from_slice(&[r0 ^ gx, g0 ^ gy, b0.wrapping_add(gx / 2 + gy / 2)]);
         }
     }
-    let mut z = ZlibEncoder::new(Vec::new(), Compression::fast());
+    let mut z = ZlibEncoder::new(Vec::new(), Compression::default());
     let _ = z.write_all(&raw);
     let idat = z.finish().unwrap_or_default();
 
@@ -75,5 +75,9 @@ mod tests {
         ZlibDecoder::new(&idat[..]).read_to_end(&mut raw).unwrap();
         assert_eq!(raw.len(), (7 * 3 + 1) * 5);
         assert_ne!(gradient(7, 5, b"abc"), gradient(7, 5, b"xyz"));
+        assert!(
+            gradient(1024, 1024, b"abc").len() < 64 * 1024,
+            "compressible"
+        );
     }
 }
