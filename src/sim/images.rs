@@ -11,15 +11,15 @@
 //! Images are real PNGs ([`super::png`]) tinted by the prompt. Behaviours (`fail-500`, …)
 //! apply as for the other media.
 
+use super::media::{misbehave, openai_failure};
 use super::native::{error_body, Format};
-use super::{png, write, Behavior, SimProvider};
+use super::{png, write, SimProvider};
 use crate::providers::media::b64;
 use bytes::Bytes;
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType, Result};
+use pingora::Result;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::time::Duration;
 
 /// An image request the simulator answers, by path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,29 +124,14 @@ impl SimProvider {
         extra.insert("json".into(), req.clone());
         self.record_with(session, &body, &model, extra);
 
-        match self.media_behavior(session, &model) {
-            Behavior::Fail(status) => {
-                let body = match native {
-                    Some(f) => error_body(f, status, "sim: internal error"),
-                    None => {
-                        crate::errors::envelope("server_error", None, None, "sim: internal error")
-                    }
-                };
-                let hint: &[(&str, &str)] = if status == 429 {
-                    &[("retry-after", "30")]
-                } else {
-                    &[]
-                };
-                return write(session, status, "application/json", body, hint).await;
-            }
-            Behavior::Hang => {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                return Ok(());
-            }
-            Behavior::Drop | Behavior::DropEarly | Behavior::DropAfterRole => {
-                return Error::e_explain(ErrorType::ConnectionClosed, "sim: dropping");
-            }
-            _ => {}
+        let behavior = self.media_behavior(session, &model);
+        if let Some(done) = misbehave(session, behavior, |status, msg| match native {
+            Some(f) => error_body(f, status, msg),
+            None => openai_failure(status, msg),
+        })
+        .await
+        {
+            return done;
         }
 
         match kind {
