@@ -36,6 +36,10 @@ pub async fn generations(gw: &Gateway, state: &State, session: &mut Session, ctx
     let Some(raw) = read_body(gw, session, ctx, state).await else {
         return;
     };
+    let prompt = super::guardrails::Prompt::Image;
+    let Some(raw) = super::guardrails::prompt(state, session, ctx, raw, prompt).await else {
+        return; // blocked
+    };
     let req = match images::parse(&raw) {
         Ok(r) => r,
         Err(e) => return send_error(session, ctx, &e).await,

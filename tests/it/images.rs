@@ -16,6 +16,9 @@ fn config() -> String {
     let small = image("\"256x256\", \"512x512\", \"1024x1024\"", "0.04");
     [
         format!("[auth]\nkeys = [\"{KEY}\"]\n[images]\nurl_ttl_seconds = {TTL}\n"),
+        "[[guardrails]]\nname = \"no-email\"\npii = [\"email\"]\naction = \"redact\"\n\
+         [[guardrails]]\nname = \"no-plans\"\nwords = [\"secret-plan\"]\naction = \"block\"\n"
+            .to_string(),
         provider(
             "img-openai",
             "openai",

@@ -3,7 +3,7 @@ simulated providers of every image format: OpenAI-compatible (`/images/generatio
 Workers AI FLUX (base64 in JSON), Workers AI Stable Diffusion XL (raw PNG bytes) and Gemini
 (`inlineData`). Checks the images are PNGs of the asked size, `n`, `url` answers (served
 without a key, then expired), failover, refusals and the cache. After each call the simulated
-provider's request log shows what went upstream. Exits non-zero on the first failure.
+provider's request log shows what went upstream; guardrails read the prompt. Exits non-zero on the first failure.
 Requires: pip install openai
 """
 import argparse
@@ -160,6 +160,19 @@ def main():
         check(False, "n=5 accepted")
     except openai.BadRequestError as e:
         check(e.body["param"] == "n", f"n refusal {e.body}")
+
+    # ── guardrails read the prompt: redacted upstream, or refused ──
+    client.images.generate(model=m["openai"], prompt="a card for jo@example.com", size="256x256",
+                           response_format="b64_json")
+    sent = last_request()["json"]["prompt"]
+    check(sent == "a card for [REDACTED:email]", f"redacted prompt upstream: {sent}")
+    before = len(sim_requests())
+    try:
+        client.images.generate(model=m["openai"], prompt="draw the secret-plan")
+        check(False, "a blocked prompt drew")
+    except openai.BadRequestError as e:
+        check(e.body["code"] == "content_blocked", f"blocked: {e.body}")
+    check(len(sim_requests()) == before, "a blocked prompt went nowhere upstream")
 
     # ── cache: the second identical request is served from the cache ──
     hdr = {"x-gateway-cache-ttl": "60"}
