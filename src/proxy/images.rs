@@ -92,7 +92,7 @@ pub async fn generations(gw: &Gateway, state: &State, session: &mut Session, ctx
     ctx.spend.header = Some(cost);
 
     let base = public_base(state, session);
-    let (data, kept) = match render(gw, state, &req, got, &base).await {
+    let (data, links) = match render(gw, state, &req, got, &base).await {
         Ok(d) => d,
         Err(e) => return send_error(session, ctx, &e).await,
     };
@@ -100,15 +100,16 @@ pub async fn generations(gw: &Gateway, state: &State, session: &mut Session, ctx
         json!({"created": crate::time::unix_secs(std::time::SystemTime::now()), "data": data})
             .to_string(),
     );
-    if kept {
-        // The cached answer must not outlive the images it links to.
+    if links {
+        // A cached answer must not outlive the images it links to (ours expire after the
+        // TTL; providers' links, such as OpenAI's, after an hour or so).
         ticket.cap_ttl(Duration::from_secs(state.config.images.url_ttl_seconds));
     }
     ticket.store(&gw.cache, ctx, body.clone()).await;
     send_json(session, ctx, 200, body).await
 }
 
-/// The answer's `data`, in the format asked for; whether an image was kept for a link.
+/// The answer's `data`, in the format asked for; whether it holds links.
 async fn render(
     gw: &Gateway,
     state: &State,
@@ -117,19 +118,19 @@ async fn render(
     base: &str,
 ) -> Result<(Vec<Value>, bool), ApiError> {
     let mut data = Vec::with_capacity(got.len());
-    let mut kept = false;
+    let mut links = false;
     for image in got {
+        links |= matches!(image, Image::Url(_)) || req.format == ResponseFormat::Url;
         data.push(match (image, req.format) {
             (Image::Url(url), _) => json!({ "url": url }),
             (Image::Bytes(bytes), ResponseFormat::Url) => {
                 let id = keep(&gw.images, state, bytes).await?;
-                kept = true;
                 json!({ "url": format!("{base}{FILES_PATH}{id}") })
             }
             (Image::Bytes(bytes), _) => json!({ "b64_json": b64(&bytes) }),
         });
     }
-    Ok((data, kept))
+    Ok((data, links))
 }
 
 /// Keeps an image in the store for `[images] url_ttl_seconds`: its id.
