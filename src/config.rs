@@ -49,6 +49,8 @@ pub struct Config {
     pub observability: ObservabilityConfig,
     pub telemetry: TelemetryConfig,
     pub embeddings: EmbeddingsConfig,
+    /// `[images]`: where `/v1/images/generations` keeps images it serves by URL.
+    pub images: ImagesConfig,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
     /// Per-app gateway keys with their own limits, models and budgets (`[[keys]]`).
@@ -70,6 +72,7 @@ impl Default for Config {
             observability: ObservabilityConfig::default(),
             telemetry: TelemetryConfig::default(),
             embeddings: EmbeddingsConfig::default(),
+            images: ImagesConfig::default(),
             providers: Vec::new(),
             routes: Vec::new(),
             keys: Vec::new(),
@@ -399,6 +402,30 @@ pub struct EmbeddingsConfig {
     pub default: String,
 }
 
+/// `[images]`: images answered with `response_format: "url"` whose provider gave no URL
+/// are kept in the embedded store and served at `GET /v1/images/files/{id}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// How long such a URL works (seconds).
+    pub url_ttl_seconds: u64,
+    /// The most image bytes kept at once; the oldest go first.
+    pub max_bytes: u64,
+    /// The gateway's address as clients reach it (`https://ai.example.com`); empty = `http://`
+    /// and the request's `Host`.
+    pub public_base_url: String,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            url_ttl_seconds: 3600,
+            max_bytes: 256 * 1024 * 1024,
+            public_base_url: String::new(),
+        }
+    }
+}
+
 /// Wire format a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -633,6 +660,8 @@ pub enum ModelType {
     Embedding,
     Transcription,
     Speech,
+    /// `/v1/images/generations`.
+    Image,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -651,8 +680,10 @@ pub struct Cost {
     /// The price of prompt tokens the provider served from its cache (when it reports
     /// them); unset = `input_per_mtok`.
     pub cached_input_per_mtok: Option<f64>,
-    /// A flat price per request (media models: per image, per clip).
+    /// A flat price per request (media models: per clip).
     pub per_request: f64,
+    /// Image models: the price of one generated image.
+    pub per_image: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -687,6 +718,10 @@ pub struct ModelConfig {
     /// at another provider).
     #[serde(default)]
     pub vector_space: Option<String>,
+    /// Image models: the sizes (`"1024x1024"`) the model takes; empty = whatever the
+    /// provider accepts. The first is used when a request names none.
+    #[serde(default)]
+    pub sizes: Vec<String>,
 }
 
 impl ModelType {
@@ -696,8 +731,16 @@ impl ModelType {
             ModelType::Embedding => "embedding",
             ModelType::Transcription => "transcription",
             ModelType::Speech => "speech",
+            ModelType::Image => "image",
         }
     }
+}
+
+/// `"1024x1024"` → `(1024, 1024)`.
+pub fn parse_size(size: &str) -> Option<(u32, u32)> {
+    let (w, h) = size.split_once('x')?;
+    let (w, h) = (w.parse::<u32>().ok()?, h.parse::<u32>().ok()?);
+    (w > 0 && h > 0 && w <= 16384 && h <= 16384).then_some((w, h))
 }
 
 impl ModelConfig {
@@ -1096,6 +1139,7 @@ impl Config {
             }
         }
         self.validate_embeddings()?;
+        self.validate_images()?;
         self.validate_limits_and_cache()?;
         self.validate_keys()?;
         self.validate_guardrails()?;
@@ -1154,6 +1198,37 @@ impl Config {
                     format!("`{d}` is not a configured embedding model (type = \"embedding\")"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Image sizes are `WIDTHxHEIGHT`; a URL must live a while, in a bounded store.
+    fn validate_images(&self) -> Result<(), ConfigError> {
+        for (pi, p) in self.providers.iter().enumerate() {
+            for (mi, m) in p.models.iter().enumerate() {
+                for (si, size) in m.sizes.iter().enumerate() {
+                    if parse_size(size).is_none() {
+                        return Err(err(
+                            format!("providers[{pi}].models[{mi}].sizes[{si}]"),
+                            format!("`{size}` is not a size like \"1024x1024\""),
+                        ));
+                    }
+                }
+            }
+        }
+        let i = &self.images;
+        if i.url_ttl_seconds == 0 {
+            return Err(err("images.url_ttl_seconds", "must be at least 1"));
+        }
+        if i.max_bytes == 0 {
+            return Err(err("images.max_bytes", "must be above 0"));
+        }
+        let base = &i.public_base_url;
+        if !(base.is_empty() || base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(err(
+                "images.public_base_url",
+                format!("`{base}` must start with http:// or https://"),
+            ));
         }
         Ok(())
     }

@@ -77,6 +77,14 @@ simulated = true
   [[providers.models]]
   id = "tts-1"
   type = "speech"
+  # Images (POST /v1/images/generations): real small PNGs, b64_json or a link to the image
+  # kept by the gateway (response_format "url").
+  [[providers.models]]
+  id = "gpt-image-1"
+  aliases = ["image"]
+  type = "image"
+  sizes = ["256x256", "512x512", "1024x1024"]
+  cost = { per_image = 0.01 }
 
 [[providers]]
 name = "sim-beta"

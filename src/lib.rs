@@ -16,6 +16,7 @@ pub mod conn;
 pub mod demo;
 pub mod errors;
 pub mod guardrails;
+pub mod image_files;
 pub mod limits;
 pub mod live;
 pub mod messages;

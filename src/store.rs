@@ -1,11 +1,30 @@
-//! The embedded SQLite store (WAL mode): daily per-model request counters today; the
-//! request log and cache index join it later. Calls block: run them off the request path
-//! (`spawn_blocking` or a background task).
+//! The embedded SQLite store (WAL mode): daily per-model request counters, and the opening
+//! shared by the other tables kept in the same file (`image_files`). Calls block: run them
+//! off the request path (`spawn_blocking` or a background task).
 
 use parking_lot::Mutex;
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use std::path::Path;
+
+/// Opens (creating its directory and the file if needed) the store at `path` in WAL mode
+/// and runs `schema` (idempotent `CREATE … IF NOT EXISTS` statements).
+pub fn open_db(path: &Path, schema: &str) -> Result<Connection, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let conn =
+        Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .and_then(|_| conn.execute_batch(schema))
+    .map_err(|e| format!("cannot initialise {}: {e}", path.display()))?;
+    Ok(conn)
+}
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -14,24 +33,15 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database and its schema.
     pub fn open(path: &Path) -> Result<Store, String> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        let conn =
-            Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS daily_usage (
+        let conn = open_db(
+            path,
+            "CREATE TABLE IF NOT EXISTS daily_usage (
                  day TEXT NOT NULL,
                  model TEXT NOT NULL,
                  requests INTEGER NOT NULL,
                  PRIMARY KEY (day, model)
              );",
-        )
-        .map_err(|e| format!("cannot initialise {}: {e}", path.display()))?;
+        )?;
         Ok(Store {
             conn: Mutex::new(conn),
         })

@@ -115,6 +115,24 @@ pub(super) fn messages_prompt(g: &mut Applied, body: &[u8]) -> Result<Option<Vec
     Ok(changed.then(|| reencode(&v)))
 }
 
+pub(super) fn image_prompt(g: &mut Applied, body: &[u8]) -> Result<Option<Vec<u8>>, Blocked> {
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+        return Ok(None);
+    };
+    g.scope_model(v.get("model").and_then(Value::as_str));
+    let mask = g.role_mask("user");
+    if g.prompt == 0 || mask == 0 {
+        return Ok(None);
+    }
+    let mut changed = false;
+    for field in ["prompt", "negative_prompt"] {
+        if let Some(Value::String(s)) = v.get_mut(field) {
+            changed |= g.text(Side::Prompt, mask, s)?;
+        }
+    }
+    Ok(changed.then(|| reencode(&v)))
+}
+
 pub(super) fn chat_answer(g: &Applied, body: &[u8]) -> Result<Option<Vec<u8>>, Blocked> {
     let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
         return Ok(None);

@@ -500,6 +500,12 @@ impl Applied {
         json::messages_prompt(self, body)
     }
 
+    /// An image generation request body: `prompt` and `negative_prompt`, read as a user's
+    /// text.
+    pub fn image_prompt(&mut self, body: &[u8]) -> Result<Option<Vec<u8>>, Blocked> {
+        json::image_prompt(self, body)
+    }
+
     /// A chat completion answer: the message text and tool-call arguments.
     pub fn chat_answer(&self, body: &[u8]) -> Result<Option<Vec<u8>>, Blocked> {
         json::chat_answer(self, body)

@@ -50,6 +50,8 @@ pub struct RequestRecord {
     pub metadata: Option<String>,
     /// The guardrails that matched (prompt and answer), in config order.
     pub guardrails: Vec<String>,
+    /// Images generated for the answer (`images` endpoint; 0 elsewhere).
+    pub images: u32,
 }
 
 /// The method's name without an allocation (`OTHER` for extension methods).

@@ -5,6 +5,7 @@
 
 use super::audio::{SpeechRequest, SttAnswer, SttRequest};
 use super::embeddings::EmbeddingRequest;
+use super::images::{Image, ImageRequest};
 use super::media::MediaRequest;
 use super::{anthropic, gemini, openai, voyage, workers_ai, Translator};
 use crate::config::ProviderKind;
@@ -24,6 +25,8 @@ pub struct Format {
     pub transcription: Option<&'static dyn Transcription>,
     /// `/v1/audio/speech`.
     pub speech: Option<&'static dyn Speech>,
+    /// `/v1/images/generations`.
+    pub images: Option<&'static dyn Images>,
     /// The header the key goes in.
     pub auth: Auth,
     /// Whether its chat API answers several choices (`n` > 1); models of formats that
@@ -63,6 +66,28 @@ pub trait Transcription: Sync {
 pub trait Speech: Sync {
     /// The native request for `model_id`, or why this provider cannot serve it.
     fn request(&self, req: &SpeechRequest, model_id: &str) -> Result<MediaRequest, String>;
+}
+
+/// Image generation in one format.
+pub trait Images: Sync {
+    /// Whether one call makes several images (`n`); formats that cannot are called once
+    /// per image.
+    fn several_per_call(&self) -> bool {
+        false
+    }
+
+    /// The native request for `count` images of `model_id` at `size` (the asked one, else
+    /// the model's first), or why this provider cannot serve it.
+    fn request(
+        &self,
+        req: &ImageRequest,
+        model_id: &str,
+        size: Option<(u32, u32)>,
+        count: u32,
+    ) -> Result<MediaRequest, String>;
+
+    /// A native answer (its content type, its body) → its images.
+    fn images(&self, upstream_type: &str, body: Bytes) -> Result<Vec<Image>, String>;
 }
 
 /// How a format sends its key.

@@ -15,12 +15,13 @@ pub mod embeddings;
 pub mod gemini;
 #[cfg(test)]
 mod golden;
+pub mod images;
 pub mod media;
 pub mod openai;
 pub mod voyage;
 pub mod workers_ai;
 
-pub use caps::{format, Auth, Embeddings, Format, Speech, Transcription};
+pub use caps::{format, Auth, Embeddings, Format, Images, Speech, Transcription};
 
 use crate::config::{
     expand_env_placeholders, resolve_secret, HealthCheckConfig, ProviderConfig, ProviderKind,

@@ -243,6 +243,22 @@ impl Reply<'_> {
         }
     }
 
+    /// Reads the answer whole and releases the connection: (its content type, its body, the
+    /// answer as it stands).
+    pub async fn read_all(
+        mut self,
+        ctx: &mut RequestCtx,
+    ) -> Result<(String, Bytes, Answer), Failure> {
+        let body = self.whole(ctx).await?;
+        let ctype = self
+            .header(http::header::CONTENT_TYPE)
+            .unwrap_or("")
+            .to_string();
+        let answered = self.answered(false);
+        self.release().await;
+        Ok((ctype, body, answered))
+    }
+
     /// Returns the connection to the pool if the answer was read to its end.
     pub async fn release(mut self) {
         if self.http.response_done() {

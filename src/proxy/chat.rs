@@ -55,8 +55,9 @@ pub async fn handle(
     ctx.prompt_estimate = req.needs.prompt_tokens;
     // The Responses API is reshaped per request: only chat completions are cached.
     let cacheable = api == Api::Chat;
+    let ask = super::guard::CacheAsk::chat(&req);
     let Some(ticket) =
-        super::guard::cache_gate(gw, state, session, ctx, cacheable, &raw, &req).await
+        super::guard::cache_gate(gw, state, session, ctx, cacheable, &raw, &ask).await
     else {
         return; // answered from the cache
     };

@@ -44,6 +44,8 @@ pub struct RequestCtx {
     pub prompt_estimate: u32,
     /// Token usage the provider reported for the answer.
     pub usage: Option<Usage>,
+    /// Images generated for the answer (`/v1/images/generations`): the request log's count.
+    pub images: u32,
     /// Request start to the first content (stream) or the whole answer (JSON).
     pub ttft: Option<Duration>,
     /// Per-million-token prices of the model that answered.
@@ -102,6 +104,7 @@ impl RequestCtx {
             requested_model: None,
             prompt_estimate: 0,
             usage: None,
+            images: 0,
             ttft: None,
             price: None,
             response_bytes: 0,

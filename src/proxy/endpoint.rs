@@ -18,6 +18,10 @@ pub enum Handler {
     Translations,
     Speech,
     SpeechToSpeech,
+    /// `POST /v1/images/generations`.
+    Images,
+    /// `GET /v1/images/files/{id}`: an image kept for a `url` answer.
+    ImageFile,
     /// `/providers/{name}/…`: the stock proxy phases.
     Passthrough,
     Models,
@@ -163,6 +167,25 @@ pub static ENDPOINTS: &[Endpoint] = &[
         MODEL,
         "Audio in, transcript, chat answer, audio out",
     ),
+    entry(
+        Handler::Images,
+        &["/v1/images/generations", "/images/generations"],
+        "images",
+        MODEL,
+        "Image generation (b64_json or url)",
+    ),
+    // The id is the credential (128 random bits): the link works in an <img> tag, no key.
+    Endpoint {
+        keyed: false,
+        polled: false,
+        ..entry(
+            Handler::ImageFile,
+            &["/v1/images/files/"],
+            "image_files",
+            LOCAL,
+            "A generated image kept for a url answer (expires)",
+        )
+    },
     Endpoint {
         methods: Methods::Any,
         ..entry(
@@ -307,6 +330,7 @@ mod tests {
                 "translations",
                 "speech",
                 "speech_to_speech",
+                "images",
                 "passthrough"
             ]
         );

@@ -155,6 +155,35 @@ impl Ticket {
     }
 }
 
+/// What the cache needs to know of a request: its endpoint (each has its own entries), the
+/// model it names, and how a hit is answered.
+pub struct CacheAsk<'a> {
+    pub endpoint: &'static str,
+    pub model: Option<&'a str>,
+    /// A hit is replayed as SSE.
+    pub stream: bool,
+    /// The replayed stream ends with a usage chunk.
+    pub include_usage: bool,
+}
+
+impl<'a> CacheAsk<'a> {
+    pub fn chat(req: &'a ChatRequest<'_>) -> CacheAsk<'a> {
+        CacheAsk {
+            endpoint: "chat",
+            model: req.model.as_deref(),
+            stream: req.stream,
+            include_usage: req.include_usage,
+        }
+    }
+}
+
+impl Ticket {
+    /// Keeps the answer no longer than `max` (it links to something that expires).
+    pub fn cap_ttl(&mut self, max: Duration) {
+        self.ttl = self.ttl.min(max);
+    }
+}
+
 /// Looks the request up in the cache. `None` when it was answered (a HIT, or a bad cache
 /// header); otherwise the ticket for the upstream attempt.
 pub async fn cache_gate(
@@ -164,7 +193,7 @@ pub async fn cache_gate(
     ctx: &mut RequestCtx,
     cacheable: bool,
     raw: &[u8],
-    req: &ChatRequest<'_>,
+    req: &CacheAsk<'_>,
 ) -> Option<Ticket> {
     let cfg = &gw.cache.config;
     let c = &ctx.controls;
@@ -178,10 +207,10 @@ pub async fn cache_gate(
     }
     let key = match c.cache_key.as_deref() {
         // The client's own name for the entry replaces the body (Cloudflare's semantics).
-        Some(name) => cache::custom_key("chat", name),
+        Some(name) => cache::custom_key(req.endpoint, name),
         None => {
-            let model = req.model.as_deref().unwrap_or("auto");
-            let Ok(key) = cache::key("chat", model, raw, None) else {
+            let model = req.model.unwrap_or("auto");
+            let Ok(key) = cache::key(req.endpoint, model, raw, None) else {
                 return Some(Ticket::bypass());
             };
             key
@@ -239,7 +268,7 @@ pub async fn cache_gate(
 async fn serve_hit(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    req: &ChatRequest<'_>,
+    req: &CacheAsk<'_>,
     hit: &Arc<Cached>,
 ) -> bool {
     let (content_type, body): (&str, Bytes) = if req.stream {

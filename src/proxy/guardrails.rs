@@ -21,6 +21,8 @@ pub enum Prompt {
     Chat,
     /// An Anthropic Messages request.
     Messages,
+    /// An image generation request (`prompt`, `negative_prompt`).
+    Image,
 }
 
 /// Runs the prompt guardrails applying to this request (its key, its model) on `raw`:
@@ -39,6 +41,7 @@ pub async fn prompt(
     let result = match shape {
         Prompt::Chat => g.chat_prompt(&raw),
         Prompt::Messages => g.messages_prompt(&raw),
+        Prompt::Image => g.image_prompt(&raw),
     };
     let g = Arc::new(g);
     if g.active() {

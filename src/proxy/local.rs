@@ -34,15 +34,6 @@ pub fn health(state: &State, storage: Value) -> (u16, Bytes) {
     (if ready { 200 } else { 503 }, to_bytes(&body))
 }
 
-fn type_name(t: ModelType) -> &'static str {
-    match t {
-        ModelType::Chat => "chat",
-        ModelType::Embedding => "embedding",
-        ModelType::Transcription => "transcription",
-        ModelType::Speech => "speech",
-    }
-}
-
 /// `GET /v1/models`: the OpenAI list shape, with capability fields. Only routable models
 /// are listed (plus `auto`); `/v1/routing/status` shows the rest and why.
 pub fn models(state: &State) -> Bytes {
@@ -58,7 +49,7 @@ pub fn models(state: &State) -> Bytes {
         .iter()
         .filter(|m| m.unavailable.is_none())
     {
-        data.push(json!({
+        let mut entry = json!({
             "id": m.qualified,
             "object": "model",
             "created": created,
@@ -66,7 +57,7 @@ pub fn models(state: &State) -> Bytes {
             "provider": m.provider_name,
             "model": m.id,
             "aliases": m.aliases,
-            "type": type_name(m.model_type),
+            "type": m.model_type.as_str(),
             "context_window": m.context_window,
             "max_output_tokens": m.max_output_tokens,
             "capabilities": m.caps.names(),
@@ -74,7 +65,11 @@ pub fn models(state: &State) -> Bytes {
             "auto": m.auto,
             "daily_limit": m.daily_limit,
             "simulated": m.simulated,
-        }));
+        });
+        if m.model_type == ModelType::Image {
+            entry["sizes"] = json!(m.size_names());
+        }
+        data.push(entry);
     }
     to_bytes(&json!({"object": "list", "data": data}))
 }

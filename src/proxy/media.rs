@@ -422,18 +422,12 @@ where
 
     async fn answer(
         &self,
-        mut reply: Reply<'_>,
+        reply: Reply<'_>,
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<(Captured, Answer), Failure> {
-        let body = reply.whole(ctx).await?;
-        let ctype = reply
-            .header(http::header::CONTENT_TYPE)
-            .unwrap_or("")
-            .to_string();
-        let answered = reply.answered(false);
         let model = reply.model;
-        reply.release().await;
+        let (ctype, body, answered) = reply.read_all(ctx).await?;
         let captured = (self.read)(model, &ctype, body).map_err(Failure::Malformed)?;
         let answer = Answer {
             usage: captured.usage,

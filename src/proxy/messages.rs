@@ -73,7 +73,8 @@ pub async fn handle(gw: &Gateway, state: &State, session: &mut Session, ctx: &mu
     }
     // Answers are reshaped per request and per provider kind: not cached (the cache holds
     // chat completions).
-    if super::guard::cache_gate(gw, state, session, ctx, false, &msg.chat, &req)
+    let ask = super::guard::CacheAsk::chat(&req);
+    if super::guard::cache_gate(gw, state, session, ctx, false, &msg.chat, &ask)
         .await
         .is_none()
     {

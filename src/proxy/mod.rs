@@ -13,6 +13,7 @@ pub mod ctx;
 pub mod endpoint;
 pub mod guard;
 pub mod guardrails;
+pub mod images;
 pub mod local;
 pub mod media;
 pub mod messages;
@@ -56,10 +57,13 @@ pub struct Gateway {
     /// The client-connection gate (shared with `conn::BoundedHttp`): a request waiting for
     /// its body counts as waiting, like a connection waiting for its head.
     pub gate: Arc<crate::conn::Gate>,
+    /// Generated images kept for their URLs (`[images]`), in the embedded store.
+    pub images: Arc<crate::image_files::ImageFiles>,
 }
 
 impl Gateway {
     pub fn new(state: State, board: Arc<Board>, observer: Arc<Observer>) -> Gateway {
+        let images = crate::image_files::ImageFiles::new(&state.config.storage.path);
         Gateway {
             state: Arc::new(ArcSwap::from_pointee(state)),
             board,
@@ -73,6 +77,7 @@ impl Gateway {
                 Arc::new(crate::limits::budget::SystemClock),
             )),
             gate: Arc::new(crate::conn::Gate::default()),
+            images: Arc::new(images),
         }
     }
 
@@ -166,6 +171,8 @@ impl ProxyHttp for Gateway {
             Handler::Translations => media::transcription(self, &state, session, ctx, true).await,
             Handler::Speech => media::speech(self, &state, session, ctx).await,
             Handler::SpeechToSpeech => media::speech_to_speech(self, &state, session, ctx).await,
+            Handler::Images => images::generations(self, &state, session, ctx).await,
+            Handler::ImageFile => images::file(self, session, ctx).await,
             Handler::Models => respond::send_json(session, ctx, 200, local::models(&state)).await,
             Handler::Budget => {
                 let body = spend::status(self, ctx).await;

@@ -159,6 +159,7 @@ pub fn record(observer: &Observer, session: &Session, ctx: &mut RequestCtx) {
         cost_usd: cost,
         metadata: ctx.controls.metadata_raw.take().map(|m| cap(m, MAX_FIELD)),
         guardrails,
+        images: ctx.images,
     }));
 }
 

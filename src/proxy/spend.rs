@@ -54,6 +54,9 @@ pub struct Spend {
     pub cached_tokens: u64,
     /// Content characters a stream delivered (its cost when it broke off without usage).
     pub delivered_chars: u64,
+    /// Images the current attempt asks for (its reservation), then the images its answer
+    /// held (its settlement): what `cost.per_image` is charged for. 0 on other endpoints.
+    pub images: u32,
 }
 
 /// Authenticates the request: the gateway key (in `Authorization` / `x-api-key`, or
@@ -223,7 +226,15 @@ pub fn worst_case(model: &ModelEntry, ctx: &RequestCtx, needs: &Needs) -> (f64, 
     } else {
         0
     };
-    (cost_usd(&model.cost, prompt, 0, output), prompt + output)
+    (
+        cost_usd(&model.cost, prompt, 0, output) + images_usd(&model.cost, ctx.spend.images),
+        prompt + output,
+    )
+}
+
+/// USD for `images` generated images at `price`.
+pub fn images_usd(price: &Cost, images: u32) -> f64 {
+    price.per_image * f64::from(images)
 }
 
 /// Reserves one attempt's worst case against the key's budget and tpm. `Err` (and the
@@ -313,7 +324,8 @@ pub fn actual(ctx: &RequestCtx, model: &ModelEntry, usage: Option<Usage>) -> (f6
     let chat = model.model_type == crate::config::ModelType::Chat;
     let completion = if chat { completion } else { 0 };
     (
-        cost_usd(&model.cost, prompt, cached, completion),
+        cost_usd(&model.cost, prompt, cached, completion)
+            + images_usd(&model.cost, ctx.spend.images),
         prompt + completion,
     )
 }
@@ -546,6 +558,7 @@ mod tests {
             output_per_mtok: 8.0,
             cached_input_per_mtok: Some(0.5),
             per_request: 0.0,
+            per_image: 0.0,
         };
         assert!((cost_usd(&p, 1_000_000, 0, 0) - 2.0).abs() < 1e-12);
         assert!(

@@ -34,6 +34,8 @@ pub struct Needs {
     pub reasoning_effort: Option<Tier>,
     /// `n` > 1: several choices in one answer.
     pub several_choices: bool,
+    /// Image requests: the size asked for (`size`), which the model must list.
+    pub image_size: Option<(u32, u32)>,
 }
 
 /// Capability bits of a model.
@@ -113,11 +115,18 @@ pub struct ModelEntry {
     pub cost: Cost,
     /// Embedding models: the vector space they write into (see `ModelConfig::space`).
     pub space: String,
+    /// Image models: the sizes they take (empty = any).
+    pub sizes: Vec<(u32, u32)>,
     /// `None` when routable; otherwise why not (missing key, unsupported kind, …).
     pub unavailable: Option<String>,
 }
 
 impl ModelEntry {
+    /// The sizes an image model takes, as clients write them (`1024x1024`).
+    pub fn size_names(&self) -> Vec<String> {
+        self.sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect()
+    }
+
     /// `[rpm, tpm, provider rpm, provider tpm]`, 0 where none is configured.
     pub fn ceilings(&self) -> [u32; 4] {
         [self.rpm, self.tpm, self.provider_rpm, self.provider_tpm]
@@ -126,7 +135,10 @@ impl ModelEntry {
     /// Why this model cannot serve a request with these needs, if it cannot.
     pub fn unfit(&self, needs: &Needs) -> Option<String> {
         if self.model_type != needs.model_type {
-            let an = |t: ModelType| if t == ModelType::Embedding { "an" } else { "a" };
+            let an = |t: ModelType| match t {
+                ModelType::Embedding | ModelType::Image => "an",
+                _ => "a",
+            };
             return Some(format!(
                 "`{}` is {} {} model, not {} {} model",
                 self.qualified,
@@ -135,6 +147,15 @@ impl ModelEntry {
                 an(needs.model_type),
                 needs.model_type.as_str()
             ));
+        }
+        if let Some((w, h)) = needs.image_size {
+            if !self.sizes.is_empty() && !self.sizes.contains(&(w, h)) {
+                return Some(format!(
+                    "`{}` takes the sizes {}, not {w}x{h}",
+                    self.qualified,
+                    self.size_names().join(", ")
+                ));
+            }
         }
         if self.model_type != ModelType::Chat {
             // Capabilities and context windows describe chat models only.
@@ -221,6 +242,11 @@ impl Catalog {
                     provider_tpm: p.tpm,
                     cost: m.cost,
                     space: m.space().to_string(),
+                    sizes: m
+                        .sizes
+                        .iter()
+                        .filter_map(|s| crate::config::parse_size(s))
+                        .collect(),
                     unavailable: unavailable.get(pi).cloned().flatten(),
                 });
             }

@@ -181,8 +181,60 @@ fn openai_error(msg: &str) -> Bytes {
     crate::errors::envelope("invalid_request_error", None, None, msg)
 }
 
+/// An OpenAI-shaped error body for a simulated failure.
+pub(super) fn openai_failure(status: u16, msg: &str) -> Bytes {
+    let kind_name = match status {
+        429 => "rate_limit_error",
+        401 => "authentication_error",
+        _ => "server_error",
+    };
+    crate::errors::envelope(kind_name, None, None, msg)
+}
+
+/// Acts out a failing `behavior` (`fail-*` with the error body `error(status, message)`,
+/// `hang`, `drop`): `Some` when it answered (or hung up), `None` for a normal answer.
+pub(super) async fn misbehave(
+    session: &mut Session,
+    behavior: Behavior,
+    error: impl Fn(u16, &str) -> Bytes,
+) -> Option<Result<()>> {
+    match behavior {
+        Behavior::Fail(status) => {
+            let msg = match status {
+                429 => "sim: rate limit reached, retry later",
+                401 => "sim: invalid provider key",
+                _ => "sim: internal error",
+            };
+            let extra: &[(&str, &str)] = if status == 429 {
+                &[("retry-after", "30")]
+            } else {
+                &[]
+            };
+            Some(
+                write(
+                    session,
+                    status,
+                    "application/json",
+                    error(status, msg),
+                    extra,
+                )
+                .await,
+            )
+        }
+        Behavior::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Some(Ok(()))
+        }
+        Behavior::Drop | Behavior::DropEarly | Behavior::DropAfterRole => Some(Error::e_explain(
+            ErrorType::ConnectionClosed,
+            "sim: dropping",
+        )),
+        _ => None,
+    }
+}
+
 impl SimProvider {
-    fn media_behavior(&self, session: &Session, model: &str) -> Behavior {
+    pub(super) fn media_behavior(&self, session: &Session, model: &str) -> Behavior {
         let path = session.req_header().uri.path();
         let overridden = self
             .overrides
@@ -294,29 +346,9 @@ impl SimProvider {
         };
         self.record_with(session, &body, &model, extra);
 
-        match self.media_behavior(session, &model) {
-            Behavior::Fail(status) => {
-                let (kind_name, msg) = match status {
-                    429 => ("rate_limit_error", "sim: rate limit reached, retry later"),
-                    401 => ("authentication_error", "sim: invalid provider key"),
-                    _ => ("server_error", "sim: internal error"),
-                };
-                let err = crate::errors::envelope(kind_name, None, None, msg);
-                let extra: &[(&str, &str)] = if status == 429 {
-                    &[("retry-after", "30")]
-                } else {
-                    &[]
-                };
-                return write(session, status, "application/json", err, extra).await;
-            }
-            Behavior::Hang => {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                return Ok(());
-            }
-            Behavior::Drop | Behavior::DropEarly | Behavior::DropAfterRole => {
-                return Error::e_explain(ErrorType::ConnectionClosed, "sim: dropping");
-            }
-            _ => {}
+        let behavior = self.media_behavior(session, &model);
+        if let Some(done) = misbehave(session, behavior, openai_failure).await {
+            return done;
         }
 
         match kind {

@@ -15,13 +15,15 @@
 //! each in its provider's documented JSON and SSE shapes. Native providers echo the last
 //! user message too, call the first declared tool while the last turn is not a tool result,
 //! and answer a JSON object in JSON mode. Embeddings, speech-to-text and text-to-speech are
-//! answered in `media`.
+//! answered in `media`, image generation in `images`.
 
 mod anthropic;
 mod gemini;
+pub mod images;
 pub mod media;
 pub mod native;
 mod openai;
+pub mod png;
 mod workers_ai;
 
 use async_trait::async_trait;
@@ -598,7 +600,12 @@ impl ProxyHttp for SimProvider {
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.clone();
         let media = media::Kind::of_path(&path).filter(|_| method == http::Method::POST);
-        if let Some(kind) = media {
+        let image = images::Kind::of_path(&path).filter(|_| method == http::Method::POST);
+        if let Some(kind) = image {
+            self.images(session, kind).await?;
+        } else if let Some(png) = images::linked(&path) {
+            write(session, 200, "image/png", Bytes::from(png), &[]).await?;
+        } else if let Some(kind) = media {
             self.media(session, kind).await?;
         } else if path.ends_with("/chat/completions") && method == http::Method::POST {
             self.chat(session).await?;

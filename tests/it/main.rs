@@ -9,6 +9,7 @@ mod core;
 mod errors;
 mod guardrails;
 mod harness;
+mod images;
 mod limits;
 mod media;
 mod messages;

@@ -69,6 +69,8 @@ pub(super) fn encode(
     } else {
         let _ = serde_json::to_writer(&mut *out, &r.guardrails);
     }
+    out.push(b',');
+    json_int(out, u64::from(r.images));
     out.push(b']');
 }
 

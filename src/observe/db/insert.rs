@@ -263,6 +263,7 @@ mod tests {
             cost_usd: 1.25e-7,
             metadata: Some("{\"team\":\"x\"}\n\t\u{1}".into()),
             guardrails: vec!["no-pii".into(), "words".into()],
+            images: 2,
         };
         let bare = RequestRecord {
             ts_ms: 1_760_000_000_124,
@@ -279,11 +280,11 @@ mod tests {
                 "ts_ms, status, failures, request_id, key_label, client_ip, method, endpoint,
                 path, requested_model, provider, model, attempts, cache_status, streamed,
                 prompt_tokens, completion_tokens, tokens_estimated, ttft_ms, duration_ms,
-                overhead_ms, cost_usd, metadata, guardrails";
+                overhead_ms, cost_usd, metadata, guardrails, images";
             c.query_row(
                 &format!("SELECT {cols} FROM request_log WHERE id = ?1"),
                 [id],
-                |r| (0..24).map(|i| r.get::<_, Value>(i)).collect(),
+                |r| (0..25).map(|i| r.get::<_, Value>(i)).collect(),
             )
             .unwrap()
         };
@@ -315,6 +316,7 @@ mod tests {
                 R(1.25e-7),
                 t("{\"team\":\"x\"}\n\t\u{1}"),
                 t("[\"no-pii\",\"words\"]"),
+                I(2),
             ]
         );
         let bare = row(2);
@@ -322,5 +324,6 @@ mod tests {
         assert_eq!((&bare[5], &bare[8], &bare[18]), (&Null, &Null, &Null));
         assert_eq!((&bare[14], &bare[17]), (&I(0), &I(0)));
         assert_eq!(bare[23], Null, "no guardrail matched");
+        assert_eq!(bare[24], I(0), "no images");
     }
 }

@@ -16,7 +16,7 @@ use rusqlite::Connection;
 /// request is budgeted at a few percent of the gateway's (README, Performance). Generated
 /// columns would read the same but SQLite computes them on every INSERT; a view costs
 /// nothing until read.
-pub(super) const FIELDS: [&str; 21] = [
+pub(super) const FIELDS: [&str; 22] = [
     "request_id",
     "key_label",
     "client_ip",
@@ -38,6 +38,7 @@ pub(super) const FIELDS: [&str; 21] = [
     "cost_usd",
     "metadata",
     "guardrails",
+    "images",
 ];
 
 /// The fields a store from before `request_log_data` had as columns.
@@ -88,7 +89,7 @@ fn upgrade_v1_sql() -> String {
              SELECT id, ts_ms, status, failures, json_array({}) FROM request_log_v1;
          DROP TABLE request_log_v1;",
         schema(),
-        // The fields appended since (`guardrails`) read NULL in the moved rows.
+        // The fields appended since (`guardrails`, `images`) read NULL in the moved rows.
         FIELDS[..V1_FIELDS].join(", ")
     )
 }

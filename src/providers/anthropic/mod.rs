@@ -16,6 +16,7 @@ pub static FORMAT: Format = Format {
     embeddings: None,
     transcription: None,
     speech: None,
+    images: None,
     auth: Auth::Header("x-api-key"),
     several_choices: false,
 };

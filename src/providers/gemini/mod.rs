@@ -4,6 +4,7 @@ mod audio;
 mod chat;
 mod embeddings;
 mod error;
+mod images;
 mod schema;
 
 pub use chat::{build_request, translate_response, Gemini, GeminiEvents, GeminiStream};
@@ -13,12 +14,14 @@ pub use schema::gemini_schema;
 use super::caps::{Auth, Format};
 use audio::GeminiAudio;
 use embeddings::GeminiEmbeddings;
+use images::GeminiImages;
 
 pub static FORMAT: Format = Format {
     chat: Some(&Gemini),
     embeddings: Some(&GeminiEmbeddings),
     transcription: Some(&GeminiAudio),
     speech: None,
+    images: Some(&GeminiImages),
     auth: Auth::Header("x-goog-api-key"),
     several_choices: true,
 };

@@ -5,6 +5,7 @@ mod audio;
 mod chat;
 mod embeddings;
 mod error;
+mod images;
 
 pub use chat::OpenAi;
 pub use error::translate_error;
@@ -13,12 +14,14 @@ pub(crate) use embeddings::OpenAiEmbeddings;
 
 use super::caps::{Auth, Format};
 use audio::OpenAiAudio;
+use images::OpenAiImages;
 
 pub static FORMAT: Format = Format {
     chat: Some(&OpenAi),
     embeddings: Some(&OpenAiEmbeddings),
     transcription: Some(&OpenAiAudio),
     speech: Some(&OpenAiAudio),
+    images: Some(&OpenAiImages),
     auth: Auth::Bearer,
     several_choices: true,
 };

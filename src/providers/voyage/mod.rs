@@ -11,6 +11,7 @@ pub static FORMAT: Format = Format {
     embeddings: Some(&VoyageEmbeddings),
     transcription: None,
     speech: None,
+    images: None,
     auth: Auth::Bearer,
     several_choices: false,
 };
