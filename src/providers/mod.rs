@@ -17,6 +17,7 @@ pub mod gemini;
 mod golden;
 pub mod media;
 pub mod openai;
+pub mod resume;
 pub mod voyage;
 pub mod workers_ai;
 
@@ -178,6 +179,11 @@ pub trait StreamTranslator: Send {
     /// chat, `data: {"error":{…}}`.
     fn error_event(&mut self, err: &ApiError, out: &mut Vec<u8>) {
         crate::sse::write_data(out, &err.body());
+    }
+    /// The resume layer of this stack of translators, if resume is on (wrappers hand on
+    /// their inner translator's).
+    fn seam(&mut self) -> Option<&mut resume::Seam> {
+        None
     }
 }
 
