@@ -660,13 +660,7 @@ impl ProviderConfig {
         if let Some(c) = self.continuation {
             return c;
         }
-        let known = |host: &str| {
-            self.endpoints().iter().any(|e| match e {
-                EndpointConfig::Url(url) | EndpointConfig::Weighted { url, .. } => {
-                    url.contains(host)
-                }
-            })
-        };
+        let known = |host: &str| self.endpoints().iter().any(|e| e.url().contains(host));
         match self.kind {
             ProviderKind::Anthropic => Continuation::Prefill,
             ProviderKind::Openai if known("api.mistral.ai") || known("api.deepseek.com/beta") => {
@@ -1763,6 +1757,47 @@ base_url = "http://127.0.0.1:1"
         assert!(expand_env_placeholders("https://h/{env:FREEWAY_TEST_MISSING_VAR}").is_none());
         assert_eq!(resolve_secret("literal").as_deref(), Some("literal"));
         assert_eq!(resolve_secret("env:FREEWAY_TEST_MISSING_VAR"), None);
+    }
+
+    #[test]
+    fn continuation_modes_default_by_kind_and_base_url() {
+        let p = |kind: &str, url: &str, extra: &str| {
+            let text = format!(
+                "[server]\nstream_resume = \"text\"\n[[providers]]\nname = \"p\"\nkind = \"{kind}\"\nbase_url = \"{url}\"\n{extra}"
+            );
+            let c = Config::parse(&text).unwrap();
+            assert_eq!(c.server.stream_resume, StreamResume::Text);
+            c.providers[0].continuation()
+        };
+        assert_eq!(
+            p("anthropic", "https://api.anthropic.com/v1", ""),
+            Continuation::Prefill
+        );
+        assert_eq!(
+            p("openai", "https://api.mistral.ai/v1", ""),
+            Continuation::Prefix
+        );
+        assert_eq!(
+            p("openai", "https://api.deepseek.com/beta", ""),
+            Continuation::Prefix
+        );
+        assert_eq!(
+            p("openai", "https://api.deepseek.com/v1", ""),
+            Continuation::Instruct
+        );
+        assert_eq!(p("gemini", "https://g", ""), Continuation::Instruct);
+        assert_eq!(
+            p(
+                "openai",
+                "http://10.0.0.5:8000/v1",
+                "continuation = \"continue_final_message\""
+            ),
+            Continuation::ContinueFinalMessage
+        );
+        assert_eq!(Config::default().server.stream_resume, StreamResume::Off);
+        let bad = "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://x\"\ncontinuation = \"guess\"\n";
+        let e = Config::parse(bad).unwrap_err();
+        assert!(e.to_string().contains("continuation"), "{e}");
     }
 
     #[test]

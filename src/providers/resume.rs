@@ -3,9 +3,10 @@
 //! understands), the overlap cut at the seam, and [`Seam`], the translator layer that
 //! records what a stream delivered and splices a continuation's chunks into it.
 //!
-//! A `Seam` sits right above the provider's translator (below the guardrails and the
-//! Responses/Messages reshapers), only when resume is on for the request: every layer above
-//! it sees one continuous chat stream.
+//! A `Seam` sits above the provider's (guarded) translator and below the Responses/Messages
+//! reshapers, only when resume is on for the request: it records the text the client was
+//! sent, and every layer above it sees one continuous chat stream. A splice replaces the
+//! guarded translator under it with the continuation's.
 
 use super::{StreamError, StreamTranslator, Usage};
 use crate::config::Continuation;

@@ -411,9 +411,10 @@ async fn gate(
     let deadline = ctx.resume.paused().map(|p| p.deadline);
     let mut ended = false;
     loop {
-        let passed = match (continuing, tr.seam()) {
-            (true, Some(seam)) => seam.joined(),
-            _ => tr.started(),
+        let passed = if continuing {
+            tr.seam().is_none_or(|s| s.joined())
+        } else {
+            tr.started()
         };
         if passed {
             return Ok(ended);
