@@ -554,6 +554,12 @@ impl SimProvider {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     return Ok(());
                 }
+                if s.error_after == Some(i) {
+                    let err = b"data: {\"error\":{\"message\":\"sim: the model is overloaded\",\"type\":\"server_error\",\"code\":null}}\n\n";
+                    return session
+                        .write_response_body(Some(Bytes::from_static(err)), true)
+                        .await;
+                }
             }
             if behavior == Behavior::Drop && i == 2 {
                 // Half an event, then the connection dies.

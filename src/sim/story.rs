@@ -6,7 +6,8 @@
 //! message followed by a user turn asking to continue.
 //!
 //! The model name picks the behaviour: `story-die-N` breaks the connection after N words,
-//! `story-stall-N` goes silent after N words, `story-repeat` starts a continuation by
+//! `story-stall-N` goes silent after N words, `story-error-N` sends an error event after N
+//! words (as OpenAI-compatible servers report a failure mid-stream), `story-repeat` starts a continuation by
 //! repeating the last two words of the partial answer (a model that overlaps the seam).
 
 use serde_json::Value;
@@ -23,6 +24,8 @@ pub struct Story {
     pub die_after: Option<usize>,
     /// Go silent after this many words.
     pub stall_after: Option<usize>,
+    /// Send an error event (and end the stream) after this many words.
+    pub error_after: Option<usize>,
     /// Repeat the last two words of a partial answer before continuing it.
     pub repeat: bool,
 }
@@ -38,6 +41,7 @@ impl Story {
         model.contains("story").then(|| Story {
             die_after: count_after(model, "-die-"),
             stall_after: count_after(model, "-stall-"),
+            error_after: count_after(model, "-error-"),
             repeat: model.contains("-repeat"),
         })
     }

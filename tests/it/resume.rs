@@ -44,6 +44,7 @@ fn gateway(sim: &Proc, routes: &[(&str, &str, &str)]) -> Proc {
                 "story-die-8",
                 "story-die-9",
                 "story-die-10",
+                "story-error-10",
                 "story-stall-4"
             ]
         ),
@@ -140,6 +141,7 @@ fn a_chat_stream_that_dies_is_finished_by_the_next_model_in_its_format() {
             ("prefix", "sim-a/story-die-5", "sim-prefix/story-repeat"),
             ("vllm", "sim-a/story-die-6", "sim-vllm/story"),
             ("stall", "sim-a/story-stall-4", "sim-plain/story"),
+            ("error", "sim-a/story-error-10", "sim-claude/story"),
         ],
     );
 
@@ -182,6 +184,14 @@ fn a_chat_stream_that_dies_is_finished_by_the_next_model_in_its_format() {
     assert_eq!(c["continuation"], "instruct");
     assert_eq!(c["partial"], words(4));
 
+    // A provider that reports an error event mid-stream.
+    let (ok, r) = sdk(&gw, "dynamic/error", "chat", &[]);
+    assert_one_story("after an error event", ok, &r, "stop", &gw);
+    assert_eq!(
+        continuation(&sim, "/sim-claude/")["partial"],
+        words(10).trim_end()
+    );
+
     let metrics = client()
         .get(gw.url("/metrics"))
         .bearer_auth(KEY)
@@ -190,7 +200,7 @@ fn a_chat_stream_that_dies_is_finished_by_the_next_model_in_its_format() {
         .text()
         .unwrap();
     assert!(
-        metrics.contains("freeway_stream_resumes_total{outcome=\"resumed\"} 4"),
+        metrics.contains("freeway_stream_resumes_total{outcome=\"resumed\"} 5"),
         "{metrics}"
     );
     // The request log says where each stream was resumed.
@@ -201,11 +211,12 @@ fn a_chat_stream_that_dies_is_finished_by_the_next_model_in_its_format() {
                 .filter(|r| {
                     r["failures"].as_array().into_iter().flatten().any(|f| {
                         f.as_str()
-                            .is_some_and(|f| f.contains("stream resumed on `sim-claude/story`"))
+                            .is_some_and(|f| f.contains("stream resumed on `"))
                     })
                 })
-                .count()
-                == 1
+                .map(|r| r["attempts"].as_u64())
+                .collect::<Vec<_>>()
+                == vec![Some(2); 5]
         })
     });
 }
@@ -281,10 +292,22 @@ fn without_resume_a_dying_stream_ends_with_the_error_event_as_before() {
 #[test]
 fn a_tool_call_stream_is_never_resumed() {
     let sim = start_sim();
-    let gw = gateway(&sim, &[("r", "sim-a/story-die-4", "sim-plain/story")]);
+    let gw = gateway(
+        &sim,
+        &[
+            ("r", "sim-a/story-die-4", "sim-plain/story"),
+            ("m", "sim-a/story-die-5", "sim-plain/story"),
+        ],
+    );
+    // Chat: some text, then a tool call, then the provider dies.
     let (ok, r) = sdk(&gw, "dynamic/r", "chat", &["--tools"]);
     assert!(!ok, "the stream ends with the error event: {r}");
     assert!(r["tool_calls"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["text"], words(4), "{r}");
+    // Messages: a text block, then a tool_use block started, then the provider dies.
+    let (ok, r) = sdk(&gw, "dynamic/m", "messages", &["--tools"]);
+    assert!(!ok, "the stream ends with the error event: {r}");
+    assert_eq!(r["tool_calls"], 1, "{r}");
     assert_eq!(r["text"], words(4), "{r}");
     assert_eq!(
         sim_count(&sim, "/sim-plain/"),
@@ -299,7 +322,7 @@ fn a_tool_call_stream_is_never_resumed() {
         .text()
         .unwrap();
     assert!(
-        metrics.contains("freeway_stream_resumes_total{outcome=\"refused\"} 1"),
+        metrics.contains("freeway_stream_resumes_total{outcome=\"refused\"} 2"),
         "{metrics}"
     );
 }

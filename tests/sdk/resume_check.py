@@ -17,7 +17,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--base-url", required=True)
 p.add_argument("--model", required=True)
 p.add_argument("--api", default="chat", choices=["chat", "responses", "messages"])
-p.add_argument("--tools", action="store_true", help="declare a tool (chat)")
+p.add_argument("--tools", action="store_true", help="declare a tool (chat, messages)")
 p.add_argument("--no-resume", action="store_true")
 args = p.parse_args()
 
@@ -31,10 +31,16 @@ try:
 
         client = anthropic.Anthropic(base_url=args.base_url.removesuffix("/v1"), api_key="sk-gw-test",
                                      default_headers=headers, max_retries=0, timeout=60)
+        extra = {}
+        if args.tools:
+            extra["tools"] = [{"name": "lookup", "input_schema": {"type": "object", "properties": {
+                "q": {"type": "string"}}, "required": ["q"]}}]
         with client.messages.stream(model=args.model, max_tokens=512,
-                                    messages=[{"role": "user", "content": prompt}]) as stream:
+                                    messages=[{"role": "user", "content": prompt}], **extra) as stream:
             for ev in stream:
-                if ev.type == "content_block_delta" and ev.delta.type == "text_delta":
+                if ev.type == "content_block_start" and ev.content_block.type == "tool_use":
+                    out["tool_calls"] += 1
+                elif ev.type == "content_block_delta" and ev.delta.type == "text_delta":
                     out["text"] += ev.delta.text
                 elif ev.type == "message_delta":
                     out["finishes"].append(ev.delta.stop_reason)
