@@ -90,7 +90,8 @@ pub fn seam_cut<'a>(delivered: &str, cont: &'a str) -> &'a str {
     }
 }
 
-fn add(a: Option<Usage>, b: Option<Usage>) -> Option<Usage> {
+/// Two attempts' usage together.
+pub fn add(a: Option<Usage>, b: Option<Usage>) -> Option<Usage> {
     match (a, b) {
         (Some(a), Some(b)) => Some(Usage {
             prompt_tokens: a.prompt_tokens + b.prompt_tokens,

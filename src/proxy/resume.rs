@@ -180,13 +180,7 @@ pub fn after_answer(ctx: &mut RequestCtx, own: Option<Usage>) -> bool {
             completion_tokens: ctx.spend.delivered_chars.div_ceil(4),
         });
         let r = &mut ctx.resume;
-        r.carried = Some(match r.carried {
-            Some(c) => Usage {
-                prompt_tokens: c.prompt_tokens + spent.prompt_tokens,
-                completion_tokens: c.completion_tokens + spent.completion_tokens,
-            },
-            None => spent,
-        });
+        r.carried = crate::providers::resume::add(r.carried, Some(spent));
         r.carried_cost += cost;
         return true;
     }

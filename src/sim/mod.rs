@@ -540,16 +540,15 @@ impl SimProvider {
         }
         for (i, word) in text.split_inclusive(' ').enumerate() {
             pause(behavior).await;
+            // Half an event, then the connection dies.
+            if behavior == Behavior::Drop && i == 2 || story.is_some_and(|s| s.die_after == Some(i))
+            {
+                session
+                    .write_response_body(Some(Bytes::from_static(b"data: {\"id\":\"trunc")), false)
+                    .await?;
+                return Error::e_explain(ErrorType::ConnectionClosed, "sim: dropping mid-stream");
+            }
             if let Some(s) = story {
-                if s.die_after == Some(i) {
-                    session
-                        .write_response_body(
-                            Some(Bytes::from_static(b"data: {\"id\":\"trunc")),
-                            false,
-                        )
-                        .await?;
-                    return Error::e_explain(ErrorType::ConnectionClosed, "sim: the story dies");
-                }
                 if s.stall_after == Some(i) {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     return Ok(());
@@ -560,13 +559,6 @@ impl SimProvider {
                         .write_response_body(Some(Bytes::from_static(err)), true)
                         .await;
                 }
-            }
-            if behavior == Behavior::Drop && i == 2 {
-                // Half an event, then the connection dies.
-                session
-                    .write_response_body(Some(Bytes::from_static(b"data: {\"id\":\"trunc")), false)
-                    .await?;
-                return Error::e_explain(ErrorType::ConnectionClosed, "sim: dropping mid-stream");
             }
             session
                 .write_response_body(

@@ -192,13 +192,7 @@ fn a_chat_stream_that_dies_is_finished_by_the_next_model_in_its_format() {
         words(10).trim_end()
     );
 
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics(&gw);
     assert!(
         metrics.contains("freeway_stream_resumes_total{outcome=\"resumed\"} 5"),
         "{metrics}"
@@ -219,6 +213,17 @@ fn a_chat_stream_that_dies_is_finished_by_the_next_model_in_its_format() {
                 == vec![Some(2); 5]
         })
     });
+}
+
+/// The gateway's Prometheus text.
+fn metrics(gw: &Proc) -> String {
+    client()
+        .get(gw.url("/metrics"))
+        .bearer_auth(KEY)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
 }
 
 fn get_json(gw: &Proc, path: &str) -> (u16, (), Value) {
@@ -314,13 +319,7 @@ fn a_tool_call_stream_is_never_resumed() {
         0,
         "no continuation was asked"
     );
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics(&gw);
     assert!(
         metrics.contains("freeway_stream_resumes_total{outcome=\"refused\"} 2"),
         "{metrics}"
@@ -365,13 +364,7 @@ fn when_no_model_continues_the_stream_ends_with_the_error_event() {
     assert_eq!(r["text"], words(4), "{r}");
     let errors = r["errors"].to_string();
     assert!(errors.contains("no other model continued it"), "{errors}");
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics(&gw);
     assert!(
         metrics.contains("freeway_stream_resumes_total{outcome=\"failed\"} 1"),
         "{metrics}"
