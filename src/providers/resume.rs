@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 pub const CONTINUE_INSTRUCTION: &str = "Your previous message was cut off. Continue it \
      exactly where it stopped, without repeating any of it and without any preamble.";
 
-/// How much of a continuation's first text is held to look for a repeat of the seam.
+/// The most of a continuation's first text held to look for a repeat of the seam (it is
+/// sent as soon as it can no longer be a repeat).
 const OVERLAP_WINDOW: usize = 160;
 
 /// The client's OpenAI chat body with `partial` (the text delivered so far) as a partial
@@ -270,7 +271,10 @@ impl Seam {
                     chunk: v.clone(),
                 });
                 held.text.push_str(&t);
-                if held.text.len() >= OVERLAP_WINDOW {
+                // Once the held text is no longer found in what was delivered, no longer
+                // repeat can come: send it (at the latest after the window).
+                let repeat_possible = self.text.trim_end().contains(held.text.trim_start());
+                if !repeat_possible || held.text.len() >= OVERLAP_WINDOW {
                     self.release(out);
                 }
                 return;
@@ -483,6 +487,24 @@ mod tests {
         assert_eq!(text.matches("[DONE]").count(), 1);
         assert_eq!(s.partial(), "one two three four");
         assert_eq!(s.usage().unwrap().prompt_tokens, 15);
+    }
+
+    #[test]
+    fn a_continuation_that_cannot_be_a_repeat_joins_at_once() {
+        let mut s = Seam::new(Box::new(Pass(false)));
+        let mut out = Vec::new();
+        let first = chunk("a", json!({"content": "one two three "}), Value::Null);
+        s.feed(first.as_bytes(), &mut out).unwrap();
+        s.splice(Box::new(Pass(false)), None);
+        out.clear();
+        s.feed(
+            chunk("b", json!({"content": "four "}), Value::Null).as_bytes(),
+            &mut out,
+        )
+        .unwrap();
+        assert!(s.joined(), "`four` is not in what was delivered");
+        let c = chunks(std::str::from_utf8(&out).unwrap());
+        assert_eq!(c[0]["choices"][0]["delta"]["content"], "four ");
     }
 
     #[test]

@@ -61,7 +61,12 @@ fn gateway(sim: &Proc, routes: &[(&str, &str, &str)]) -> Proc {
             "continuation = \"continue_final_message\"",
             &["story"]
         ),
-        provider("sim-plain", "openai", "", &["story", "story-die-4"]),
+        provider(
+            "sim-plain",
+            "openai",
+            "",
+            &["story", "story-die-4", "story-fail-500"]
+        ),
     );
     for (name, first, second) in routes {
         body.push_str(&format!(
@@ -356,17 +361,32 @@ fn responses_and_messages_text_streams_resume_too() {
 #[test]
 fn when_no_model_continues_the_stream_ends_with_the_error_event() {
     let sim = start_sim();
-    // The only other candidate dies before any content of its own.
-    let gw = gateway(&sim, &[("r", "sim-a/story-die-4", "sim-plain/story-die-4")]);
+    let gw = gateway(
+        &sim,
+        &[
+            // The only other candidate answers 500.
+            ("r", "sim-a/story-die-4", "sim-plain/story-fail-500"),
+            // The continuation joins, then dies too, with no candidate left.
+            ("again", "sim-a/story-die-5", "sim-plain/story-die-4"),
+        ],
+    );
     let (ok, r) = sdk(&gw, "dynamic/r", "chat", &[]);
     assert!(!ok, "{r}");
-    // The continuation's first words were held for the overlap check and never joined.
     assert_eq!(r["text"], words(4), "{r}");
     let errors = r["errors"].to_string();
     assert!(errors.contains("no other model continued it"), "{errors}");
+
+    let (ok, r) = sdk(&gw, "dynamic/again", "chat", &[]);
+    assert!(!ok, "{r}");
+    // The first model's five words, then the continuation's until it died.
+    assert_eq!(r["text"], words(8), "{r}");
+    assert_eq!(r["finishes"], serde_json::json!([]), "{r}");
+
     let metrics = metrics(&gw);
-    assert!(
-        metrics.contains("freeway_stream_resumes_total{outcome=\"failed\"} 1"),
-        "{metrics}"
-    );
+    for line in [
+        "freeway_stream_resumes_total{outcome=\"failed\"} 2",
+        "freeway_stream_resumes_total{outcome=\"resumed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
 }
