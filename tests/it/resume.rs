@@ -65,7 +65,7 @@ fn gateway(sim: &Proc, routes: &[(&str, &str, &str)]) -> Proc {
             "sim-plain",
             "openai",
             "",
-            &["story", "story-die-4", "story-fail-500"]
+            &["story", "story-die-4", "story-fail-500", "story-stall-0"]
         ),
     );
     for (name, first, second) in routes {
@@ -389,4 +389,36 @@ fn when_no_model_continues_the_stream_ends_with_the_error_event() {
     ] {
         assert!(metrics.contains(line), "{line}\n{metrics}");
     }
+}
+
+#[test]
+fn a_continuation_must_start_within_the_request_timeout() {
+    let sim = start_sim();
+    // The continuation opens its stream, then sends nothing; the request's timeout (1 s,
+    // below stream_idle_timeout_ms) bounds the wait for its first content.
+    let gw = gateway(
+        &sim,
+        &[("r", "sim-a/story-die-4", "sim-plain/story-stall-0")],
+    );
+    let body = r#"{"model":"dynamic/r","stream":true,"messages":[{"role":"user","content":"go"}]}"#;
+    let (s, _, b) = post_with(
+        &gw.url("/v1/chat/completions"),
+        Some(KEY),
+        body,
+        &[
+            ("x-gateway-stream-resume", "true"),
+            ("x-gateway-request-timeout", "1000"),
+        ],
+    );
+    assert_eq!(s, 200);
+    let text = String::from_utf8_lossy(&b);
+    let events = sse_data(&b);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    let message = last["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("no other model continued it")
+            && message.contains("the continuation sent no content in time"),
+        "{text}"
+    );
+    assert!(!text.contains("[DONE]"), "{text}");
 }
