@@ -111,6 +111,9 @@ pub struct ServerConfig {
     /// Origins allowed to call the gateway from a browser (CORS); `"*"` for any. Empty: no
     /// CORS headers at all.
     pub cors_origins: Vec<String>,
+    /// Whether a text stream that fails after its first content continues on the next
+    /// capable model (`x-gateway-stream-resume` asks per request).
+    pub stream_resume: StreamResume,
     pub pid_file: String,
     pub upgrade_sock: String,
 }
@@ -134,6 +137,7 @@ impl Default for ServerConfig {
             body_timeout_seconds: 60,
             max_buffered_body_bytes: 512 * 1024 * 1024,
             cors_origins: Vec::new(),
+            stream_resume: StreamResume::Off,
             pid_file: "/tmp/freeway.pid".into(),
             upgrade_sock: "/tmp/freeway_upgrade.sock".into(),
         }
@@ -510,8 +514,38 @@ pub struct ProviderConfig {
     /// (`x-gateway-provider-key`) on a pinned `provider/model`.
     #[serde(default)]
     pub byok: Byok,
+    /// How a resumed stream's continuation is asked of this provider (default: by kind and
+    /// known base URL, see [`ProviderConfig::continuation`]).
+    #[serde(default)]
+    pub continuation: Option<Continuation>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+}
+
+/// `[server] stream_resume`: the default of `x-gateway-stream-resume`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamResume {
+    #[default]
+    Off,
+    /// Text streams resume on the next capable model.
+    Text,
+}
+
+/// `[[providers]] continuation`: how the provider continues a partial assistant answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Continuation {
+    /// The partial answer as the last (assistant) message: Anthropic's prefill.
+    Prefill,
+    /// The last assistant message marked `"prefix": true` (DeepSeek's beta prefix
+    /// completion, Mistral).
+    Prefix,
+    /// vLLM: `continue_final_message: true`, `add_generation_prompt: false`.
+    ContinueFinalMessage,
+    /// The partial answer as an assistant message, then a user turn asking to continue.
+    #[default]
+    Instruct,
 }
 
 /// `[[providers]] byok`.
@@ -643,6 +677,23 @@ impl ProviderConfig {
             vec![EndpointConfig::Url(self.base_url.clone())]
         } else {
             self.base_urls.clone()
+        }
+    }
+
+    /// How a continuation is asked: the configured mode, else Anthropic's prefill for
+    /// `anthropic`, prefix completion at Mistral's and DeepSeek's beta API, else an
+    /// instruction to continue.
+    pub fn continuation(&self) -> Continuation {
+        if let Some(c) = self.continuation {
+            return c;
+        }
+        let known = |host: &str| self.endpoints().iter().any(|e| e.url().contains(host));
+        match self.kind {
+            ProviderKind::Anthropic => Continuation::Prefill,
+            ProviderKind::Openai if known("api.mistral.ai") || known("api.deepseek.com/beta") => {
+                Continuation::Prefix
+            }
+            _ => Continuation::Instruct,
         }
     }
 
@@ -1781,6 +1832,47 @@ base_url = "http://127.0.0.1:1"
         assert!(expand_env_placeholders("https://h/{env:FREEWAY_TEST_MISSING_VAR}").is_none());
         assert_eq!(resolve_secret("literal").as_deref(), Some("literal"));
         assert_eq!(resolve_secret("env:FREEWAY_TEST_MISSING_VAR"), None);
+    }
+
+    #[test]
+    fn continuation_modes_default_by_kind_and_base_url() {
+        let p = |kind: &str, url: &str, extra: &str| {
+            let text = format!(
+                "[server]\nstream_resume = \"text\"\n[[providers]]\nname = \"p\"\nkind = \"{kind}\"\nbase_url = \"{url}\"\n{extra}"
+            );
+            let c = Config::parse(&text).unwrap();
+            assert_eq!(c.server.stream_resume, StreamResume::Text);
+            c.providers[0].continuation()
+        };
+        assert_eq!(
+            p("anthropic", "https://api.anthropic.com/v1", ""),
+            Continuation::Prefill
+        );
+        assert_eq!(
+            p("openai", "https://api.mistral.ai/v1", ""),
+            Continuation::Prefix
+        );
+        assert_eq!(
+            p("openai", "https://api.deepseek.com/beta", ""),
+            Continuation::Prefix
+        );
+        assert_eq!(
+            p("openai", "https://api.deepseek.com/v1", ""),
+            Continuation::Instruct
+        );
+        assert_eq!(p("gemini", "https://g", ""), Continuation::Instruct);
+        assert_eq!(
+            p(
+                "openai",
+                "http://10.0.0.5:8000/v1",
+                "continuation = \"continue_final_message\""
+            ),
+            Continuation::ContinueFinalMessage
+        );
+        assert_eq!(Config::default().server.stream_resume, StreamResume::Off);
+        let bad = "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://x\"\ncontinuation = \"guess\"\n";
+        let e = Config::parse(bad).unwrap_err();
+        assert!(e.to_string().contains("continuation"), "{e}");
     }
 
     #[test]

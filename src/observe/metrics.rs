@@ -319,6 +319,20 @@ pub fn guardrail_hit(guardrail: &str, action: &str, on: &str) {
     HITS.with_label_values(&[guardrail, action, on]).inc();
 }
 
+/// Counts a stream that failed mid-answer with resume on: `freeway_stream_resumes_total
+/// {outcome}` — `resumed` (another model continued it), `failed` (none did: it ended with
+/// the error event), `refused` (not resumable: a tool call or other non-text output).
+pub fn stream_resume(outcome: &str) {
+    static RESUMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        counter_vec(
+            "freeway_stream_resumes_total",
+            "Streams that failed mid-answer with resume on, by outcome.",
+            &["outcome"],
+        )
+    });
+    RESUMES.with_label_values(&[outcome]).inc();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -294,6 +294,10 @@ impl<R: Reshape> StreamTranslator for Reshaped<R> {
     fn error_event(&mut self, err: &crate::errors::ApiError, out: &mut Vec<u8>) {
         self.api.fail(err, self.chat.inner.usage(), out)
     }
+
+    fn seam(&mut self) -> Option<&mut super::resume::Seam> {
+        self.chat.inner.seam()
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ mod golden;
 pub mod images;
 pub mod media;
 pub mod openai;
+pub mod resume;
 pub mod voyage;
 pub mod workers_ai;
 
@@ -179,6 +180,11 @@ pub trait StreamTranslator: Send {
     /// chat, `data: {"error":{…}}`.
     fn error_event(&mut self, err: &ApiError, out: &mut Vec<u8>) {
         crate::sse::write_data(out, &err.body());
+    }
+    /// The resume layer of this stack of translators, if resume is on (wrappers hand on
+    /// their inner translator's).
+    fn seam(&mut self) -> Option<&mut resume::Seam> {
+        None
     }
 }
 

@@ -64,6 +64,14 @@ pub trait Call: Sync {
         ctx: &mut RequestCtx,
     ) -> impl Future<Output = Result<(Self::Out, Answer), Failure>> + Send;
 
+    /// The continuation of a stream paused after `partial` (stream resume) for `model`.
+    /// By default an endpoint does not resume: the candidate is skipped.
+    fn resume(&self, _model: &ModelEntry, _partial: &str) -> Result<Outbound, Refusal> {
+        Err(Refusal::Skip(
+            "this endpoint does not resume streams".into(),
+        ))
+    }
+
     /// The error to answer when every candidate failed, where the endpoint can say more
     /// than the generic one.
     fn exhausted(&self, _failures: &[(String, Failure)], _ctx: &RequestCtx) -> Option<ApiError> {
@@ -315,6 +323,8 @@ pub async fn run<C: Call>(
     call: &C,
 ) -> Option<C::Out> {
     let timeouts = timeouts(state, ctx);
+    ctx.resume.on = ctx.controls.resume(state.config.server.stream_resume);
+    let max = ctx.controls.attempts(state.config.server.max_attempts);
     let mut failures: Vec<(String, Failure)> = Vec::new();
     let mut refusals = Vec::new();
     // A model whose key was rate limited or rejected comes again at once with another key
@@ -325,14 +335,31 @@ pub async fn run<C: Call>(
     let mut pool_turn = PoolTurn::default();
     while let Some(idx) = queue.pop_front() {
         let model = &state.catalog.models[idx];
-        let request = match call.build(model) {
+        // A paused stream: the continuation, within its deadline and the attempts allowed.
+        let (request, timeouts) = match ctx.resume.paused() {
+            None => (call.build(model), timeouts),
+            Some(p) => {
+                let left = p.deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || ctx.attempts as usize >= max {
+                    break;
+                }
+                let capped = Timeouts {
+                    first_byte: timeouts.first_byte.min(left),
+                    idle: timeouts.idle,
+                };
+                (call.resume(model, &p.partial), capped)
+            }
+        };
+        let request = match request {
             Ok(r) => r,
             Err(Refusal::Skip(why)) => {
                 refusals.push(format!("`{}`: {why}", model.qualified));
                 continue;
             }
             Err(Refusal::Final(e)) => {
-                send_error(session, ctx, &e).await;
+                if !super::resume::give_up(session, ctx, &e.message).await {
+                    send_error(session, ctx, &e).await;
+                }
                 return None;
             }
         };
@@ -355,7 +382,9 @@ pub async fn run<C: Call>(
         let hold = match super::spend::reserve(gw, ctx, model, needs).await {
             Ok(h) => h,
             Err(e) => {
-                send_error(session, ctx, &e).await;
+                if !super::resume::give_up(session, ctx, &e.message).await {
+                    send_error(session, ctx, &e).await;
+                }
                 return None;
             }
         };
@@ -369,10 +398,15 @@ pub async fn run<C: Call>(
         let live = &state.models[idx];
         match outcome {
             Attempt::Done(out, answer) => {
-                gw.board.pace.settle_answer(model, reserved, answer.usage);
+                // This attempt's own usage (a resumed stream reports every attempt's).
+                let own = ctx.resume.own(answer.usage);
+                gw.board.pace.settle_answer(model, reserved, own);
                 record_answer(ctx, model, live, attempt_start, &answer);
-                super::spend::settle(gw, ctx, model, hold, answer.usage).await;
+                super::spend::settle(gw, ctx, model, hold, own).await;
                 trace_attempt(ctx, state, model, ep, needs, Ok(&answer));
+                if super::resume::after_answer(ctx, own) {
+                    continue; // the stream broke off and waits for a continuation
+                }
                 return Some(out);
             }
             Attempt::Refused { status, body } => {
@@ -386,7 +420,14 @@ pub async fn run<C: Call>(
                 record_answer(ctx, model, live, attempt_start, &answer);
                 trace_attempt(ctx, state, model, ep, needs, Ok(&answer));
                 let body = upstream_envelope(status, &model.provider_name, &body);
-                send_upstream_error(session, ctx, status, body, &[]).await;
+                let why = format!(
+                    "`{}` refused the continuation: HTTP {status} {}",
+                    model.qualified,
+                    String::from_utf8_lossy(&body)
+                );
+                if !super::resume::give_up(session, ctx, &why).await {
+                    send_upstream_error(session, ctx, status, body, &[]).await;
+                }
                 return None;
             }
             Attempt::Retry(failure) => {
@@ -398,7 +439,6 @@ pub async fn run<C: Call>(
                 log::warn!("{}: {} failed: {why}", ctx.id, model.qualified);
                 // A client's own key says nothing about the provider's keys.
                 let byok = ctx.spend.byok.is_some();
-                let max = ctx.controls.attempts(state.config.server.max_attempts);
                 if endpoint_fault && pool_turn.retry(state, model, ctx, max, &mut queue, idx) {
                     // Another endpoint of the same provider, before the next model: the
                     // failure was this endpoint's, not the model's.
@@ -414,6 +454,17 @@ pub async fn run<C: Call>(
                 failures.push((model.provider_name.clone(), failure));
             }
         }
+    }
+    if ctx.resume.paused().is_some() {
+        let mut tried: Vec<String> = ctx.failures.clone();
+        tried.append(&mut refusals);
+        let detail = if tried.is_empty() {
+            "no candidate left".to_string()
+        } else {
+            tried.join("; ")
+        };
+        super::resume::give_up(session, ctx, &detail).await;
+        return None;
     }
     if failures.is_empty() {
         let e = if refusals.is_empty() {
@@ -470,7 +521,10 @@ fn record_answer(
     if answer.usage.is_some() {
         ctx.usage = answer.usage;
     }
-    ctx.ttft = Some(attempt_start.duration_since(ctx.start) + answer.first_content);
+    // A resumed stream's first content came with its first attempt.
+    if ctx.ttft.is_none() {
+        ctx.ttft = Some(attempt_start.duration_since(ctx.start) + answer.first_content);
+    }
 }
 
 /// Closes the attempt's client span (`[telemetry]`; one branch when not traced).

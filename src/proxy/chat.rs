@@ -100,12 +100,17 @@ impl Call for ChatCall<'_> {
             .map_err(Refusal::Final)
     }
 
+    fn resume(&self, model: &ModelEntry, partial: &str) -> Result<Outbound, Refusal> {
+        continuation(model, self.raw, partial)
+    }
+
     async fn answer(
         &self,
         reply: Reply<'_>,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<((), Answer), Failure> {
+        super::resume::expect_stream(ctx, reply.is_sse())?;
         let answer = if reply.is_sse() {
             self.relay_stream(reply, session, ctx).await?
         } else {
@@ -175,12 +180,12 @@ impl ChatCall<'_> {
         ctx: &mut RequestCtx,
     ) -> Result<Answer, Failure> {
         let model = reply.model;
-        let mut tr: Box<dyn StreamTranslator> = providers::translator(model.provider_kind)
+        let inner = providers::translator(model.provider_kind)
             .chat_stream(&model.id, self.req.include_usage);
-        tr = super::guardrails::stream(ctx, tr);
-        if let Some(meta) = &self.responses {
-            tr = Box::new(responses::ResponsesStream::new(tr, meta.clone(), &model.id));
-        }
+        let tr = super::resume::stack(ctx, inner, |tr| match &self.responses {
+            Some(meta) => Box::new(responses::ResponsesStream::new(tr, meta.clone(), &model.id)),
+            None => tr,
+        });
         let keep = self.capturing().then_some(Keep {
             gw: self.gw,
             ticket: self.ticket,
@@ -201,6 +206,22 @@ impl ChatCall<'_> {
     }
 }
 
+/// The continuation request for `model` of a stream paused after `partial`: the client's
+/// chat body (`chat_body`) with the partial answer as the provider's partial assistant turn.
+pub(super) fn continuation(
+    model: &ModelEntry,
+    chat_body: &[u8],
+    partial: &str,
+) -> Result<Outbound, Refusal> {
+    let body = providers::resume::continuation_body(chat_body, model.continuation, partial)
+        .map_err(Refusal::Skip)?;
+    let req = parse_chat(&body).map_err(|e| Refusal::Skip(e.message))?;
+    providers::translator(model.provider_kind)
+        .chat_request(&req, &body, &model.id)
+        .map(|r| Outbound::json(r, true))
+        .map_err(|e| Refusal::Skip(e.message))
+}
+
 /// Where a relayed stream's complete answer is cached (chat completions only).
 pub(super) struct Keep<'a> {
     gw: &'a Gateway,
@@ -218,7 +239,10 @@ impl Keep<'_> {
 /// Relays a streamed answer through `tr` (the provider's translator, possibly wrapped by
 /// the client API's reshaper: Responses, Anthropic Messages): the client's headers are held
 /// until the first content (before it, a failure fails over), then translated events go
-/// out as they arrive; a failure after that ends the stream with `tr`'s error event.
+/// out as they arrive; a failure after that ends the stream with `tr`'s error event — or,
+/// with stream resume on, pauses it for the engine to continue on the next candidate
+/// (`proxy::resume`). A continuation is relayed here too: held until its first content
+/// joins the client's stream (before it, a failure tries the next candidate).
 pub(super) async fn relay_stream(
     mut reply: Reply<'_>,
     session: &mut Session,
@@ -228,42 +252,45 @@ pub(super) async fn relay_stream(
     keep: Option<Keep<'_>>,
 ) -> Result<Answer, Failure> {
     let model = reply.model;
+    let continuing = ctx.resume.continuing();
+    let keep = keep.filter(|_| !continuing);
     let mut out = Vec::new();
-    let mut ended = false;
     let mut assembled = keep
         .as_ref()
         .map(|_| crate::cache::sse::Assembler::default());
     // The failover gate: nothing reaches the client before the first content.
-    while !tr.started() {
-        let fed = match reply.chunk(ctx).await {
-            Ok(Some(chunk)) => tr.feed(&chunk, &mut out),
-            Ok(None) => {
-                ended = true;
-                tr.finish(&mut out)
-            }
-            Err(e) => return Err(reply.read_failure(&e, "stream before its first content")),
-        };
-        match fed {
-            // A guardrail blocked the answer before the client saw a byte: its error.
-            Err(StreamError::Blocked(name)) => {
-                let answer = reply.answered(true);
-                send_error(session, ctx, &crate::guardrails::content_blocked(&name)).await;
-                return Ok(answer);
-            }
-            Err(e) => return Err(Failure::Malformed(e.to_string())),
-            Ok(()) if ended && !tr.started() => {
-                return Err(Failure::Malformed(
-                    "the stream ended without any content".into(),
-                ));
-            }
-            Ok(()) => {}
+    let mut ended = match gate(&mut reply, ctx, tr.as_mut(), &mut out, continuing).await {
+        Ok(ended) => ended,
+        Err(Gated::Failed(f)) if continuing => {
+            super::resume::put_back(ctx, tr);
+            return Err(f);
         }
-    }
+        Err(Gated::Failed(f)) => return Err(f),
+        Err(Gated::Blocked(name)) if continuing => {
+            // The client's stream is open: what was released, then the guardrail's error.
+            tr.error_event(&crate::guardrails::content_blocked(&name), &mut out);
+            super::resume::joined(ctx, model);
+            let _ = session
+                .write_response_body(Some(Bytes::from(out)), true)
+                .await;
+            return Ok(reply.answered(true));
+        }
+        Err(Gated::Blocked(name)) => {
+            // A guardrail blocked the answer before the client saw a byte: its error.
+            let answer = reply.answered(true);
+            send_error(session, ctx, &crate::guardrails::content_blocked(&name)).await;
+            return Ok(answer);
+        }
+    };
     let mut answer = reply.answered(true);
 
-    ctx.streamed = true;
-    if !write_head(session, ctx, 200, "text/event-stream", None, &[]).await {
-        return Ok(answer); // the client left; dropping the reply closes upstream
+    if continuing {
+        super::resume::joined(ctx, model);
+    } else {
+        ctx.streamed = true;
+        if !write_head(session, ctx, 200, "text/event-stream", None, &[]).await {
+            return Ok(answer); // the client left; dropping the reply closes upstream
+        }
     }
 
     loop {
@@ -329,19 +356,98 @@ pub(super) async fn relay_stream(
         let why = secrets.scrub(&why).into_owned();
         log::warn!("{}: {why}", ctx.id);
         ctx.failures.push(why.clone());
-        tr.error_event(&ApiError::upstream(502, why), &mut out);
-        let _ = session
-            .write_response_body(Some(Bytes::from(out)), true)
-            .await;
         answer.usage = tr.usage();
         answer.broken = true;
-        return Ok(answer);
+        let deadline = std::time::Instant::now() + reply.timeouts.first_byte;
+        match super::resume::pause(ctx, tr, &why, deadline) {
+            // Paused: the engine asks the next candidate to continue the answer.
+            Ok(()) => {
+                if !out.is_empty() {
+                    super::spend::price_events(ctx, Some(&model.cost), &mut out);
+                    ctx.spend.delivered_chars += super::spend::content_chars(&out);
+                    let _ = session
+                        .write_response_body(Some(Bytes::from(out)), false)
+                        .await;
+                }
+                return Ok(answer);
+            }
+            Err(mut tr) => {
+                tr.error_event(&ApiError::upstream(502, why), &mut out);
+                let _ = session
+                    .write_response_body(Some(Bytes::from(out)), true)
+                    .await;
+                return Ok(answer);
+            }
+        }
     }
     if let Some(k) = &keep {
         k.store(ctx, assembled.and_then(|a| a.finish())).await;
+    }
+    if let Some(trailer) = super::resume::trailer(ctx) {
+        let _ = session.write_response_body(Some(trailer), false).await;
     }
     let _ = session.write_response_body(None, true).await;
     reply.release().await;
     answer.usage = tr.usage();
     Ok(answer)
+}
+
+/// Why the first-content gate was not passed.
+enum Gated {
+    /// Fail over (nothing of this attempt reached the client).
+    Failed(Failure),
+    /// A guardrail blocked the answer.
+    Blocked(String),
+}
+
+/// Reads until the first content (`continuing`: until the continuation joins the paused
+/// stream, within the resume deadline). `Ok(true)`: the upstream also ended.
+async fn gate(
+    reply: &mut Reply<'_>,
+    ctx: &mut RequestCtx,
+    tr: &mut dyn StreamTranslator,
+    out: &mut Vec<u8>,
+    continuing: bool,
+) -> Result<bool, Gated> {
+    let deadline = ctx.resume.paused().map(|p| p.deadline);
+    let mut ended = false;
+    loop {
+        let passed = if continuing {
+            tr.seam().is_none_or(|s| s.joined())
+        } else {
+            tr.started()
+        };
+        if passed {
+            return Ok(ended);
+        }
+        let read = match deadline.filter(|_| continuing) {
+            Some(d) => tokio::time::timeout_at(d.into(), reply.chunk(ctx))
+                .await
+                .map_err(|_| Failure::Timeout("the continuation sent no content in time".into())),
+            None => Ok(reply.chunk(ctx).await),
+        };
+        let fed = match read.map_err(Gated::Failed)? {
+            Ok(Some(chunk)) => tr.feed(&chunk, out),
+            Ok(None) => {
+                ended = true;
+                tr.finish(out)
+            }
+            Err(e) => {
+                return Err(Gated::Failed(
+                    reply.read_failure(&e, "stream before its first content"),
+                ))
+            }
+        };
+        match fed {
+            Err(StreamError::Blocked(name)) => return Err(Gated::Blocked(name)),
+            Err(e) => return Err(Gated::Failed(Failure::Malformed(e.to_string()))),
+            Ok(()) if ended && !tr.started() => {
+                return Err(Gated::Failed(Failure::Malformed(
+                    "the stream ended without any content".into(),
+                )));
+            }
+            Ok(()) if ended => return Ok(true),
+            Ok(()) => {}
+        }
+    }
 }

@@ -43,6 +43,9 @@ pub struct Controls {
     pub collect_log: bool,
     /// `x-gateway-force-provider`: only this provider's models.
     pub force_provider: Option<String>,
+    /// `x-gateway-stream-resume`: `Some(true)` resumes a text stream that fails mid-answer
+    /// on the next capable model; `None`: the `[server] stream_resume` default.
+    pub stream_resume: Option<bool>,
 }
 
 impl Default for Controls {
@@ -60,6 +63,7 @@ impl Default for Controls {
             backoff: Backoff::Constant,
             collect_log: true,
             force_provider: None,
+            stream_resume: None,
         }
     }
 }
@@ -143,6 +147,11 @@ impl Controls {
                         ApiError::invalid(format!("x-gateway-{control} must be `true` or `false`."))
                     })?
                 }
+                "stream-resume" => {
+                    c.stream_resume = Some(truthy(v).map_err(|_| {
+                        ApiError::invalid(format!("x-gateway-{control} must be `true` or `false`."))
+                    })?)
+                }
                 "force-provider" => {
                     c.force_provider = Some(v.trim().to_string()).filter(|p| !p.is_empty())
                 }
@@ -157,6 +166,13 @@ impl Controls {
     /// Attempts allowed for this request: the client's ask, capped by the config.
     pub fn attempts(&self, configured: usize) -> usize {
         self.max_attempts.map_or(configured, |n| n.min(configured))
+    }
+
+    /// Whether a text stream that fails mid-answer resumes on another model: the client's
+    /// ask, else the configured default.
+    pub fn resume(&self, configured: crate::config::StreamResume) -> bool {
+        self.stream_resume
+            .unwrap_or(configured == crate::config::StreamResume::Text)
     }
 
     /// Time to the first byte: the client's ask, capped by the config.
@@ -238,12 +254,23 @@ mod tests {
             ("cf-aig-max-attempts", "0"),
             ("x-gateway-backoff", "random"),
             ("x-gateway-collect-log", "maybe"),
+            ("x-gateway-stream-resume", "perhaps"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert_eq!(e.status, 400, "{k}");
             let name = k.replace("cf-aig-", "x-gateway-");
             assert!(e.message.contains(&name), "{k}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn stream_resume_is_the_clients_ask_else_the_default() {
+        use crate::config::StreamResume;
+        let on = parse(&[("x-gateway-stream-resume", "true")]).unwrap();
+        let off = parse(&[("x-gateway-stream-resume", "false")]).unwrap();
+        assert!(on.resume(StreamResume::Off) && !off.resume(StreamResume::Text));
+        assert!(Controls::default().resume(StreamResume::Text));
+        assert!(!Controls::default().resume(StreamResume::Off));
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct RequestCtx {
     pub trace: crate::telemetry::TraceSlot,
     /// The guardrails applying to this request and what they matched (`None`: none).
     pub guardrails: Option<std::sync::Arc<crate::guardrails::Applied>>,
+    /// Stream resume: whether it is on, a stream paused for a continuation, what the
+    /// earlier attempts of a resumed stream used.
+    pub resume: super::resume::Resume,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -115,6 +118,7 @@ impl RequestCtx {
             spend: Default::default(),
             trace: Default::default(),
             guardrails: None,
+            resume: Default::default(),
         }
     }
 

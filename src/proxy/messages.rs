@@ -146,6 +146,13 @@ impl MessagesCall<'_> {
 impl Call for MessagesCall<'_> {
     type Out = ();
 
+    fn resume(&self, model: &ModelEntry, partial: &str) -> Result<Outbound, Refusal> {
+        // Continued through the chat translation, Anthropic providers included: the
+        // paused stream is a chat stream reshaped into Messages events.
+        self.translatable()?;
+        super::chat::continuation(model, &self.msg.chat, partial)
+    }
+
     fn build(&self, model: &ModelEntry) -> Result<Outbound, Refusal> {
         if native(model.provider_kind) {
             return Ok(self.native_request(model, "/messages", self.msg.stream));
@@ -165,13 +172,17 @@ impl Call for MessagesCall<'_> {
     ) -> Result<((), Answer), Failure> {
         let model = reply.model;
         let kind = model.provider_kind;
+        super::resume::expect_stream(ctx, reply.is_sse())?;
         if reply.is_sse() {
-            let tr: Box<dyn StreamTranslator> = if native(kind) {
+            // A continuation goes through the chat translation even on Anthropic.
+            let tr: Box<dyn StreamTranslator> = if native(kind) && ctx.resume.paused().is_none() {
                 super::guardrails::anthropic_stream(ctx, Box::new(NativeStream::new(&model.id)))
             } else {
                 let inner = providers::translator(kind).chat_stream(&model.id, true);
-                let inner = super::guardrails::stream(ctx, inner);
-                Box::new(MessagesStream::new(inner, self.msg.meta.clone(), &model.id))
+                let meta = self.msg.meta.clone();
+                super::resume::stack(ctx, inner, |tr| {
+                    Box::new(MessagesStream::new(tr, meta, &model.id))
+                })
             };
             let answer = relay_stream(reply, session, ctx, tr, self.secrets, None).await?;
             return Ok(((), answer));

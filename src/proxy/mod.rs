@@ -20,6 +20,7 @@ pub mod messages;
 pub mod passthrough;
 pub mod record;
 pub mod respond;
+pub mod resume;
 pub mod spend;
 
 use crate::errors::ApiError;

@@ -459,7 +459,12 @@ pub fn price_events(ctx: &mut RequestCtx, price: Option<&Cost>, events: &mut Vec
             .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
             .and_then(|mut v| {
                 let (prompt, completion, cached) = usage_of(&v)?;
-                let cost = price.map_or(0.0, |p| cost_usd(p, prompt, cached, completion));
+                // A resumed stream's chunk counts every attempt: each priced at its model.
+                let cost = price.map_or(0.0, |p| {
+                    ctx.resume.price(prompt, completion, |pr, co| {
+                        cost_usd(p, pr, cached.min(pr), co)
+                    })
+                });
                 ctx.spend.cached_tokens = cached;
                 set_cost(&mut v, cost);
                 Some(format!("data: {v}\n\n"))

@@ -12,7 +12,7 @@ pub mod pool;
 pub mod routes;
 pub mod status;
 
-use crate::config::{Config, Cost, ModelType, ProviderKind, Tier};
+use crate::config::{Config, Continuation, Cost, ModelType, ProviderKind, Tier};
 use crate::errors::ApiError;
 use health::Gate;
 use std::collections::HashMap;
@@ -90,6 +90,8 @@ pub struct ModelEntry {
     pub provider: usize,
     pub provider_name: String,
     pub provider_kind: ProviderKind,
+    /// How its provider continues a partial answer (a resumed stream).
+    pub continuation: Continuation,
     /// Whether its format answers several choices (`n` > 1); set from the provider's format
     /// when the state is built (`providers::Format::several_choices`).
     pub several_choices: bool,
@@ -224,6 +226,7 @@ impl Catalog {
                     provider: pi,
                     provider_name: p.name.clone(),
                     provider_kind: p.kind,
+                    continuation: p.continuation(),
                     several_choices: true,
                     simulated: p.simulated,
                     id: m.id.clone(),

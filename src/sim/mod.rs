@@ -24,6 +24,7 @@ pub mod media;
 pub mod native;
 mod openai;
 pub mod png;
+pub mod story;
 mod workers_ai;
 
 use async_trait::async_trait;
@@ -216,6 +217,16 @@ impl SimProvider {
         self.record_with(session, body, model, serde_json::Map::new())
     }
 
+    /// Notes on the last recorded request the partial answer it carried and how it was
+    /// asked (`prefill`, `prefix`, `continue_final_message`, `instruct`): what a test checks
+    /// a resumed stream's continuation request against.
+    fn note_partial(&self, partial: &str, mode: &str) {
+        if let Some(Value::Object(e)) = self.log.lock().recent.back_mut() {
+            e.insert("partial".into(), json!(partial));
+            e.insert("continuation".into(), json!(mode));
+        }
+    }
+
     /// Records a request with extra fields (media requests: audio fingerprint, form fields).
     fn record_with(
         &self,
@@ -385,6 +396,14 @@ impl SimProvider {
             Some(native::Reply::ToolCall { name, args }) => (String::new(), Some((name, args))),
             None => (reply_text(&req, body.len()), None),
         };
+        let story = story::Story::of_model(&model);
+        if let Some(s) = story.filter(|_| call.is_none()) {
+            let partial = story::openai_partial(&req);
+            if let Some((p, mode)) = &partial {
+                self.note_partial(p, mode);
+            }
+            text = s.answer(partial.as_ref().map(|p| p.0.as_str()));
+        }
         let created = now();
         let id = format!("chatcmpl-sim{:x}", fastrand::u64(..));
         let call_id = format!("call_sim{:x}_0", fastrand::u64(..));
@@ -488,6 +507,16 @@ impl SimProvider {
             }
         }
         if let Some((name, args)) = &call {
+            // A story model says a few words first (content, then the call, in one message).
+            for word in story
+                .iter()
+                .flat_map(|_| story::STORY.split_inclusive(' ').take(4))
+            {
+                let d = json!({"content": word});
+                session
+                    .write_response_body(Some(chunk(&id, &model, created, d, Value::Null)), false)
+                    .await?;
+            }
             // The call's head, then its arguments in two pieces, as OpenAI streams them.
             let args = args.to_string();
             let mid = args
@@ -500,6 +529,9 @@ impl SimProvider {
             session
                 .write_response_body(Some(chunk(&id, &model, created, head, Value::Null)), false)
                 .await?;
+            if story.is_some_and(|s| s.die_after.is_some()) {
+                return Error::e_explain(ErrorType::ConnectionClosed, "sim: the story dies");
+            }
             for piece in [&args[..mid], &args[mid..]] {
                 pause(behavior).await;
                 let d = json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]});
@@ -510,12 +542,25 @@ impl SimProvider {
         }
         for (i, word) in text.split_inclusive(' ').enumerate() {
             pause(behavior).await;
-            if behavior == Behavior::Drop && i == 2 {
-                // Half an event, then the connection dies.
+            // Half an event, then the connection dies.
+            if behavior == Behavior::Drop && i == 2 || story.is_some_and(|s| s.die_after == Some(i))
+            {
                 session
                     .write_response_body(Some(Bytes::from_static(b"data: {\"id\":\"trunc")), false)
                     .await?;
                 return Error::e_explain(ErrorType::ConnectionClosed, "sim: dropping mid-stream");
+            }
+            if let Some(s) = story {
+                if s.stall_after == Some(i) {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return Ok(());
+                }
+                if s.error_after == Some(i) {
+                    let err = b"data: {\"error\":{\"message\":\"sim: the model is overloaded\",\"type\":\"server_error\",\"code\":null}}\n\n";
+                    return session
+                        .write_response_body(Some(Bytes::from_static(err)), true)
+                        .await;
+                }
             }
             session
                 .write_response_body(

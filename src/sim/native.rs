@@ -383,10 +383,27 @@ impl SimProvider {
         let audio = (format == Format::Gemini)
             .then(|| super::media::gemini_audio(&req))
             .flatten();
-        let reply = match audio {
+        let mut reply = match audio {
             Some(t) => Reply::Text(t),
             None => Reply::choose(&conv, body.len()),
         };
+        // A story model continues an Anthropic prefill (and refuses one ending in
+        // whitespace, as Anthropic does).
+        let story = super::story::Story::of_model(&model);
+        if let (Some(s), Format::Anthropic) = (story, format) {
+            match super::story::anthropic_prefill(&req) {
+                Err(msg) => {
+                    let err = error_body(format, 400, msg);
+                    return write(session, 400, "application/json", err, &[]).await;
+                }
+                Ok(p) => {
+                    if let Some(p) = &p {
+                        self.note_partial(p, "prefill");
+                    }
+                    reply = Reply::Text(s.answer(p.as_deref()));
+                }
+            }
+        }
         let choices = req["generationConfig"]["candidateCount"]
             .as_u64()
             .map_or(1, |n| n.clamp(1, 8) as usize);

@@ -24,6 +24,7 @@ mod pools;
 mod redis_proc;
 mod resources;
 mod responses;
+mod resume;
 mod routing;
 mod sdk;
 mod security;
