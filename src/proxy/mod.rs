@@ -160,19 +160,32 @@ impl ProxyHttp for Gateway {
                     Err(e) => respond::send_error(session, ctx, &e).await,
                 }
             }
-            Handler::Chat => chat::handle(self, &state, session, ctx, chat::Api::Chat).await,
+            Handler::Chat => {
+                Box::pin(chat::handle(self, &state, session, ctx, chat::Api::Chat)).await
+            }
             Handler::Responses => {
-                chat::handle(self, &state, session, ctx, chat::Api::Responses).await
+                Box::pin(chat::handle(
+                    self,
+                    &state,
+                    session,
+                    ctx,
+                    chat::Api::Responses,
+                ))
+                .await
             }
-            Handler::Messages => messages::handle(self, &state, session, ctx).await,
-            Handler::Embeddings => media::embeddings(self, &state, session, ctx).await,
+            Handler::Messages => Box::pin(messages::handle(self, &state, session, ctx)).await,
+            Handler::Embeddings => Box::pin(media::embeddings(self, &state, session, ctx)).await,
             Handler::Transcriptions => {
-                media::transcription(self, &state, session, ctx, false).await
+                Box::pin(media::transcription(self, &state, session, ctx, false)).await
             }
-            Handler::Translations => media::transcription(self, &state, session, ctx, true).await,
-            Handler::Speech => media::speech(self, &state, session, ctx).await,
-            Handler::SpeechToSpeech => media::speech_to_speech(self, &state, session, ctx).await,
-            Handler::Images => images::generations(self, &state, session, ctx).await,
+            Handler::Translations => {
+                Box::pin(media::transcription(self, &state, session, ctx, true)).await
+            }
+            Handler::Speech => Box::pin(media::speech(self, &state, session, ctx)).await,
+            Handler::SpeechToSpeech => {
+                Box::pin(media::speech_to_speech(self, &state, session, ctx)).await
+            }
+            Handler::Images => Box::pin(images::generations(self, &state, session, ctx)).await,
             Handler::ImageFile => images::file(self, session, ctx).await,
             Handler::Models => respond::send_json(session, ctx, 200, local::models(&state)).await,
             Handler::Budget => {

@@ -430,18 +430,81 @@ fn set_cost(v: &mut serde_json::Value, cost: f64) {
 
 /// A JSON chat answer with `usage.cost` (USD): its cost at `price` (0 for a cache hit,
 /// `price` = `None`). Sets the cost header and the cached prompt tokens on `ctx`.
+///
+/// Only the top-level `usage` object is parsed; the cost is spliced into the answer's
+/// bytes, which otherwise pass unchanged (no parse and re-serialisation of the whole
+/// answer: that was a seventh of a request's instructions).
 pub fn price_json(ctx: &mut RequestCtx, price: Option<&Cost>, body: Bytes) -> Bytes {
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+    let Some(found) = find_usage(&body) else {
         return body;
     };
-    let Some((prompt, completion, cached)) = usage_of(&v) else {
-        return body;
-    };
-    let cost = price.map_or(0.0, |p| cost_usd(p, prompt, cached, completion));
-    ctx.spend.cached_tokens = cached;
+    let cost = price.map_or(0.0, |p| {
+        cost_usd(p, found.prompt, found.cached, found.completion)
+    });
+    ctx.spend.cached_tokens = found.cached;
     ctx.spend.header = Some(cost);
-    set_cost(&mut v, cost);
-    serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body)
+    let number = serde_json::Number::from_f64((cost * 1e10).round() / 1e10)
+        .unwrap_or_else(|| serde_json::Number::from(0))
+        .to_string();
+    let (at, replaced, insert) = match found.cost {
+        Some(range) => (range.start, range.len(), number),
+        None => (found.close, 0, format!(",\"cost\":{number}")),
+    };
+    let mut out = Vec::with_capacity(body.len() + insert.len());
+    out.extend_from_slice(&body[..at]);
+    out.extend_from_slice(insert.as_bytes());
+    out.extend_from_slice(&body[at + replaced..]);
+    Bytes::from(out)
+}
+
+/// What [`price_json`] needs of an answer's top-level `usage` object: its token counts,
+/// where its closing brace is, and where an existing `cost` value is (byte offsets).
+struct FoundUsage {
+    prompt: u64,
+    completion: u64,
+    cached: u64,
+    close: usize,
+    cost: Option<std::ops::Range<usize>>,
+}
+
+fn find_usage(body: &[u8]) -> Option<FoundUsage> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        usage: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Details {
+        cached_tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage<'a> {
+        prompt_tokens: u64,
+        completion_tokens: Option<u64>,
+        prompt_tokens_details: Option<Details>,
+        #[serde(borrow)]
+        cost: Option<&'a RawValue>,
+    }
+    let offset = |inner: &str| inner.as_ptr() as usize - body.as_ptr() as usize;
+    let raw = serde_json::from_slice::<Top>(body).ok()?.usage?;
+    let text = raw.get();
+    if !text.starts_with('{') {
+        return None;
+    }
+    let u: Usage = serde_json::from_str(text).ok()?;
+    Some(FoundUsage {
+        prompt: u.prompt_tokens,
+        completion: u.completion_tokens.unwrap_or(0),
+        cached: u
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0),
+        close: offset(text) + text.len() - 1,
+        cost: u
+            .cost
+            .map(|c| offset(c.get())..offset(c.get()) + c.get().len()),
+    })
 }
 
 /// Adds `usage.cost` to the usage chunk among SSE `events` (the final `include_usage`
@@ -572,6 +635,55 @@ mod tests {
         );
         assert_eq!(format_usd(0.000123), "0.000123");
         assert_eq!(format_usd(0.0), "0");
+    }
+
+    #[test]
+    fn a_json_answer_gets_its_cost_spliced_into_its_top_level_usage() {
+        let p = Cost {
+            input_per_mtok: 1.0,
+            output_per_mtok: 2.0,
+            ..Cost::default()
+        };
+        let price = |body: &str| {
+            let mut ctx = RequestCtx::new();
+            let out = price_json(&mut ctx, Some(&p), Bytes::from(body.to_string()));
+            (String::from_utf8(out.to_vec()).unwrap(), ctx.spend.header)
+        };
+        // The answer's own bytes and key order stay; the cost joins the usage object.
+        let body = r#"{"id":"x","choices":[{"message":{"content":"a \"usage\":{ b"}}], "usage": {"prompt_tokens":10,"completion_tokens":5 } ,"z":1}"#;
+        let (out, header) = price(body);
+        assert_eq!(
+            out,
+            body.replace(
+                "\"completion_tokens\":5 }",
+                "\"completion_tokens\":5 ,\"cost\":0.00002}"
+            )
+        );
+        assert_eq!(header, Some(2e-5));
+        // A provider's own cost is replaced, not duplicated.
+        let (out, _) = price(r#"{"usage":{"prompt_tokens":10,"cost":0.5,"completion_tokens":5}}"#);
+        assert_eq!(
+            out,
+            r#"{"usage":{"prompt_tokens":10,"cost":0.00002,"completion_tokens":5}}"#
+        );
+        // Cached prompt tokens are read; a nested `usage` is not the answer's.
+        let mut ctx = RequestCtx::new();
+        price_json(
+            &mut ctx,
+            Some(&p),
+            Bytes::from_static(br#"{"x":{"usage":{"prompt_tokens":1}},"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4}}}"#),
+        );
+        assert_eq!(ctx.spend.cached_tokens, 4);
+        // Without a usable usage object, or not JSON: unchanged, no cost.
+        for body in [
+            r#"{"choices":[]}"#,
+            r#"{"usage":null}"#,
+            r#"{"usage":{"completion_tokens":5}}"#,
+            r#"{"usage":[1]}"#,
+            "not json",
+        ] {
+            assert_eq!(price(body), (body.to_string(), None), "{body}");
+        }
     }
 
     #[test]
