@@ -273,11 +273,7 @@ impl Matcher {
                 continue;
             }
             let floor = len.saturating_sub(p.max_len + PEEK).max(from);
-            let mut s = len;
-            while s > floor && has(&p.bytes, b[s - 1]) {
-                s -= 1;
-            }
-            r = r.min(s);
+            r = r.min(run_start(b, &p.bytes, len, floor));
             if r <= from {
                 return from;
             }
@@ -349,14 +345,14 @@ impl Matcher {
             }
             // Matches are reported one byte late: this one ended before byte `i`.
             if state.is_match() {
-                self.note(dfa, cache, state, i, mask, &mut w.spans);
+                self.note(dfa, cache, state, hay, i, mask, &mut w.spans);
             }
             i += 1;
         }
         if end {
             match dfa.next_eoi_state(cache, state) {
                 Ok(eoi) if eoi.is_match() => {
-                    self.note(dfa, cache, eoi, hay.len(), mask, &mut w.spans)
+                    self.note(dfa, cache, eoi, hay, hay.len(), mask, &mut w.spans)
                 }
                 Ok(_) => {}
                 Err(_) => w.blind = true,
@@ -366,23 +362,28 @@ impl Matcher {
         w.read = hay.len();
     }
 
-    /// Matches of the patterns in `state` end at `at`: the span they may start in.
+    /// Matches of the patterns in `state` end at `at`: each starts within its pattern's
+    /// `max_len` and inside the run of its pattern's bytes that ends there.
+    #[allow(clippy::too_many_arguments)]
     fn note(
         &self,
         dfa: &DFA,
         cache: &Cache,
         state: LazyStateID,
+        hay: &[u8],
         at: usize,
         mask: u64,
         spans: &mut VecDeque<(usize, usize)>,
     ) {
-        let reach = (0..dfa.match_len(cache, state))
-            .map(|k| &self.patterns[dfa.match_pattern(cache, state, k).as_usize()])
-            .filter(|p| mask & (1 << p.rule) != 0)
-            .map(|p| p.max_len)
-            .max();
-        let Some(reach) = reach else { return };
-        let mut lo = at.saturating_sub(reach);
+        let mut lo = None;
+        for k in 0..dfa.match_len(cache, state) {
+            let p = &self.patterns[dfa.match_pattern(cache, state, k).as_usize()];
+            if mask & (1 << p.rule) != 0 {
+                let s = run_start(hay, &p.bytes, at, at.saturating_sub(p.max_len));
+                lo = Some(lo.map_or(s, |l: usize| l.min(s)));
+            }
+        }
+        let Some(mut lo) = lo else { return };
         while let Some(&(l, e)) = spans.back() {
             if lo > e {
                 break;
@@ -392,6 +393,15 @@ impl Matcher {
         }
         spans.push_back((lo, at));
     }
+}
+
+/// The start of the run of bytes in `set` that ends at `end`, no earlier than `floor`.
+fn run_start(b: &[u8], set: &[u64; 4], end: usize, floor: usize) -> usize {
+    let mut s = end;
+    while s > floor && has(set, b[s - 1]) {
+        s -= 1;
+    }
+    s
 }
 
 impl Watch {

@@ -326,6 +326,10 @@ fn apply(
     Ok(())
 }
 
+/// Released text a stream keeps before dropping it (all but two characters of context):
+/// once per few hundred pieces rather than a move of the held text on every piece.
+const DRAIN_AT: usize = 4096;
+
 /// The guard of one streamed text: feed it pieces, it releases what is decided.
 pub struct TextStream {
     /// Where matches may be (read once, piece by piece).
@@ -333,7 +337,7 @@ pub struct TextStream {
     g: Arc<Guardrails>,
     side: Side,
     mask: u64,
-    /// Undecided text, after two characters of context (already released).
+    /// Undecided text, after released text kept as context (at least two characters).
     buf: String,
     pos: usize,
     hits: u64,
@@ -392,7 +396,7 @@ impl TextStream {
             self.mask = 0;
             m.unwatch(&mut self.watch);
             self.watch = Watch::everywhere();
-        } else {
+        } else if self.pos >= DRAIN_AT {
             // Two characters of context for the checks' look-behind.
             let keep = self.buf[..self.pos]
                 .char_indices()
