@@ -18,6 +18,12 @@
 #     instead: what OpenTelemetry costs (request log on throughout): this build with
 #     telemetry off, with telemetry on (sampling 1.0, exporting to a local OTLP sink), and
 #     BASE_BIN's build if given (telemetry off must cost what the old build costs).
+#
+#   GUARDRAILS=1 [BASE_BIN=…] bash benches/log_cost.sh [seconds]
+#     instead: what guardrails cost (request log off throughout, a prompt with an email
+#     address in it): this build with no guardrail configured, BASE_BIN's build if given
+#     (before/after: a request with no guardrail configured must pay nothing measurable),
+#     each twice, interleaved, and this build with the default PII set on both sides (redact).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-30}
@@ -37,11 +43,11 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 "$BIN" sim --listen "127.0.0.1:$SIM" --threads 1 >"$TMP/sim.log" 2>&1 & pids+=($!)
-cat >"$TMP/post.lua" <<'LUA'
+cat >"$TMP/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench"
-wrk.body = '{"model":"auto","max_tokens":256,"messages":[{"role":"user","content":"hello there, how are you doing today?"}]}'
+wrk.body = '{"model":"auto","max_tokens":256,"messages":[{"role":"user","content":"hello there, how are you doing today?${GUARDRAILS:+ write to me at jo@example.com}"}]}'
 LUA
 
 measure() { # request_log [binary] [extra toml lines…]
@@ -52,10 +58,12 @@ measure() { # request_log [binary] [extra toml lines…]
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" --dump-instr=no \
     "$bin" --config "$dir/freeway.toml" >"$dir/freeway.log" 2>&1 &
   fp=$!; pids+=("$fp")
-  for _ in $(seq 240); do curl -fsS -o /dev/null "http://127.0.0.1:$gw/health" 2>/dev/null && break; sleep 0.5; done
+  for _ in $(seq 600); do curl -fsS -o /dev/null "http://127.0.0.1:$gw/health" 2>/dev/null && break; sleep 0.5; done
   wrk -t1 -c8 -d10s -s "$TMP/post.lua" "http://127.0.0.1:$gw/v1/chat/completions" >/dev/null
   callgrind_control -z "$fp" >/dev/null
-  n=$(wrk -t1 -c8 -d"${SECS}s" -s "$TMP/post.lua" "http://127.0.0.1:$gw/v1/chat/completions" | awk '/requests in/{print $1}')
+  wrk -t1 -c8 -d"${SECS}s" -s "$TMP/post.lua" "http://127.0.0.1:$gw/v1/chat/completions" >"$dir/wrk.txt"
+  if grep -q "Non-2xx" "$dir/wrk.txt"; then echo "some answers were not 2xx:" >&2; cat "$dir/wrk.txt" >&2; exit 1; fi
+  n=$(awk '/requests in/{print $1}' "$dir/wrk.txt")
   sleep 2 # the writer's last batch lands inside the window
   callgrind_control -d "$fp" >/dev/null
   sleep 1
@@ -63,17 +71,35 @@ measure() { # request_log [binary] [extra toml lines…]
   kill "$fp" 2>/dev/null || true
   echo "$log $n $ir"
 }
-report() { # label off on
+per_request() { # KEY=LABEL=MEASURED… -- A:B…: each row per request, then B against A
   python3 - "$@" <<'PY'
 import sys
-label = sys.argv[1]
-(_, n0, i0), (_, n1, i1) = (a.split() for a in sys.argv[2:4])
-a, b = int(i0) / int(n0), int(i1) / int(n1)
-print(f"{label}request log off: {a:,.0f} instructions per request ({n0} requests)")
-print(f"{label}request log on:  {b:,.0f} instructions per request ({n1} requests)")
-print(f"{label}the request log costs {b - a:,.0f} instructions per request: {b / a - 1:.1%}")
+args = sys.argv[1:]
+rows, pairs = args[:args.index("--")], args[args.index("--") + 1:]
+per, labels = {}, {}
+for row in rows:
+    key, label, measured = row.split("=", 2)
+    _, n, ir = measured.split()
+    per[key], labels[key] = int(ir) / int(n), label
+    print(f"{label:38} {per[key]:>12,.0f} instructions per request ({n} requests)")
+for pair in pairs:
+    a, b = pair.split(":")
+    if a in per and b in per:
+        print(f"{labels[b]} vs {labels[a]}: {per[b] - per[a]:+,.0f} instructions per request ({per[b] / per[a] - 1:+.2%})")
 PY
 }
+if [ -n "${GUARDRAILS:-}" ]; then
+  guard=('[[guardrails]]' 'name = "no-pii"' 'on = "both"'
+    'pii = ["email", "phone", "credit_card", "iban", "api_key", "ipv4", "ipv6"]' 'action = "redact"')
+  rows=()
+  if [ -n "${BASE_BIN:-}" ]; then rows+=("base=base build=$(measure false "$BASE_BIN")"); fi
+  rows+=("off=no guardrail configured=$(measure false "$BIN")")
+  if [ -n "${BASE_BIN:-}" ]; then rows+=("base2=base build (again)=$(measure false "$BASE_BIN")"); fi
+  rows+=("off2=no guardrail configured (again)=$(measure false "$BIN")")
+  rows+=("pii=default PII set, both sides=$(measure false "$BIN" "${guard[@]}")")
+  per_request "${rows[@]}" -- base:off base2:off2 off:pii
+  exit 0
+fi
 if [ -n "${TELEMETRY:-}" ]; then
   OTLP=$(port)
   cat >"$TMP/otlp_sink.py" <<'PY'
@@ -87,26 +113,15 @@ class Sink(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
 PY
   python3 "$TMP/otlp_sink.py" "$OTLP" >"$TMP/otlp.log" 2>&1 & pids+=($!)
-  results=("off $(measure true "$BIN")")
-  results+=("on $(measure true "$BIN" "[telemetry]" "otlp_endpoint = \"http://127.0.0.1:$OTLP\"" "sample_ratio = 1.0")")
-  [ -n "${BASE_BIN:-}" ] && results+=("base $(measure true "$BASE_BIN")")
-  python3 - "${results[@]}" <<'PY'
-import sys
-rows = {a.split()[0]: a.split()[2:] for a in sys.argv[1:]}
-per = {k: int(ir) / int(n) for k, (n, ir) in rows.items()}
-names = {"base": "base build", "off": "telemetry off", "on": "telemetry on (sampling 1.0)"}
-for k in ("base", "off", "on"):
-    if k in per:
-        print(f"{names[k]:28} {per[k]:>12,.0f} instructions per request ({rows[k][0]} requests)")
-if "base" in per:
-    print(f"telemetry off vs base: {per['off'] - per['base']:+,.0f} instructions per request ({per['off'] / per['base'] - 1:+.2%})")
-print(f"telemetry on vs off:   {per['on'] - per['off']:+,.0f} instructions per request ({per['on'] / per['off'] - 1:+.1%})")
-PY
+  rows=("off=telemetry off=$(measure true "$BIN")")
+  rows+=("on=telemetry on (sampling 1.0)=$(measure true "$BIN" "[telemetry]" "otlp_endpoint = \"http://127.0.0.1:$OTLP\"" "sample_ratio = 1.0")")
+  if [ -n "${BASE_BIN:-}" ]; then rows+=("base=base build=$(measure true "$BASE_BIN")"); fi
+  per_request "${rows[@]}" -- base:off off:on
   exit 0
 fi
-off=$(measure false); on=$(measure true)
+rows=("off=request log off=$(measure false)" "on=request log on=$(measure true)")
 if [ -n "${BASE_BIN:-}" ]; then
-  base_off=$(measure false "$BASE_BIN"); base_on=$(measure true "$BASE_BIN")
-  report "base: " "$base_off" "$base_on"
+  rows+=("base_off=base build, request log off=$(measure false "$BASE_BIN")")
+  rows+=("base_on=base build, request log on=$(measure true "$BASE_BIN")")
 fi
-report "" "$off" "$on"
+per_request "${rows[@]}" -- base_off:base_on off:on base_off:off

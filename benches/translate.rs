@@ -5,7 +5,9 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use freeway::config::ProviderKind;
 use freeway::providers::translator;
-use std::time::Duration;
+use support::thread_cpu_time;
+
+mod support;
 
 /// Text deltas of typical token sizes, some with characters that need JSON escapes.
 const PIECES: [&str; 6] = [
@@ -63,18 +65,6 @@ fn workers_stream() -> Vec<u8> {
     }
     s.push_str("data: {\"response\":\"\",\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":20000,\"total_tokens\":20021}}\n\ndata: [DONE]\n\n");
     s.into_bytes()
-}
-
-/// CPU time of this thread: on a shared machine wall time also counts time spent
-/// descheduled, CPU time is what one core spends translating.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn translate_once(kind: ProviderKind, model: &str, stream: &[u8], out: &mut Vec<u8>) -> usize {

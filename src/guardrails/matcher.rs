@@ -20,8 +20,12 @@
 //! same for every chunking of the stream, and equal to the whole-text redaction.
 
 use super::detect::Check;
-use regex_automata::{meta, Anchored, Input};
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::util::start;
+use regex_automata::{meta, Anchored, Input, MatchKind};
 use regex_syntax::hir::{Class, Hir, HirKind};
+use std::collections::VecDeque;
 
 /// Bytes a check may peek past a match's end (the next character and one after it), plus
 /// slack for multi-byte characters.
@@ -58,6 +62,31 @@ struct Pattern {
 pub struct Matcher {
     any: Option<meta::Regex>,
     patterns: Vec<Pattern>,
+    sentinel: Option<Sentinel>,
+}
+
+/// Every pattern in one lazy DFA that reports every end of every match (overlapping), read
+/// once over a stream, byte by byte across its pieces: a stretch of text before which it
+/// reported no match end holds nothing for [`Matcher::find`] to find, so most text is
+/// released without a search. Its caches go back to a pool, warm, when a stream ends.
+struct Sentinel {
+    dfa: DFA,
+    caches: parking_lot::Mutex<Vec<Cache>>,
+}
+
+/// What one stream's sentinel has seen: where matches may start.
+pub struct Watch {
+    /// `None`: no sentinel (every position may start a match).
+    cache: Option<Cache>,
+    /// It gave up (a byte it cannot read, such as non-ASCII text around a Unicode `\b`):
+    /// from now on every position may start a match.
+    blind: bool,
+    state: LazyStateID,
+    /// How many bytes of the text it has read.
+    read: usize,
+    /// Disjoint spans `[lo, end)`, in order, that hold every match it reported: a match of
+    /// a pattern ending at `end` starts at or after `end - max_len`.
+    spans: VecDeque<(usize, usize)>,
 }
 
 /// A match: its span and the index of its pattern.
@@ -138,9 +167,23 @@ impl Matcher {
         }
         let all: Vec<&str> = specs.iter().map(|s| s.pattern.as_str()).collect();
         let any = meta::Regex::new_many(&all).map_err(|e| e.to_string())?;
+        // Without it (a pattern the lazy DFA cannot take), streams search everywhere.
+        let sentinel = DFA::builder()
+            .configure(
+                DFA::config()
+                    .match_kind(MatchKind::All)
+                    .unicode_word_boundary(true),
+            )
+            .build_many(&all)
+            .ok()
+            .map(|dfa| Sentinel {
+                dfa,
+                caches: parking_lot::Mutex::new(Vec::new()),
+            });
         Ok(Matcher {
             any: Some(any),
             patterns,
+            sentinel,
         })
     }
 
@@ -165,12 +208,20 @@ impl Matcher {
     }
 
     /// The first match starting in `from..limit` (see the module doc), for the guardrails
-    /// in `mask`. `hay[..from]` is context only.
-    pub fn find(&self, hay: &str, from: usize, limit: usize, mask: u64) -> Option<Found> {
+    /// in `mask`. `hay[..from]` is context only; `until`: no match starting before `limit`
+    /// ends after it (`hay.len()` when nothing is known).
+    pub fn find(
+        &self,
+        hay: &str,
+        from: usize,
+        limit: usize,
+        until: usize,
+        mask: u64,
+    ) -> Option<Found> {
         let any = self.any.as_ref()?;
         let mut at = from;
-        while at < limit.min(hay.len() + 1) {
-            let m = any.search(&Input::new(hay).range(at..))?;
+        while at < limit.min(until + 1) {
+            let m = any.search(&Input::new(hay).range(at..until))?;
             let p = m.start();
             if p >= limit {
                 return None;
@@ -222,11 +273,7 @@ impl Matcher {
                 continue;
             }
             let floor = len.saturating_sub(p.max_len + PEEK).max(from);
-            let mut s = len;
-            while s > floor && has(&p.bytes, b[s - 1]) {
-                s -= 1;
-            }
-            r = r.min(s);
+            r = r.min(run_start(b, &p.bytes, len, floor));
             if r <= from {
                 return from;
             }
@@ -235,5 +282,164 @@ impl Matcher {
             r -= 1;
         }
         r.max(from)
+    }
+
+    /// A stream's watch, with a cache from the pool.
+    pub fn watch(&self) -> Watch {
+        let Some(s) = &self.sentinel else {
+            return Watch::everywhere();
+        };
+        let mut cache = s
+            .caches
+            .lock()
+            .pop()
+            .unwrap_or_else(|| s.dfa.create_cache());
+        let unanchored = start::Config::new().anchored(Anchored::No);
+        match s.dfa.start_state(&mut cache, &unanchored) {
+            Ok(state) => Watch {
+                cache: Some(cache),
+                blind: false,
+                state,
+                read: 0,
+                spans: VecDeque::new(),
+            },
+            Err(_) => {
+                s.caches.lock().push(cache);
+                Watch::everywhere()
+            }
+        }
+    }
+
+    /// A stream ended: its cache goes back to the pool.
+    pub fn unwatch(&self, w: &mut Watch) {
+        if let (Some(s), Some(cache)) = (&self.sentinel, w.cache.take()) {
+            s.caches.lock().push(cache);
+        }
+    }
+
+    /// Reads the text `w` has not read yet (`end`: the text is complete), noting where the
+    /// matches of the guardrails in `mask` may be.
+    pub fn read(&self, w: &mut Watch, hay: &[u8], end: bool, mask: u64) {
+        let (Some(s), Some(cache), false) = (&self.sentinel, w.cache.as_mut(), w.blind) else {
+            return;
+        };
+        let dfa = &s.dfa;
+        let mut state = w.state;
+        let mut i = w.read;
+        while i < hay.len() {
+            // The common case: a known transition to an ordinary state.
+            if !state.is_tagged() {
+                let next = dfa.next_state_untagged(cache, state, hay[i]);
+                if !next.is_tagged() {
+                    state = next;
+                    i += 1;
+                    continue;
+                }
+            }
+            match dfa.next_state(cache, state, hay[i]) {
+                Ok(next) if !next.is_quit() && !next.is_dead() => state = next,
+                _ => {
+                    w.blind = true;
+                    return;
+                }
+            }
+            // Matches are reported one byte late: this one ended before byte `i`.
+            if state.is_match() {
+                self.note(dfa, cache, state, hay, i, mask, &mut w.spans);
+            }
+            i += 1;
+        }
+        if end {
+            match dfa.next_eoi_state(cache, state) {
+                Ok(eoi) if eoi.is_match() => {
+                    self.note(dfa, cache, eoi, hay, hay.len(), mask, &mut w.spans)
+                }
+                Ok(_) => {}
+                Err(_) => w.blind = true,
+            }
+        }
+        w.state = state;
+        w.read = hay.len();
+    }
+
+    /// Matches of the patterns in `state` end at `at`: each starts within its pattern's
+    /// `max_len` and inside the run of its pattern's bytes that ends there.
+    #[allow(clippy::too_many_arguments)]
+    fn note(
+        &self,
+        dfa: &DFA,
+        cache: &Cache,
+        state: LazyStateID,
+        hay: &[u8],
+        at: usize,
+        mask: u64,
+        spans: &mut VecDeque<(usize, usize)>,
+    ) {
+        let mut lo = None;
+        for k in 0..dfa.match_len(cache, state) {
+            let p = &self.patterns[dfa.match_pattern(cache, state, k).as_usize()];
+            if mask & (1 << p.rule) != 0 {
+                let s = run_start(hay, &p.bytes, at, at.saturating_sub(p.max_len));
+                lo = Some(lo.map_or(s, |l: usize| l.min(s)));
+            }
+        }
+        let Some(mut lo) = lo else { return };
+        while let Some(&(l, e)) = spans.back() {
+            if lo > e {
+                break;
+            }
+            lo = lo.min(l);
+            spans.pop_back();
+        }
+        spans.push_back((lo, at));
+    }
+}
+
+/// The start of the run of bytes in `set` that ends at `end`, no earlier than `floor`.
+fn run_start(b: &[u8], set: &[u64; 4], end: usize, floor: usize) -> usize {
+    let mut s = end;
+    while s > floor && has(set, b[s - 1]) {
+        s -= 1;
+    }
+    s
+}
+
+impl Watch {
+    /// No sentinel: every position may start a match.
+    pub fn everywhere() -> Watch {
+        Watch {
+            cache: None,
+            blind: true,
+            state: LazyStateID::default(),
+            read: 0,
+            spans: VecDeque::new(),
+        }
+    }
+
+    /// Where the first match at or after `pos` may be: `(lo, end)`, a match starting in
+    /// `lo..end` ends by `end` (`usize::MAX`: anywhere), and none starts in `pos..lo`.
+    /// `None`: no match starts at or after `pos` in the text read so far.
+    pub fn next(&mut self, pos: usize) -> Option<(usize, usize)> {
+        if self.blind {
+            return Some((pos, usize::MAX));
+        }
+        while self.spans.front().is_some_and(|&(_, e)| e <= pos) {
+            self.spans.pop_front();
+        }
+        self.spans.front().map(|&(lo, e)| (lo.max(pos), e))
+    }
+
+    /// Whether every position may start a match (no sentinel, or it gave up).
+    pub fn blind(&self) -> bool {
+        self.blind
+    }
+
+    /// The text lost its first `n` bytes.
+    pub fn shift(&mut self, n: usize) {
+        self.read = self.read.saturating_sub(n);
+        for (lo, e) in &mut self.spans {
+            *lo = lo.saturating_sub(n);
+            *e = e.saturating_sub(n);
+        }
     }
 }

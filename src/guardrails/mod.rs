@@ -19,7 +19,7 @@ pub mod stream;
 
 use crate::config::{GuardAction, GuardrailConfig};
 use crate::errors::ApiError;
-use matcher::{Matcher, Spec};
+use matcher::{Matcher, Spec, Watch};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -236,7 +236,7 @@ impl Guardrails {
         hits: &mut u64,
     ) -> Result<Option<String>, Blocked> {
         let m = self.matcher(side);
-        let Some(first) = m.find(text, 0, usize::MAX, mask) else {
+        let Some(first) = m.find(text, 0, usize::MAX, text.len(), mask) else {
             return Ok(None);
         };
         let mut out = String::with_capacity(text.len() + 16);
@@ -251,6 +251,7 @@ impl Guardrails {
             mask,
             &mut out,
             hits,
+            &mut Watch::everywhere(),
         )
         .map_err(Blocked)?;
         // Only flags matched: the text is unchanged.
@@ -260,6 +261,7 @@ impl Guardrails {
     /// A streaming guard over one text (see `matcher`).
     pub fn text_stream(self: &Arc<Self>, side: Side, mask: u64) -> TextStream {
         TextStream {
+            watch: self.matcher(side).watch(),
             g: self.clone(),
             side,
             mask,
@@ -271,8 +273,9 @@ impl Guardrails {
 }
 
 /// Applies every match starting in `pos..limit` to `hay`: the text before it and its
-/// replacement (or itself, flagged) go to `out`; then the text up to `limit`. Stops at a
-/// blocking match, with `pos` at its start.
+/// replacement (or itself, flagged) go to `out`; then the text up to `limit`. Searches
+/// only where `watch` says a match may be. Stops at a blocking match, with `pos` at its
+/// start.
 #[allow(clippy::too_many_arguments)]
 fn apply(
     m: &Matcher,
@@ -283,8 +286,25 @@ fn apply(
     mask: u64,
     out: &mut String,
     hits: &mut u64,
+    watch: &mut Watch,
 ) -> Result<(), usize> {
-    while let Some(f) = m.find(hay, *pos, limit, mask) {
+    while let Some((lo, end)) = watch.next(*pos) {
+        if lo >= limit {
+            break;
+        }
+        // No match starts before `lo`.
+        let lo = hay.floor_char_boundary(lo);
+        out.push_str(&hay[*pos..lo]);
+        *pos = lo;
+        let until = end.min(hay.len());
+        let Some(f) = m.find(hay, lo, limit.min(until), until, mask) else {
+            if end >= limit {
+                break;
+            }
+            out.push_str(&hay[lo..end]);
+            *pos = end;
+            continue;
+        };
         let (rule, kind) = m.pattern(f.pattern);
         *hits |= 1 << rule;
         out.push_str(&hay[*pos..f.start]);
@@ -306,12 +326,18 @@ fn apply(
     Ok(())
 }
 
+/// Released text a stream keeps before dropping it (all but two characters of context):
+/// once per few hundred pieces rather than a move of the held text on every piece.
+const DRAIN_AT: usize = 4096;
+
 /// The guard of one streamed text: feed it pieces, it releases what is decided.
 pub struct TextStream {
+    /// Where matches may be (read once, piece by piece).
+    watch: Watch,
     g: Arc<Guardrails>,
     side: Side,
     mask: u64,
-    /// Undecided text, after two characters of context (already released).
+    /// Undecided text, after released text kept as context (at least two characters).
     buf: String,
     pos: usize,
     hits: u64,
@@ -323,12 +349,15 @@ impl TextStream {
     pub fn push(&mut self, text: &str, out: &mut String) -> Result<(), Blocked> {
         self.buf.push_str(text);
         let m = self.g.matcher(self.side);
+        m.read(&mut self.watch, self.buf.as_bytes(), false, self.mask);
         let limit = m.bound(&self.buf, self.pos, self.mask);
         self.run(limit, out)
     }
 
     /// The text ended: releases the rest.
     pub fn finish(&mut self, out: &mut String) -> Result<(), Blocked> {
+        let m = self.g.matcher(self.side);
+        m.read(&mut self.watch, self.buf.as_bytes(), true, self.mask);
         self.run(usize::MAX, out)
     }
 
@@ -342,6 +371,11 @@ impl TextStream {
         self.hits
     }
 
+    /// Whether it searches all the text, not only where the sentinel saw a match.
+    pub fn searches_everywhere(&self) -> bool {
+        self.watch.blind()
+    }
+
     fn run(&mut self, limit: usize, out: &mut String) -> Result<(), Blocked> {
         let m = self.g.matcher(self.side);
         let r = apply(
@@ -353,13 +387,16 @@ impl TextStream {
             self.mask,
             out,
             &mut self.hits,
+            &mut self.watch,
         );
         if r.is_err() {
             // Nothing more is ever released.
             self.buf.clear();
             self.pos = 0;
             self.mask = 0;
-        } else {
+            m.unwatch(&mut self.watch);
+            self.watch = Watch::everywhere();
+        } else if self.pos >= DRAIN_AT {
             // Two characters of context for the checks' look-behind.
             let keep = self.buf[..self.pos]
                 .char_indices()
@@ -368,8 +405,15 @@ impl TextStream {
                 .map_or(0, |(i, _)| i);
             self.buf.drain(..keep);
             self.pos -= keep;
+            self.watch.shift(keep);
         }
         r.map_err(Blocked)
+    }
+}
+
+impl Drop for TextStream {
+    fn drop(&mut self) {
+        self.g.matcher(self.side).unwatch(&mut self.watch);
     }
 }
 

@@ -116,6 +116,54 @@ fn prose_is_released_at_once_but_for_its_last_word() {
 }
 
 #[test]
+fn the_sentinel_reads_detectors_word_lists_and_regexes() {
+    let g = pii();
+    let s = g.text_stream(Side::Response, g.all());
+    assert!(!s.searches_everywhere());
+    // Pieces in which no match can start are released without a search, and the matches
+    // around them are still found.
+    let (r, out, _) = streamed(
+        g,
+        &[
+            "no digit here, ",
+            "Bluebird",
+            " said: ",
+            "call +44 20 ",
+            "7946 0958 soon",
+        ],
+    );
+    r.unwrap();
+    assert_eq!(
+        out,
+        "no digit here, [REDACTED:codenames] said: call [REDACTED:phone] soon"
+    );
+}
+
+#[test]
+fn a_unicode_word_boundary_past_non_ascii_text_falls_back_to_searching_everywhere() {
+    let g = guardrails(
+        r#"
+[[guardrails]]
+name = "b"
+regex = ['\bzap\b']
+action = "redact"
+"#,
+    );
+    let mut s = g.text_stream(Side::Response, g.all());
+    let mut out = String::new();
+    s.push("zap the ", &mut out).unwrap();
+    assert!(!s.searches_everywhere());
+    s.push("Straße, zap ", &mut out).unwrap();
+    assert!(s.searches_everywhere());
+    s.push("zapped zap", &mut out).unwrap();
+    s.finish(&mut out).unwrap();
+    assert_eq!(
+        out,
+        "[REDACTED:b] the Straße, [REDACTED:b] zapped [REDACTED:b]"
+    );
+}
+
+#[test]
 fn a_block_stops_the_stream_before_the_match() {
     let g = guardrails(
         r#"
@@ -295,6 +343,33 @@ proptest! {
         text.push_str(&tail);
         let (want, _) = whole(g, &text);
         let (r, got, _) = streamed(g, &chunks(&text, &cuts));
+        prop_assert!(r.is_ok());
+        prop_assert_eq!(got, want.unwrap());
+    }
+
+    /// Token-sized pieces (1 to 8 bytes, as model deltas come): the same.
+    #[test]
+    fn streaming_in_tiny_pieces_equals_whole_text(
+        parts in prop::collection::vec((filler(), planted()), 0..6),
+        tail in filler(),
+        size in 1usize..9,
+    ) {
+        let g = pii();
+        let mut text = String::new();
+        for (f, p) in &parts {
+            text.push_str(f);
+            text.push_str(p);
+        }
+        text.push_str(&tail);
+        let (want, _) = whole(g, &text);
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            let end = text.ceil_char_boundary(at + size);
+            pieces.push(&text[at..end]);
+            at = end;
+        }
+        let (r, got, _) = streamed(g, &pieces);
         prop_assert!(r.is_ok());
         prop_assert_eq!(got, want.unwrap());
     }
