@@ -37,3 +37,18 @@ simulated = true
   capabilities = ["tools", "json", "stream"]
 TOML
 }
+
+# otlp_sink_script DIR: writes DIR/otlp_sink.py, an OTLP/HTTP sink (`python3 it PORT`) that
+# reads each export and answers 200.
+otlp_sink_script() {
+  cat >"$1/otlp_sink.py" <<'PY'
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+PY
+}

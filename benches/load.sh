@@ -50,16 +50,7 @@ fi
 if [ -n "${TELEMETRY:-}" ]; then
   # An OTLP/HTTP sink on CPU 0 (with wrk and the mock): reads each export, answers 200.
   OTLP=$(port)
-  cat >"$TMP/otlp_sink.py" <<'PY'
-import http.server, sys
-class Sink(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
-PY
+  otlp_sink_script "$TMP"
   taskset -c 0 python3 "$TMP/otlp_sink.py" "$OTLP" >"$TMP/otlp.log" 2>&1 & pids+=($!)
   GW4=$(port)
   bench_config "$TMP/otel.toml" "$GW4" "$SIM" "[observability]" "request_log = ${REQUEST_LOG:-true}" \

@@ -102,16 +102,7 @@ if [ -n "${GUARDRAILS:-}" ]; then
 fi
 if [ -n "${TELEMETRY:-}" ]; then
   OTLP=$(port)
-  cat >"$TMP/otlp_sink.py" <<'PY'
-import http.server, sys
-class Sink(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
-PY
+  otlp_sink_script "$TMP"
   python3 "$TMP/otlp_sink.py" "$OTLP" >"$TMP/otlp.log" 2>&1 & pids+=($!)
   rows=("off=telemetry off=$(measure true "$BIN")")
   rows+=("on=telemetry on (sampling 1.0)=$(measure true "$BIN" "[telemetry]" "otlp_endpoint = \"http://127.0.0.1:$OTLP\"" "sample_ratio = 1.0")")

@@ -5,7 +5,7 @@
 //! response format the client asked for.
 
 use super::format;
-use super::media::{unb64, MediaRequest};
+use super::media::{json_body, unb64, MediaRequest};
 use crate::config::ProviderKind;
 use crate::errors::ApiError;
 use crate::multipart::Form;
@@ -281,11 +281,7 @@ pub struct SpeechRequest {
 }
 
 pub fn parse_speech(raw: &[u8]) -> Result<SpeechRequest, ApiError> {
-    let body: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| {
-        ApiError::invalid(format!(
-            "The body is not a JSON object: {e}. Send {{\"model\", \"input\", \"voice\"}}."
-        ))
-    })?;
+    let body = json_body(raw, "{\"model\", \"input\", \"voice\"}")?;
     let input = body
         .get("input")
         .and_then(Value::as_str)

@@ -6,7 +6,7 @@
 //! little-endian f32 bytes of each vector, base64-encoded (OpenAI's format), made here when
 //! the provider only returns floats.
 
-use super::media::{b64, unb64, MediaRequest};
+use super::media::{b64, json_body, model_field, unb64, MediaRequest};
 use super::{format, Usage};
 use crate::config::ProviderKind;
 use crate::errors::ApiError;
@@ -24,21 +24,8 @@ pub struct EmbeddingRequest {
 }
 
 pub fn parse(raw: &[u8]) -> Result<EmbeddingRequest, ApiError> {
-    let body: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| {
-        ApiError::invalid(format!(
-            "The body is not a JSON object: {e}. Send {{\"model\": …, \"input\": …}}."
-        ))
-    })?;
-    let model = match body.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            return Err(ApiError::invalid_param(
-                "model",
-                "`model` must be a string.",
-            ))
-        }
-    };
+    let body = json_body(raw, "{\"model\": …, \"input\": …}")?;
+    let model = model_field(&body)?;
     let bad_input = || {
         ApiError::invalid_param(
             "input",

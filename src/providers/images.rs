@@ -3,7 +3,7 @@
 //! native answer read into [`Image`]s, which the endpoint renders as `b64_json` or `url`.
 
 use super::format;
-use super::media::{unb64, MediaRequest};
+use super::media::{json_body, model_field, unb64, MediaRequest};
 use crate::config::{parse_size, ProviderKind};
 use crate::errors::ApiError;
 use bytes::Bytes;
@@ -35,21 +35,8 @@ pub struct ImageRequest {
 }
 
 pub fn parse(raw: &[u8]) -> Result<ImageRequest, ApiError> {
-    let body: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| {
-        ApiError::invalid(format!(
-            "The body is not a JSON object: {e}. Send {{\"model\": …, \"prompt\": …}}."
-        ))
-    })?;
-    let model = match body.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            return Err(ApiError::invalid_param(
-                "model",
-                "`model` must be a string.",
-            ))
-        }
-    };
+    let body = json_body(raw, "{\"model\": …, \"prompt\": …}")?;
+    let model = model_field(&body)?;
     let prompt = match body.get("prompt") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         _ => {

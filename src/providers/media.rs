@@ -104,6 +104,33 @@ pub fn unb64(text: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("bad base64: {e}"))
 }
 
+/// A media request's JSON body as an object; `shape` names the fields to send, for the
+/// error (`{"model": …, "input": …}`).
+pub fn json_body(
+    raw: &[u8],
+    shape: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, crate::errors::ApiError> {
+    serde_json::from_slice(raw).map_err(|e| {
+        crate::errors::ApiError::invalid(format!(
+            "The body is not a JSON object: {e}. Send {shape}."
+        ))
+    })
+}
+
+/// The optional `model` field of a media request.
+pub fn model_field(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<String>, crate::errors::ApiError> {
+    match body.get("model") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(crate::errors::ApiError::invalid_param(
+            "model",
+            "`model` must be a string.",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

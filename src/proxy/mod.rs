@@ -142,6 +142,8 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
 
+        // Model handlers are boxed one by one: inline, each request's future (boxed again by
+        // async_trait) would be as large as the largest handler's, and copied at that size.
         match ep.handler {
             Handler::Passthrough => {
                 let req = session.req_header();

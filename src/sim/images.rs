@@ -13,7 +13,7 @@
 
 use super::media::{misbehave, openai_failure};
 use super::native::{error_body, Format};
-use super::{png, write, SimProvider};
+use super::{png, write, write_json, SimProvider};
 use crate::providers::media::b64;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -170,14 +170,7 @@ impl SimProvider {
                     })
                     .collect();
                 let v = json!({"created": super::now(), "data": data});
-                write(
-                    session,
-                    200,
-                    "application/json",
-                    Bytes::from(v.to_string()),
-                    &[],
-                )
-                .await
+                write_json(session, 200, &v).await
             }
             Kind::WorkersFlux => {
                 let prompt = req["prompt"].as_str().unwrap_or("");
@@ -187,14 +180,7 @@ impl SimProvider {
                 }
                 let v = json!({"result": {"image": b64(&image(prompt, (1024, 1024)))},
                                "success": true, "errors": [], "messages": []});
-                write(
-                    session,
-                    200,
-                    "application/json",
-                    Bytes::from(v.to_string()),
-                    &[],
-                )
-                .await
+                write_json(session, 200, &v).await
             }
             Kind::WorkersSd => {
                 let prompt = req["prompt"].as_str().unwrap_or("");
@@ -239,14 +225,7 @@ impl SimProvider {
                                       "totalTokenCount": prompt.len() / 4 + 1291},
                     "modelVersion": model,
                 });
-                write(
-                    session,
-                    200,
-                    "application/json",
-                    Bytes::from(v.to_string()),
-                    &[],
-                )
-                .await
+                write_json(session, 200, &v).await
             }
         }
     }

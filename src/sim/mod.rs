@@ -204,6 +204,12 @@ pub(crate) async fn write(
     session.write_response_body(Some(body), true).await
 }
 
+/// A JSON answer.
+pub(crate) async fn write_json(session: &mut Session, status: u16, v: &Value) -> Result<()> {
+    let body = Bytes::from(v.to_string());
+    write(session, status, "application/json", body, &[]).await
+}
+
 fn chunk(id: &str, model: &str, created: u64, delta: Value, finish: Value) -> Bytes {
     let v = json!({
         "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -454,14 +460,7 @@ impl SimProvider {
                 "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish, "stop_reason": matched}],
                 "usage": usage,
             });
-            return write(
-                session,
-                200,
-                "application/json",
-                Bytes::from(v.to_string()),
-                &[],
-            )
-            .await;
+            return write_json(session, 200, &v).await;
         }
 
         let mut resp = ResponseHeader::build(200, Some(4))?;

@@ -2,7 +2,7 @@
 //! from the request, the reply chosen for it, and the behaviours), with the wire shapes in
 //! one module per format.
 
-use super::{behavior_of, write, Behavior, SimProvider};
+use super::{behavior_of, write, write_json, Behavior, SimProvider};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -430,14 +430,7 @@ impl SimProvider {
                 Format::Anthropic => super::anthropic::response(&reply, &turn, &req),
                 Format::WorkersAi => super::workers_ai::response(&reply, &turn),
             };
-            return write(
-                session,
-                200,
-                "application/json",
-                Bytes::from(v.to_string()),
-                &[],
-            )
-            .await;
+            return write_json(session, 200, &v).await;
         }
 
         let events = match format {
@@ -532,14 +525,7 @@ impl SimProvider {
         } else {
             serde_json::json!({ "input_tokens": n })
         };
-        write(
-            session,
-            200,
-            "application/json",
-            Bytes::from(v.to_string()),
-            &[],
-        )
-        .await
+        write_json(session, 200, &v).await
     }
 
     fn behavior(&self, session: &Session, model: &str) -> Behavior {

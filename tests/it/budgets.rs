@@ -108,13 +108,7 @@ fn a_tiny_daily_budget_stops_at_the_budget_and_json_answers_carry_their_cost() {
         "{b}"
     );
     // The refusal is counted per key and window.
-    let m = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth("sk-tiny")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let m = gw.metrics("sk-tiny");
     assert!(
         m.contains("freeway_budget_rejections_total{key=\"tiny\",window=\"daily\"} 1"),
         "{m}"
@@ -498,13 +492,7 @@ fn bring_your_own_key_allow_and_require_and_the_key_is_never_kept() {
     let spent = v["daily"]["spent_usd"].as_f64().unwrap();
     assert!(spent > 0.0 && spent < 0.02, "{v}");
     // Nowhere: logs, metrics, the store.
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth("sk-b")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = gw.metrics("sk-b");
     wait_until(10, "the request log", || {
         let r = client()
             .get(gw.url("/v1/analytics"))

@@ -167,13 +167,7 @@ fn guardrails_block_redact_and_flag_prompts_and_answers() {
     }
 
     // The metric, and the request log's list.
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth("sk-gw-0")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = gw.metrics("sk-gw-0");
     for (guardrail, action, on) in [
         ("prompt-block", "block", "prompt"),
         ("prompt-redact", "redact", "prompt"),

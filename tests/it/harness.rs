@@ -137,6 +137,17 @@ impl Proc {
         }
     }
 
+    /// The Prometheus text of `GET /metrics`, asked with gateway key `key`.
+    pub fn metrics(&self, key: &str) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .bearer_auth(key)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     /// `GET /v1/routing/status`.
     pub fn routing_status(&self) -> serde_json::Value {
         let body = client()

@@ -156,13 +156,7 @@ fn messages_native_body_is_the_clients_bytes_but_the_model() {
     let expected =
         (prompt as f64 * 3.0 + v["usage"]["output_tokens"].as_f64().unwrap() * 15.0) / 1e6;
     assert!((cost - expected).abs() < 1e-12, "{cost} != {expected}");
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = gw.metrics(KEY);
     assert!(metrics.contains("endpoint=\"messages\""), "{metrics}");
 }
 

@@ -74,20 +74,10 @@ fn healthy(gw: &Proc, i: usize) -> bool {
     endpoints(gw)[i]["healthy"] == true
 }
 
-fn metrics(gw: &Proc) -> String {
-    client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap()
-}
-
 /// `freeway_endpoint_healthy` of the endpoint at `sim`.
 fn healthy_metric(gw: &Proc, sim_addr: &str) -> Option<String> {
     let want = format!("freeway_endpoint_healthy{{endpoint=\"{sim_addr}\",provider=\"pool\"}} ");
-    metrics(gw)
+    gw.metrics(KEY)
         .lines()
         .find_map(|l| l.strip_prefix(want.as_str()).map(str::to_string))
 }
@@ -146,7 +136,7 @@ fn load_spreads_over_healthy_endpoints_and_status_and_metrics_show_them() {
     assert_eq!(public_eps[0]["healthy"], true);
     assert!(public_eps[0].get("address").is_none());
     // Metrics: health and requests per endpoint, labelled by host:port.
-    let m = metrics(&gw);
+    let m = gw.metrics(KEY);
     for sim in &sims {
         assert_eq!(healthy_metric(&gw, &sim.addr).as_deref(), Some("1"), "{m}");
         let line = format!(

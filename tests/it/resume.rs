@@ -197,14 +197,14 @@ fn a_chat_stream_that_dies_is_finished_by_the_next_model_in_its_format() {
         words(10).trim_end()
     );
 
-    let metrics = metrics(&gw);
+    let metrics = gw.metrics(KEY);
     assert!(
         metrics.contains("freeway_stream_resumes_total{outcome=\"resumed\"} 5"),
         "{metrics}"
     );
     // The request log says where each stream was resumed.
     wait_until(10, "the request log rows", || {
-        let (_, _, b) = get_json(&gw, "/v1/analytics/failures");
+        let b = get_json(&gw, "/v1/analytics/failures");
         b["data"].as_array().is_some_and(|rows| {
             rows.iter()
                 .filter(|r| {
@@ -220,21 +220,10 @@ fn a_chat_stream_that_dies_is_finished_by_the_next_model_in_its_format() {
     });
 }
 
-/// The gateway's Prometheus text.
-fn metrics(gw: &Proc) -> String {
-    client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap()
-}
-
-fn get_json(gw: &Proc, path: &str) -> (u16, (), Value) {
+/// The JSON a keyed `GET path` answers.
+fn get_json(gw: &Proc, path: &str) -> Value {
     let resp = client().get(gw.url(path)).bearer_auth(KEY).send().unwrap();
-    let status = resp.status().as_u16();
-    (status, (), json(&resp.bytes().unwrap()))
+    json(&resp.bytes().unwrap())
 }
 
 #[test]
@@ -324,7 +313,7 @@ fn a_tool_call_stream_is_never_resumed() {
         0,
         "no continuation was asked"
     );
-    let metrics = metrics(&gw);
+    let metrics = gw.metrics(KEY);
     assert!(
         metrics.contains("freeway_stream_resumes_total{outcome=\"refused\"} 2"),
         "{metrics}"
@@ -382,7 +371,7 @@ fn when_no_model_continues_the_stream_ends_with_the_error_event() {
     assert_eq!(r["text"], words(8), "{r}");
     assert_eq!(r["finishes"], serde_json::json!([]), "{r}");
 
-    let metrics = metrics(&gw);
+    let metrics = gw.metrics(KEY);
     for line in [
         "freeway_stream_resumes_total{outcome=\"failed\"} 2",
         "freeway_stream_resumes_total{outcome=\"resumed\"} 1",

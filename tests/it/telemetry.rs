@@ -357,13 +357,7 @@ fn an_incoming_traceparent_is_continued_upstream_and_through_passthrough() {
 }
 
 fn dropped_spans(gw: &Proc) -> u64 {
-    let text = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(KEY)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = gw.metrics(KEY);
     text.lines()
         .find_map(|l| l.strip_prefix("freeway_otel_dropped_spans_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
