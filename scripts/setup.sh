@@ -58,8 +58,8 @@ if [ "${1:-}" = "--test" ]; then
   if [ ! -x .venv/bin/python3 ]; then
     python3 -m venv .venv
   fi
-  .venv/bin/python3 -c 'import openai, jsonschema, anthropic' 2>/dev/null ||
-    .venv/bin/pip install -q --disable-pip-version-check openai jsonschema anthropic
+  .venv/bin/python3 -c 'import openai, jsonschema, anthropic, openapi_spec_validator' 2>/dev/null ||
+    .venv/bin/pip install -q --disable-pip-version-check openai jsonschema anthropic openapi-spec-validator
   # cargo-deb builds the Debian package in the package test (tests/it/package.rs) and in
   # scripts/deb.sh: compiled once from crates.io (about a minute on 2 cores). If it cannot be
   # installed, that test says so and is skipped.

@@ -1,8 +1,9 @@
 //! Every endpoint the gateway serves, declared once: its paths, method, whether it needs a
 //! key, whether it is a model endpoint (per-client limits, routing, tokens and cost in the
 //! log), its metric/log label, and which handler serves it. Routing (`proxy::mod`), the
-//! limits (`guard`), the request log and the metrics all read the entry stored on the
-//! request context; nothing else in the gateway matches paths.
+//! limits (`guard`), the request log, the metrics and the API description
+//! (`GET /openapi.json`, [`super::openapi`]) all read the entry stored on the request
+//! context or the table itself; nothing else in the gateway matches paths.
 
 pub use crate::errors::Envelope;
 
@@ -33,6 +34,8 @@ pub enum Handler {
     AnalyticsFailures,
     Usage,
     Metrics,
+    /// `GET /openapi.json`: this table as an OpenAPI 3.1 document.
+    OpenApi,
     /// No endpoint has the path (404).
     NotFound,
 }
@@ -61,7 +64,8 @@ impl Methods {
 #[derive(Debug)]
 pub struct Endpoint {
     pub handler: Handler,
-    /// Exact paths; a path ending in `/` matches every path under it.
+    /// Its paths. A segment `{name}` matches any one non-empty segment (a path parameter);
+    /// a path ending in `/` matches every path under it.
     pub paths: &'static [&'static str],
     pub methods: Methods,
     /// Whether a gateway key is required (unless `[auth].public_paths` lists the path).
@@ -76,6 +80,8 @@ pub struct Endpoint {
     pub polled: bool,
     /// One line for humans (the API description).
     pub summary: &'static str,
+    /// The content types its request body may have (none: it takes no body).
+    pub body_types: &'static [&'static str],
     /// The envelope every error of this endpoint is answered in, whoever produced it (the
     /// gateway's auth, limits and routing, or a provider): `respond::send_error` reads it.
     pub errors: Envelope,
@@ -99,9 +105,13 @@ const fn entry(
         label,
         polled: !model,
         summary,
+        body_types: if model { JSON } else { &[] },
         errors: Envelope::OpenAi,
     }
 }
+
+const JSON: &[&str] = &["application/json"];
+const FORM: &[&str] = &["multipart/form-data"];
 
 const MODEL: bool = true;
 const LOCAL: bool = false;
@@ -139,20 +149,26 @@ pub static ENDPOINTS: &[Endpoint] = &[
         MODEL,
         "Embeddings; never mixes vector spaces",
     ),
-    entry(
-        Handler::Transcriptions,
-        &["/v1/audio/transcriptions"],
-        "transcriptions",
-        MODEL,
-        "Speech to text (multipart upload)",
-    ),
-    entry(
-        Handler::Translations,
-        &["/v1/audio/translations"],
-        "translations",
-        MODEL,
-        "Speech to English text (multipart upload)",
-    ),
+    Endpoint {
+        body_types: FORM,
+        ..entry(
+            Handler::Transcriptions,
+            &["/v1/audio/transcriptions"],
+            "transcriptions",
+            MODEL,
+            "Speech to text (multipart upload)",
+        )
+    },
+    Endpoint {
+        body_types: FORM,
+        ..entry(
+            Handler::Translations,
+            &["/v1/audio/translations"],
+            "translations",
+            MODEL,
+            "Speech to English text (multipart upload)",
+        )
+    },
     entry(
         Handler::Speech,
         &["/v1/audio/speech"],
@@ -160,13 +176,16 @@ pub static ENDPOINTS: &[Endpoint] = &[
         MODEL,
         "Text to speech (audio bytes)",
     ),
-    entry(
-        Handler::SpeechToSpeech,
-        &["/v1/audio/speech-to-speech"],
-        "speech_to_speech",
-        MODEL,
-        "Audio in, transcript, chat answer, audio out",
-    ),
+    Endpoint {
+        body_types: FORM,
+        ..entry(
+            Handler::SpeechToSpeech,
+            &["/v1/audio/speech-to-speech"],
+            "speech_to_speech",
+            MODEL,
+            "Audio in, transcript, chat answer, audio out",
+        )
+    },
     entry(
         Handler::Images,
         &["/v1/images/generations", "/images/generations"],
@@ -180,7 +199,7 @@ pub static ENDPOINTS: &[Endpoint] = &[
         polled: false,
         ..entry(
             Handler::ImageFile,
-            &["/v1/images/files/"],
+            &["/v1/images/files/{id}"],
             "image_files",
             LOCAL,
             "A generated image kept for a url answer (expires)",
@@ -188,6 +207,7 @@ pub static ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         methods: Methods::Any,
+        body_types: &["*/*"],
         ..entry(
             Handler::Passthrough,
             &["/providers/"],
@@ -255,6 +275,18 @@ pub static ENDPOINTS: &[Endpoint] = &[
         LOCAL,
         "Prometheus metrics",
     ),
+    // The API description holds nothing a key protects.
+    Endpoint {
+        keyed: false,
+        polled: false,
+        ..entry(
+            Handler::OpenApi,
+            &["/openapi.json"],
+            "openapi",
+            LOCAL,
+            "This API's OpenAPI 3.1 description, generated from the endpoint table",
+        )
+    },
 ];
 
 /// What an unknown path is logged as.
@@ -267,6 +299,7 @@ pub static NOT_FOUND: Endpoint = Endpoint {
     label: "other",
     polled: false,
     summary: "",
+    body_types: &[],
     errors: Envelope::OpenAi,
 };
 
@@ -274,13 +307,44 @@ pub static NOT_FOUND: Endpoint = Endpoint {
 pub fn find(path: &str) -> &'static Endpoint {
     ENDPOINTS
         .iter()
-        .find(|e| {
-            e.paths.iter().any(|p| match p.strip_suffix('/') {
-                Some(_) => path.starts_with(p),
-                None => path == *p,
-            })
-        })
+        .find(|e| e.paths.iter().any(|p| matches(p, path)))
         .unwrap_or(&NOT_FOUND)
+}
+
+/// Whether `path` is served by the table's `pattern` (see [`Endpoint::paths`]).
+fn matches(pattern: &str, path: &str) -> bool {
+    let (pattern, prefix) = match pattern.strip_suffix('/') {
+        Some(p) => (p, true),
+        None => (pattern, false),
+    };
+    let mut want = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return !prefix,
+            // A prefix matches a path with at least one more segment.
+            (None, Some(_)) => return prefix,
+            (Some(_), None) => return false,
+            (Some(w), Some(g)) if is_param(w) && g.is_empty() => return false,
+            (Some(w), Some(g)) if !is_param(w) && w != g => return false,
+            _ => {}
+        }
+    }
+}
+
+/// A path segment naming a parameter (`{id}`).
+pub fn is_param(segment: &str) -> bool {
+    segment.len() > 2 && segment.starts_with('{') && segment.ends_with('}')
+}
+
+/// The value of the parameter segment `name` of `path` served by `ep` (`{id}` of
+/// `/v1/videos/{id}/content`), if its patterns have it.
+pub fn param<'p>(ep: &Endpoint, path: &'p str, name: &str) -> Option<&'p str> {
+    let want = format!("{{{name}}}");
+    ep.paths.iter().filter(|p| matches(p, path)).find_map(|p| {
+        let at = p.split('/').position(|s| s == want)?;
+        path.split('/').nth(at)
+    })
 }
 
 #[cfg(test)]
@@ -294,7 +358,7 @@ mod tests {
                 let path = if p.ends_with('/') {
                     format!("{p}x/y")
                 } else {
-                    p.to_string()
+                    p.replace("{id}", "x")
                 };
                 assert_eq!(find(&path).handler, e.handler, "{path}");
             }
@@ -302,6 +366,10 @@ mod tests {
         assert_eq!(find("/v1/nope").handler, Handler::NotFound);
         assert_eq!(find("/providers").handler, Handler::NotFound);
         assert_eq!(find("/v1/chat/completions/x").label, "other");
+        assert_eq!(find("/v1/images/files/").handler, Handler::NotFound);
+        assert_eq!(find("/v1/images/files/a/b").handler, Handler::NotFound);
+        let file = find("/v1/images/files/abc");
+        assert_eq!(param(file, "/v1/images/files/abc", "id"), Some("abc"));
     }
 
     #[test]

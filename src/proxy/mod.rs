@@ -17,6 +17,7 @@ pub mod images;
 pub mod local;
 pub mod media;
 pub mod messages;
+pub mod openapi;
 pub mod passthrough;
 pub mod record;
 pub mod respond;
@@ -234,6 +235,7 @@ impl ProxyHttp for Gateway {
                 let headers = dashboard::security_headers();
                 respond::send(session, ctx, 200, ct, page, headers).await
             }
+            Handler::OpenApi => respond::send_json(session, ctx, 200, openapi::body()).await,
             Handler::Metrics => {
                 let body = bytes::Bytes::from(metrics::render());
                 let ct = "text/plain; version=0.0.4; charset=utf-8";

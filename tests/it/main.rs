@@ -29,3 +29,4 @@ mod routing;
 mod sdk;
 mod security;
 mod telemetry;
+mod videos;
