@@ -713,6 +713,8 @@ pub enum ModelType {
     Speech,
     /// `/v1/images/generations`.
     Image,
+    /// `/v1/videos`: asynchronous video jobs.
+    Video,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -735,6 +737,8 @@ pub struct Cost {
     pub per_request: f64,
     /// Image models: the price of one generated image.
     pub per_image: f64,
+    /// Video models: the price of one second of generated video.
+    pub per_second: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -769,8 +773,8 @@ pub struct ModelConfig {
     /// at another provider).
     #[serde(default)]
     pub vector_space: Option<String>,
-    /// Image models: the sizes (`"1024x1024"`) the model takes; empty = whatever the
-    /// provider accepts. The first is used when a request names none.
+    /// Image and video models: the sizes (`"1024x1024"`) the model takes; empty = whatever
+    /// the provider accepts. The first is used when a request names none.
     #[serde(default)]
     pub sizes: Vec<String>,
 }
@@ -783,6 +787,7 @@ impl ModelType {
             ModelType::Transcription => "transcription",
             ModelType::Speech => "speech",
             ModelType::Image => "image",
+            ModelType::Video => "video",
         }
     }
 }

@@ -85,6 +85,14 @@ simulated = true
   type = "image"
   sizes = ["256x256", "512x512", "1024x1024"]
   cost = { per_image = 0.01 }
+  # Video jobs (POST /v1/videos, then GET /v1/videos/{id} and …/content): a tiny real MP4
+  # after about a second.
+  [[providers.models]]
+  id = "sora-2"
+  aliases = ["video"]
+  type = "video"
+  sizes = ["720x1280", "1280x720"]
+  cost = { per_second = 0.1 }
 
 [[providers]]
 name = "sim-beta"
@@ -146,6 +154,12 @@ simulated = true
   context_window = 1048576
   capabilities = ["tools", "json", "vision", "stream"]
   auto = false
+  # Veo video jobs as Gemini's long-running operations (pin "sim-gemini/veo-3.0-generate-001").
+  [[providers.models]]
+  id = "veo-3.0-generate-001"
+  type = "video"
+  sizes = ["1280x720", "720x1280"]
+  cost = { per_second = 0.4 }
 
 # Claude-style clients (the Anthropic SDK, POST /v1/messages): "claude-sonnet-4-5" (or its
 # alias "claude") is served natively here, "auto" is translated from the providers above.

@@ -7,6 +7,7 @@ use super::audio::{SpeechRequest, SttAnswer, SttRequest};
 use super::embeddings::EmbeddingRequest;
 use super::images::{Image, ImageRequest};
 use super::media::MediaRequest;
+use super::videos::{JobState, VideoRequest};
 use super::{anthropic, gemini, openai, voyage, workers_ai, Translator};
 use crate::config::ProviderKind;
 use bytes::Bytes;
@@ -27,6 +28,8 @@ pub struct Format {
     pub speech: Option<&'static dyn Speech>,
     /// `/v1/images/generations`.
     pub images: Option<&'static dyn Images>,
+    /// `/v1/videos`: asynchronous video jobs.
+    pub videos: Option<&'static dyn Videos>,
     /// The header the key goes in.
     pub auth: Auth,
     /// Whether its chat API answers several choices (`n` > 1); models of formats that
@@ -88,6 +91,33 @@ pub trait Images: Sync {
 
     /// A native answer (its content type, its body) → its images.
     fn images(&self, upstream_type: &str, body: Bytes) -> Result<Vec<Image>, String>;
+}
+
+/// Video jobs in one format: a call that starts the job, a call that polls it, a download.
+pub trait Videos: Sync {
+    /// The native request that starts a job of `seconds` at `size` on `model_id`, or why
+    /// this provider cannot serve it.
+    fn create(
+        &self,
+        req: &VideoRequest,
+        model_id: &str,
+        seconds: u32,
+        size: (u32, u32),
+    ) -> Result<MediaRequest, String>;
+
+    /// The provider's handle of the job it accepted (a job id, an operation name), from
+    /// its answer to `create`.
+    fn accepted(&self, body: &[u8]) -> Result<String, String>;
+
+    /// The path (under the base URL) that polls the job `handle`.
+    fn status_path(&self, handle: &str) -> String;
+
+    /// A poll's answer → the job's state.
+    fn status(&self, body: &[u8]) -> Result<JobState, String>;
+
+    /// Where a completed job's video is: a path under the base URL, or the absolute URL
+    /// the provider named.
+    fn content_location(&self, handle: &str, state: &JobState) -> Result<String, String>;
 }
 
 /// How a format sends its key.

@@ -19,10 +19,11 @@ pub mod images;
 pub mod media;
 pub mod openai;
 pub mod resume;
+pub mod videos;
 pub mod voyage;
 pub mod workers_ai;
 
-pub use caps::{format, Auth, Embeddings, Format, Images, Speech, Transcription};
+pub use caps::{format, Auth, Embeddings, Format, Images, Speech, Transcription, Videos};
 
 use crate::config::{
     expand_env_placeholders, resolve_secret, HealthCheckConfig, ProviderConfig, ProviderKind,
@@ -583,6 +584,60 @@ impl Upstream {
         }
         Ok(h)
     }
+}
+
+impl Upstream {
+    /// The head of `GET {base}{path}` with key `key` of the pool (a video job's poll and
+    /// download go with the key that created the job) and the configured headers. A `path`
+    /// that is a URL on the provider's own host (Gemini names its files so) is used as is.
+    pub fn get_header(
+        &self,
+        ep: usize,
+        path: &str,
+        key: Option<usize>,
+    ) -> pingora::Result<pingora::http::RequestHeader> {
+        use http::header;
+        let full = match on_host(path) {
+            Some(p) => p.to_string(),
+            None => self.path(ep, path),
+        };
+        let mut h = pingora::http::RequestHeader::build("GET", full.as_bytes(), None)?;
+        h.insert_header(header::HOST, self.endpoint(ep).host_header.clone())?;
+        if let Some((name, value)) = key.and_then(|k| self.keys.get(k)).map(|k| &k.header) {
+            h.insert_header(name.clone(), value.clone())?;
+        }
+        h.insert_header(
+            header::USER_AGENT,
+            concat!("freeway/", env!("CARGO_PKG_VERSION")),
+        )?;
+        for (k, v) in &self.extra_headers {
+            h.insert_header(k.clone(), v.clone())?;
+        }
+        Ok(h)
+    }
+
+    /// Whether `url` (absolute) is on endpoint `ep`'s host: only there may the key go.
+    pub fn serves_url(&self, ep: usize, url: &str) -> bool {
+        let Some(rest) = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+        else {
+            return false;
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        self.endpoint(ep)
+            .host_header
+            .to_str()
+            .is_ok_and(|h| h.eq_ignore_ascii_case(authority))
+    }
+}
+
+/// The path and query of an absolute URL (`None` for a path).
+fn on_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    Some(rest.find('/').map_or("/", |i| &rest[i..]))
 }
 
 /// One key of a provider's pool, and whether it may be used now.

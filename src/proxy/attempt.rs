@@ -656,6 +656,78 @@ async fn attempt<C: Call>(
     }
 }
 
+/// An answer fetched outside the engine (`fetch`).
+pub struct Fetched {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+/// `GET {base}{path}` at `model`'s provider with key `key` of its pool, read whole: a video
+/// job's poll or download, which must go to the provider that holds the job (no failover,
+/// no health report: the job is not a new request to route). `Err` is a failure to reach
+/// the provider, in words for the client.
+pub async fn fetch(
+    gw: &Gateway,
+    state: &State,
+    model: &ModelEntry,
+    key: Option<usize>,
+    path: &str,
+    ctx: &mut RequestCtx,
+) -> Result<Fetched, Failure> {
+    let upstream = &state.upstreams[model.provider];
+    let peer = upstream.peer(0).await.map_err(Failure::Connect)?;
+    let header = upstream
+        .get_header(0, path, key)
+        .map_err(|e| Failure::Connect(describe(&e)))?;
+    let timeouts = timeouts(state, ctx);
+    let started = Instant::now();
+    let empty = Outbound {
+        path: path.to_string(),
+        content_type: http::HeaderValue::from_static("application/json"),
+        accept: "*/*",
+        body: Body::One(Bytes::new()),
+        headers: Vec::new(),
+    };
+    let sent = send_request(&gw.connector, &peer, header, &empty, timeouts).await;
+    ctx.upstream_wait += started.elapsed();
+    let mut http = sent?;
+    let Some(head) = http.response_header() else {
+        return Err(Failure::Connect("no response header".into()));
+    };
+    let status = head.status.as_u16();
+    let content_type = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    http.set_read_timeout(Some(timeouts.idle));
+    let cap = if (200..300).contains(&status) {
+        MAX_ANSWER_BYTES
+    } else {
+        MAX_ERROR_BODY
+    };
+    let body = read_capped(&mut http, cap, ctx).await?;
+    if http.response_done() {
+        let idle = peer.options.idle_timeout;
+        gw.connector.release_http_session(http, &*peer, idle).await;
+    } else {
+        http.shutdown().await;
+    }
+    // A provider may echo the key it was sent.
+    let body = if (200..300).contains(&status) {
+        body
+    } else {
+        Bytes::from(state.secrets.scrub_bytes(&body))
+    };
+    Ok(Fetched {
+        status,
+        content_type,
+        body,
+    })
+}
+
 /// Connects (retrying on a stale pooled connection), sends the head and the body, and reads
 /// the response head.
 async fn send_request(

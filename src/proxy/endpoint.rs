@@ -23,6 +23,12 @@ pub enum Handler {
     Images,
     /// `GET /v1/images/files/{id}`: an image kept for a `url` answer.
     ImageFile,
+    /// `POST /v1/videos`: starts a video job.
+    Videos,
+    /// `GET /v1/videos/{id}`: a video job's status.
+    Video,
+    /// `GET /v1/videos/{id}/content`: a completed job's video.
+    VideoContent,
     /// `/providers/{name}/…`: the stock proxy phases.
     Passthrough,
     Models,
@@ -203,6 +209,34 @@ pub static ENDPOINTS: &[Endpoint] = &[
             "image_files",
             LOCAL,
             "A generated image kept for a url answer (expires)",
+        )
+    },
+    Endpoint {
+        body_types: &["application/json", "multipart/form-data"],
+        ..entry(
+            Handler::Videos,
+            &["/v1/videos", "/videos"],
+            "videos",
+            MODEL,
+            "Video generation: starts an asynchronous job (JSON or multipart)",
+        )
+    },
+    // Polled by clients until done: successful polls are not logged.
+    entry(
+        Handler::Video,
+        &["/v1/videos/{id}", "/videos/{id}"],
+        "video_status",
+        LOCAL,
+        "A video job's status, asked of the provider holding it",
+    ),
+    Endpoint {
+        polled: false,
+        ..entry(
+            Handler::VideoContent,
+            &["/v1/videos/{id}/content", "/videos/{id}/content"],
+            "video_content",
+            LOCAL,
+            "A completed video job's MP4",
         )
     },
     Endpoint {
@@ -399,6 +433,7 @@ mod tests {
                 "speech",
                 "speech_to_speech",
                 "images",
+                "videos",
                 "passthrough"
             ]
         );

@@ -66,7 +66,7 @@ pub fn models(state: &State) -> Bytes {
             "daily_limit": m.daily_limit,
             "simulated": m.simulated,
         });
-        if m.model_type == ModelType::Image {
+        if matches!(m.model_type, ModelType::Image | ModelType::Video) {
             entry["sizes"] = json!(m.size_names());
         }
         data.push(entry);

@@ -23,6 +23,7 @@ pub mod record;
 pub mod respond;
 pub mod resume;
 pub mod spend;
+pub mod videos;
 
 use crate::errors::ApiError;
 use crate::live::Board;
@@ -61,11 +62,14 @@ pub struct Gateway {
     pub gate: Arc<crate::conn::Gate>,
     /// Generated images kept for their URLs (`[images]`), in the embedded store.
     pub images: Arc<crate::image_files::ImageFiles>,
+    /// Video jobs handed to providers (`POST /v1/videos`), in the embedded store.
+    pub videos: Arc<crate::video_jobs::VideoJobs>,
 }
 
 impl Gateway {
     pub fn new(state: State, board: Arc<Board>, observer: Arc<Observer>) -> Gateway {
         let images = crate::image_files::ImageFiles::new(&state.config.storage.path);
+        let videos = crate::video_jobs::VideoJobs::new(&state.config.storage.path);
         Gateway {
             state: Arc::new(ArcSwap::from_pointee(state)),
             board,
@@ -80,6 +84,7 @@ impl Gateway {
             )),
             gate: Arc::new(crate::conn::Gate::default()),
             images: Arc::new(images),
+            videos: Arc::new(videos),
         }
     }
 
@@ -190,6 +195,9 @@ impl ProxyHttp for Gateway {
             }
             Handler::Images => Box::pin(images::generations(self, &state, session, ctx)).await,
             Handler::ImageFile => images::file(self, session, ctx).await,
+            Handler::Videos => Box::pin(videos::create(self, &state, session, ctx)).await,
+            Handler::Video => Box::pin(videos::job(self, &state, session, ctx, false)).await,
+            Handler::VideoContent => Box::pin(videos::job(self, &state, session, ctx, true)).await,
             Handler::Models => respond::send_json(session, ctx, 200, local::models(&state)).await,
             Handler::Budget => {
                 let body = spend::status(self, ctx).await;

@@ -57,6 +57,9 @@ pub struct Spend {
     /// Images the current attempt asks for (its reservation), then the images its answer
     /// held (its settlement): what `cost.per_image` is charged for. 0 on other endpoints.
     pub images: u32,
+    /// Seconds of video the current attempt asks for: what `cost.per_second` is charged
+    /// for. 0 on other endpoints.
+    pub video_seconds: u32,
 }
 
 /// Authenticates the request: the gateway key (in `Authorization` / `x-api-key`, or
@@ -227,14 +230,14 @@ pub fn worst_case(model: &ModelEntry, ctx: &RequestCtx, needs: &Needs) -> (f64, 
         0
     };
     (
-        cost_usd(&model.cost, prompt, 0, output) + images_usd(&model.cost, ctx.spend.images),
+        cost_usd(&model.cost, prompt, 0, output) + media_usd(&model.cost, &ctx.spend),
         prompt + output,
     )
 }
 
-/// USD for `images` generated images at `price`.
-pub fn images_usd(price: &Cost, images: u32) -> f64 {
-    price.per_image * f64::from(images)
+/// USD for the images and seconds of video an attempt is charged for, at `price`.
+pub fn media_usd(price: &Cost, spend: &Spend) -> f64 {
+    price.per_image * f64::from(spend.images) + price.per_second * f64::from(spend.video_seconds)
 }
 
 /// Reserves one attempt's worst case against the key's budget and tpm. `Err` (and the
@@ -324,8 +327,7 @@ pub fn actual(ctx: &RequestCtx, model: &ModelEntry, usage: Option<Usage>) -> (f6
     let chat = model.model_type == crate::config::ModelType::Chat;
     let completion = if chat { completion } else { 0 };
     (
-        cost_usd(&model.cost, prompt, cached, completion)
-            + images_usd(&model.cost, ctx.spend.images),
+        cost_usd(&model.cost, prompt, cached, completion) + media_usd(&model.cost, &ctx.spend),
         prompt + completion,
     )
 }
@@ -627,6 +629,7 @@ mod tests {
             cached_input_per_mtok: Some(0.5),
             per_request: 0.0,
             per_image: 0.0,
+            per_second: 0.0,
         };
         assert!((cost_usd(&p, 1_000_000, 0, 0) - 2.0).abs() < 1e-12);
         assert!(

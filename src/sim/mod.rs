@@ -15,7 +15,7 @@
 //! each in its provider's documented JSON and SSE shapes. Native providers echo the last
 //! user message too, call the first declared tool while the last turn is not a tool result,
 //! and answer a JSON object in JSON mode. Embeddings, speech-to-text and text-to-speech are
-//! answered in `media`, image generation in `images`.
+//! answered in `media`, image generation in `images`, video jobs in `videos`.
 
 mod anthropic;
 mod gemini;
@@ -25,6 +25,7 @@ pub mod native;
 mod openai;
 pub mod png;
 pub mod story;
+pub mod videos;
 mod workers_ai;
 
 use async_trait::async_trait;
@@ -59,6 +60,8 @@ pub struct SimProvider {
     log: Mutex<Log>,
     /// Path prefix → behaviour name, overriding headers and model names.
     overrides: Mutex<Vec<(String, String)>>,
+    /// Video jobs by id (OpenAI's) or operation id (Gemini's).
+    videos: Mutex<std::collections::HashMap<String, videos::SimJob>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -645,7 +648,9 @@ impl ProxyHttp for SimProvider {
         let method = session.req_header().method.clone();
         let media = media::Kind::of_path(&path).filter(|_| method == http::Method::POST);
         let image = images::Kind::of_path(&path).filter(|_| method == http::Method::POST);
-        if let Some(kind) = image {
+        if let Some(kind) = videos::Kind::of(&path, &method) {
+            self.videos(session, kind).await?;
+        } else if let Some(kind) = image {
             self.images(session, kind).await?;
         } else if let Some(png) = images::linked(&path) {
             write(session, 200, "image/png", Bytes::from(png), &[]).await?;

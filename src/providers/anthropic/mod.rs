@@ -17,6 +17,7 @@ pub static FORMAT: Format = Format {
     transcription: None,
     speech: None,
     images: None,
+    videos: None,
     auth: Auth::Header("x-api-key"),
     several_choices: false,
 };

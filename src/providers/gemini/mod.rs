@@ -6,6 +6,7 @@ mod embeddings;
 mod error;
 mod images;
 mod schema;
+mod videos;
 
 pub use chat::{build_request, translate_response, Gemini, GeminiEvents, GeminiStream};
 pub use error::translate_error;
@@ -15,6 +16,7 @@ use super::caps::{Auth, Format};
 use audio::GeminiAudio;
 use embeddings::GeminiEmbeddings;
 use images::GeminiImages;
+use videos::GeminiVideos;
 
 pub static FORMAT: Format = Format {
     chat: Some(&Gemini),
@@ -22,6 +24,7 @@ pub static FORMAT: Format = Format {
     transcription: Some(&GeminiAudio),
     speech: None,
     images: Some(&GeminiImages),
+    videos: Some(&GeminiVideos),
     auth: Auth::Header("x-goog-api-key"),
     several_choices: true,
 };

@@ -6,6 +6,7 @@ mod chat;
 mod embeddings;
 mod error;
 mod images;
+mod videos;
 
 pub use chat::OpenAi;
 pub use error::translate_error;
@@ -15,6 +16,7 @@ pub(crate) use embeddings::OpenAiEmbeddings;
 use super::caps::{Auth, Format};
 use audio::OpenAiAudio;
 use images::OpenAiImages;
+use videos::OpenAiVideos;
 
 pub static FORMAT: Format = Format {
     chat: Some(&OpenAi),
@@ -22,6 +24,7 @@ pub static FORMAT: Format = Format {
     transcription: Some(&OpenAiAudio),
     speech: Some(&OpenAiAudio),
     images: Some(&OpenAiImages),
+    videos: Some(&OpenAiVideos),
     auth: Auth::Bearer,
     several_choices: true,
 };

@@ -12,6 +12,7 @@ pub static FORMAT: Format = Format {
     transcription: None,
     speech: None,
     images: None,
+    videos: None,
     auth: Auth::Bearer,
     several_choices: false,
 };

@@ -20,6 +20,7 @@ pub static FORMAT: Format = Format {
     transcription: Some(&WorkersAiAudio),
     speech: Some(&WorkersAiAudio),
     images: Some(&WorkersAiImages),
+    videos: None,
     auth: Auth::Bearer,
     several_choices: false,
 };
