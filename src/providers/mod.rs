@@ -616,6 +616,13 @@ impl Upstream {
         Ok(h)
     }
 
+    /// `http(s)://host[:port]` of endpoint `ep`.
+    pub fn origin(&self, ep: usize) -> String {
+        let tls = self.endpoint(ep).url.as_ref().is_some_and(|u| u.tls);
+        let host = self.endpoint(ep).host_header.to_str().unwrap_or("");
+        format!("{}://{host}", if tls { "https" } else { "http" })
+    }
+
     /// Whether `url` (absolute) is on endpoint `ep`'s host: only there may the key go.
     pub fn serves_url(&self, ep: usize, url: &str) -> bool {
         let Some(rest) = url
@@ -629,6 +636,38 @@ impl Upstream {
             .host_header
             .to_str()
             .is_ok_and(|h| h.eq_ignore_ascii_case(authority))
+    }
+}
+
+impl Upstream {
+    /// A peer for `url` on another host than the provider's — where it redirected a
+    /// download (Gemini sends its videos to its storage) — resolved now, with the provider's
+    /// timeouts and TLS checks: (peer, `Host` header, path and query). An IPv4 address is
+    /// preferred when the name has one (a host without an IPv6 route is common).
+    pub async fn redirect_peer(&self, url: &str) -> Result<(HttpPeer, String, String), String> {
+        let bare = url.split(['?', '#']).next().unwrap_or(url);
+        let u = UpstreamUrl::parse(bare)?;
+        let path = on_host(url).unwrap_or("/").to_string();
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((u.host.as_str(), u.port))
+            .await
+            .map_err(|e| format!("cannot resolve `{}`: {e}", u.host))?
+            .collect();
+        let addr = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| format!("`{}` resolved to no address", u.host))?;
+        let mut peer = HttpPeer::new(addr, u.tls, u.host.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.timeouts.connect);
+        o.total_connection_timeout = Some(self.timeouts.connect * 2);
+        o.idle_timeout = Some(self.timeouts.idle);
+        if self.insecure {
+            o.verify_cert = false;
+            o.verify_hostname = false;
+        }
+        Ok((peer, u.host_header(), path))
     }
 }
 

@@ -663,10 +663,15 @@ pub struct Fetched {
     pub body: Bytes,
 }
 
+/// Redirects a download follows at most.
+const MAX_REDIRECTS: usize = 3;
+
 /// `GET {base}{path}` at `model`'s provider with key `key` of its pool, read whole: a video
 /// job's poll or download, which must go to the provider that holds the job (no failover,
-/// no health report: the job is not a new request to route). `Err` is a failure to reach
-/// the provider, in words for the client.
+/// no health report: the job is not a new request to route). Redirects are followed; the
+/// key goes only to the provider's own host (a download Gemini redirects to its storage is
+/// fetched there without it). `Err` is a failure to reach the provider, in words for the
+/// client.
 pub async fn fetch(
     gw: &Gateway,
     state: &State,
@@ -676,56 +681,113 @@ pub async fn fetch(
     ctx: &mut RequestCtx,
 ) -> Result<Fetched, Failure> {
     let upstream = &state.upstreams[model.provider];
-    let peer = upstream.peer(0).await.map_err(Failure::Connect)?;
-    let header = upstream
-        .get_header(0, path, key)
-        .map_err(|e| Failure::Connect(describe(&e)))?;
     let timeouts = timeouts(state, ctx);
+    let mut target = path.to_string();
+    let mut redirects = 0;
+    loop {
+        let own = !target.starts_with("http") || upstream.serves_url(0, &target);
+        let (peer, header) = if own {
+            let peer = upstream.peer(0).await.map_err(Failure::Connect)?;
+            let header = upstream
+                .get_header(0, &target, key)
+                .map_err(|e| Failure::Connect(describe(&e)))?;
+            (peer, header)
+        } else {
+            let (peer, host, path) = upstream
+                .redirect_peer(&target)
+                .await
+                .map_err(Failure::Connect)?;
+            let header = plain_get(&host, &path).map_err(|e| Failure::Connect(describe(&e)))?;
+            (Arc::new(peer), header)
+        };
+        let (fetched, location) = exchange(gw, state, &peer, header, timeouts, ctx).await?;
+        match location {
+            Some(next) if redirects < MAX_REDIRECTS => {
+                redirects += 1;
+                // A path alone stays on the host that answered.
+                target = match (next.starts_with('/'), own) {
+                    (true, true) => format!("{}{next}", upstream.origin(0)),
+                    (true, false) => format!("{}{next}", origin(&target)),
+                    (false, _) => next,
+                };
+            }
+            _ => return Ok(fetched),
+        }
+    }
+}
+
+/// `scheme://authority` of an absolute URL.
+fn origin(url: &str) -> &str {
+    let after = url.find("://").map_or(0, |i| i + 3);
+    url[after..].find('/').map_or(url, |i| &url[..after + i])
+}
+
+/// A `GET` head with only `Host` and the user agent (for a host that is not a provider's).
+fn plain_get(host: &str, path: &str) -> pingora::Result<RequestHeader> {
+    let mut h = RequestHeader::build("GET", path.as_bytes(), None)?;
+    h.insert_header(http::header::HOST, host)?;
+    h.insert_header(
+        http::header::USER_AGENT,
+        concat!("freeway/", env!("CARGO_PKG_VERSION")),
+    )?;
+    Ok(h)
+}
+
+/// One `GET` exchange read whole: the answer, and where a redirect points.
+async fn exchange(
+    gw: &Gateway,
+    state: &State,
+    peer: &Arc<HttpPeer>,
+    header: RequestHeader,
+    timeouts: Timeouts,
+    ctx: &mut RequestCtx,
+) -> Result<(Fetched, Option<String>), Failure> {
     let started = Instant::now();
     let empty = Outbound {
-        path: path.to_string(),
+        path: String::new(),
         content_type: http::HeaderValue::from_static("application/json"),
         accept: "*/*",
         body: Body::One(Bytes::new()),
         headers: Vec::new(),
     };
-    let sent = send_request(&gw.connector, &peer, header, &empty, timeouts).await;
+    let sent = send_request(&gw.connector, peer, header, &empty, timeouts).await;
     ctx.upstream_wait += started.elapsed();
     let mut http = sent?;
     let Some(head) = http.response_header() else {
         return Err(Failure::Connect("no response header".into()));
     };
     let status = head.status.as_u16();
-    let content_type = head
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    http.set_read_timeout(Some(timeouts.idle));
-    let cap = if (200..300).contains(&status) {
-        MAX_ANSWER_BYTES
-    } else {
-        MAX_ERROR_BODY
+    let text = |name: http::header::HeaderName| {
+        head.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     };
+    let content_type = text(http::header::CONTENT_TYPE).unwrap_or_default();
+    let location =
+        text(http::header::LOCATION).filter(|_| matches!(status, 301 | 302 | 303 | 307 | 308));
+    http.set_read_timeout(Some(timeouts.idle));
+    let ok = (200..300).contains(&status);
+    let cap = if ok { MAX_ANSWER_BYTES } else { MAX_ERROR_BODY };
     let body = read_capped(&mut http, cap, ctx).await?;
     if http.response_done() {
         let idle = peer.options.idle_timeout;
-        gw.connector.release_http_session(http, &*peer, idle).await;
+        gw.connector.release_http_session(http, &**peer, idle).await;
     } else {
         http.shutdown().await;
     }
     // A provider may echo the key it was sent.
-    let body = if (200..300).contains(&status) {
+    let body = if ok {
         body
     } else {
         Bytes::from(state.secrets.scrub_bytes(&body))
     };
-    Ok(Fetched {
+    let fetched = Fetched {
         status,
         content_type,
         body,
-    })
+    };
+    Ok((fetched, location))
 }
 
 /// Connects (retrying on a stale pooled connection), sends the head and the body, and reads

@@ -195,19 +195,6 @@ pub async fn job(
         Ok(l) => l,
         Err(e) => return send_error(session, ctx, &ApiError::upstream(502, e)).await,
     };
-    let absolute = location.starts_with("http://") || location.starts_with("https://");
-    if absolute && !upstream.serves_url(0, &location) {
-        // The provider's key goes nowhere but the provider's own host.
-        let e = ApiError::upstream(
-            502,
-            format!(
-                "`{}` keeps the video on another host than its API; the gateway does not \
-                 send the provider's key there.",
-                model.provider_name
-            ),
-        );
-        return send_error(session, ctx, &e).await;
-    }
     let Some(video) = fetch_ok(gw, state, session, ctx, model, key, &location).await else {
         return;
     };

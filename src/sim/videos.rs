@@ -7,7 +7,9 @@
 //!   `parameters.aspectRatio` 16:9 | 9:16, `durationSeconds` 4–8) → `{"name":
 //!   "models/{m}/operations/{id}"}`; `GET …/models/{m}/operations/{id}` → the operation,
 //!   `done` with `response.generateVideoResponse.generatedSamples[0].video.uri` once ready;
-//!   `GET …/files/{id}:download?alt=media` → the MP4, only with an `x-goog-api-key`.
+//!   `GET …/files/{id}:download?alt=media`, only with an `x-goog-api-key`, redirects (302)
+//!   to the MP4 in "storage" on another host name (`localhost` for `127.0.0.1`), as
+//!   Gemini's downloads do: `GET /_sim/video-files/{id}.mp4`, no key needed.
 //!
 //! A job takes [`JOB_MS`] to finish. Videos are tiny valid MP4 files ([`mp4`]): an `ftyp`
 //! box first, a `moov` with the clip's duration, an `mdat` seeded by the prompt. Behaviours
@@ -37,12 +39,20 @@ pub enum Kind {
     VeoPoll(String),
     /// The file's id.
     VeoDownload(String),
+    /// Where a Veo download redirects: the file's id.
+    Stored(String),
 }
+
+/// Where the simulated storage keeps Veo's videos.
+pub const STORAGE: &str = "/_sim/video-files/";
 
 impl Kind {
     pub fn of(path: &str, method: &http::Method) -> Option<Kind> {
         let post = method == http::Method::POST;
         let get = method == http::Method::GET;
+        if let Some(file) = path.strip_prefix(STORAGE).filter(|_| get) {
+            return Some(Kind::Stored(file.strip_suffix(".mp4")?.to_string()));
+        }
         if post && path.ends_with("/videos") {
             return Some(Kind::OpenAiCreate);
         }
@@ -217,7 +227,8 @@ impl SimProvider {
             Kind::OpenAiGet(id)
             | Kind::OpenAiContent(id)
             | Kind::VeoPoll(id)
-            | Kind::VeoDownload(id) => {
+            | Kind::VeoDownload(id)
+            | Kind::Stored(id) => {
                 self.record(session, &body, "");
                 let job = self.videos.lock().get(id).cloned();
                 let Some(job) = job else {
@@ -250,6 +261,19 @@ impl SimProvider {
                     _ if veo && !has_key("x-goog-api-key") => {
                         let msg = "Method doesn't allow unregistered callers. Please use API Key.";
                         write(session, 403, "application/json", fail(403, msg), &[]).await
+                    }
+                    Kind::VeoDownload(_) => {
+                        // Gemini's storage lives on another host.
+                        let host = session
+                            .req_header()
+                            .headers
+                            .get("host")
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("localhost")
+                            .replace("127.0.0.1", "localhost");
+                        let to = format!("http://{host}{STORAGE}{id}.mp4");
+                        let empty = Bytes::new();
+                        write(session, 302, "text/plain", empty, &[("location", &to)]).await
                     }
                     _ if !job.done() => {
                         let msg = "Video is not ready yet, check the job's status.";

@@ -91,6 +91,10 @@ def main():
         if role == "gemini":
             got = [r for r in sim_requests() if ":download" in r["path"]]
             check(got and got[-1]["x_goog_api_key"], f"gemini download with the key: {got}")
+            # It redirects to storage on another host: the key does not follow.
+            stored = [r for r in sim_requests() if "/_sim/video-files/" in r["path"]]
+            check(stored and not stored[-1]["x_goog_api_key"]
+                  and not stored[-1]["authorization"], f"storage fetched without a key: {stored}")
 
     # ── failover: the first candidate answers 500 at creation ──
     video = client.videos.create(model=m["failover"], prompt="a failover clip", seconds="4",
