@@ -45,10 +45,23 @@ pub async fn create(gw: &Gateway, state: &State, session: &mut Session, ctx: &mu
     } else {
         formats::parse_json(&raw)
     };
-    let req = match parsed {
+    let mut req = match parsed {
         Ok(r) => r,
         Err(e) => return send_error(session, ctx, &e).await,
     };
+    // Guardrails read the prompt as a user's text, whichever shape the body had; the
+    // upstream request is built from the parsed request, so a redaction holds everywhere.
+    let prompt = Bytes::from(json!({ "prompt": req.prompt }).to_string());
+    let shape = super::guardrails::Prompt::Image;
+    let Some(prompt) = super::guardrails::prompt(state, session, ctx, prompt, shape).await else {
+        return; // blocked
+    };
+    if let Some(p) = serde_json::from_slice::<Value>(&prompt)
+        .ok()
+        .and_then(|v| v["prompt"].as_str().map(str::to_string))
+    {
+        req.prompt = p;
+    }
     ctx.requested_model = req.model.clone();
     ctx.prompt_estimate = req.prompt.len().div_ceil(4) as u32;
     let needs = Needs {
@@ -183,11 +196,18 @@ pub async fn job(
         return send_json(session, ctx, 200, object(&job, &st)).await;
     }
     if st.status != Status::Completed {
-        let mut e = ApiError::invalid(format!(
-            "The video job `{id}` is {} ({} %): its video can be downloaded once it is completed.",
-            st.status.as_str(),
-            st.progress
-        ));
+        let mut e = ApiError::invalid(match (&st.status, &st.error) {
+            (Status::Failed, Some((_, why))) => {
+                format!("The video job `{id}` failed ({why}): it has no video.")
+            }
+            (Status::Failed, None) => format!("The video job `{id}` failed: it has no video."),
+            (s, _) => format!(
+                "The video job `{id}` is {} ({} %): its video can be downloaded once it is \
+                 completed.",
+                s.as_str(),
+                st.progress
+            ),
+        });
         e.code = Some("video_not_ready");
         return send_error(session, ctx, &e).await;
     }

@@ -11,7 +11,8 @@
 //!   to the MP4 in "storage" on another host name (`localhost` for `127.0.0.1`), as
 //!   Gemini's downloads do: `GET /_sim/video-files/{id}.mp4`, no key needed.
 //!
-//! A job takes [`JOB_MS`] to finish. Videos are tiny valid MP4 files ([`mp4`]): an `ftyp`
+//! A job takes [`JOB_MS`] to finish; one whose prompt holds `sim-fail-job` fails then (OpenAI:
+//! `status` `failed` with an `error`; Veo: `done` with an `error`). Videos are tiny valid MP4 files ([`mp4`]): an `ftyp`
 //! box first, a `moov` with the clip's duration, an `mdat` seeded by the prompt. Behaviours
 //! (`fail-500`, …) apply to the call that starts a job, as for the other media.
 
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 
 /// How long a simulated job takes, queued for the first fifth.
 pub const JOB_MS: u64 = 800;
+/// A prompt holding this makes a job that fails.
+pub const FAIL: &str = "sim-fail-job";
 
 /// A video request the simulator answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,8 +114,23 @@ impl SimJob {
         self.started.elapsed() >= Duration::from_millis(JOB_MS)
     }
 
+    /// A job asked to fail, once done.
+    fn failed(&self) -> bool {
+        self.done() && self.prompt.contains(FAIL)
+    }
+
     fn openai_object(&self, id: &str) -> Value {
         let (status, progress) = self.stage();
+        if self.failed() {
+            return json!({
+                "id": id, "object": "video", "model": self.model, "status": "failed",
+                "progress": 100, "created_at": self.created_at, "completed_at": null,
+                "expires_at": null, "prompt": self.prompt, "seconds": self.seconds.to_string(),
+                "size": self.size, "remixed_from_video_id": null,
+                "error": {"code": "moderation_blocked",
+                          "message": "sim: the video was blocked by moderation"},
+            });
+        }
         let completed = (status == "completed").then(|| self.created_at + JOB_MS / 1000);
         json!({
             "id": id, "object": "video", "model": self.model, "status": status,
@@ -240,7 +258,10 @@ impl SimProvider {
                     Kind::OpenAiGet(_) => write_json(session, 200, &job.openai_object(id)).await,
                     Kind::VeoPoll(_) => {
                         let name = format!("models/{}/operations/{id}", job.model);
-                        let op = if job.done() {
+                        let op = if job.failed() {
+                            json!({"name": name, "done": true, "error": {"code": 3,
+                                   "message": "sim: the video was blocked by the safety filters"}})
+                        } else if job.done() {
                             let host = session
                                 .req_header()
                                 .headers
@@ -275,7 +296,7 @@ impl SimProvider {
                         let empty = Bytes::new();
                         write(session, 302, "text/plain", empty, &[("location", &to)]).await
                     }
-                    _ if !job.done() => {
+                    _ if !job.done() || job.failed() => {
                         let msg = "Video is not ready yet, check the job's status.";
                         write(session, 404, "application/json", fail(404, msg), &[]).await
                     }

@@ -19,6 +19,9 @@ fn config() -> String {
     };
     [
         format!("[auth]\nkeys = [\"{KEY}\", \"{OTHER_KEY}\"]\n"),
+        "[[guardrails]]\nname = \"no-email\"\npii = [\"email\"]\naction = \"redact\"\n\
+         [[guardrails]]\nname = \"no-plans\"\nwords = [\"secret-plan\"]\naction = \"block\"\n"
+            .to_string(),
         provider(
             "vid-openai",
             "openai",
@@ -266,4 +269,77 @@ fn openapi_json_is_valid_openapi_3_1_and_lists_every_endpoint_of_the_table() {
     run_python(&["-c", code, path.to_str().unwrap()], "OPENAPI OK", &|| {
         gw.log_text()
     });
+}
+
+#[test]
+fn a_failed_job_says_why_and_guardrails_read_the_prompt_of_either_body_shape() {
+    let sim = start_sim();
+    let gw = start_gateway(&config(), &sim.addr);
+    // A job the provider fails: `failed` with its error, and no video to download.
+    for model in [OPENAI, GEMINI] {
+        let id = create(&gw, model, "sim-fail-job, please");
+        let mut last = serde_json::Value::Null;
+        wait_until(20, "the job to fail", || {
+            let (status, _, b) = get(&gw, &format!("/v1/videos/{id}"), KEY);
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
+            last = json(&b);
+            last["status"] == "failed"
+        });
+        assert!(
+            last["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("sim:")),
+            "{last}"
+        );
+        let (status, _, b) = get(&gw, &format!("/v1/videos/{id}/content"), KEY);
+        let v = assert_error(status, &b, 400, "invalid_request_error");
+        assert_eq!(v["error"]["code"], "video_not_ready", "{v}");
+    }
+
+    // A blocked prompt never goes upstream.
+    let creations = || {
+        sim_requests(&sim)
+            .iter()
+            .filter(|r| r["method"] == "POST")
+            .count()
+    };
+    let before = creations();
+    let body = serde_json::json!({"model": OPENAI, "prompt": "film the secret-plan"});
+    let (status, _, b) = post(&gw.url("/v1/videos"), Some(KEY), body.to_string());
+    let v = assert_error(status, &b, 400, "invalid_request_error");
+    assert_eq!(v["error"]["code"], "content_blocked", "{v}");
+    assert_eq!(creations(), before);
+
+    // A multipart body (the SDK's shape) is redacted like JSON.
+    let form = freeway::multipart::build(
+        "vidXB",
+        &[
+            ("model", OPENAI),
+            ("prompt", "a clip for ann@example.com"),
+            ("seconds", "4"),
+            ("size", "1280x720"),
+        ],
+        None,
+    );
+    let resp = client()
+        .post(gw.url("/v1/videos"))
+        .bearer_auth(KEY)
+        .header("content-type", "multipart/form-data; boundary=vidXB")
+        .body(form)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let sent = sim_requests(&sim)
+        .into_iter()
+        .rev()
+        .find(|r| r["method"] == "POST")
+        .unwrap();
+    let prompt = sent["fields"]["prompt"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        prompt.starts_with("a clip for ") && !prompt.contains("ann@example.com"),
+        "{sent}"
+    );
 }
