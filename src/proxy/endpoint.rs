@@ -404,6 +404,16 @@ mod tests {
         assert_eq!(find("/v1/images/files/a/b").handler, Handler::NotFound);
         let file = find("/v1/images/files/abc");
         assert_eq!(param(file, "/v1/images/files/abc", "id"), Some("abc"));
+        assert_eq!(find("/v1/videos").handler, Handler::Videos);
+        assert_eq!(find("/v1/videos/video_1").handler, Handler::Video);
+        let content = find("/videos/video_1/content");
+        assert_eq!(content.handler, Handler::VideoContent);
+        assert_eq!(
+            param(content, "/videos/video_1/content", "id"),
+            Some("video_1")
+        );
+        assert_eq!(find("/v1/videos/a/b").handler, Handler::NotFound);
+        assert_eq!(find("/v1/videos//content").handler, Handler::NotFound);
     }
 
     #[test]
