@@ -656,22 +656,74 @@ async fn attempt<C: Call>(
     }
 }
 
-/// An answer fetched outside the engine (`fetch`).
+/// An answer fetched outside the engine (`fetch`), read whole.
 pub struct Fetched {
     pub status: u16,
     pub content_type: String,
     pub body: Bytes,
 }
 
+/// An answer fetched outside the engine (`open`) whose head has arrived: its body is read
+/// chunk by chunk (a video relayed as it comes) or whole.
+pub struct Opened {
+    http: HttpSession,
+    peer: Arc<HttpPeer>,
+    pub status: u16,
+    pub content_type: String,
+    /// `content-length`, when the provider said.
+    pub length: Option<u64>,
+    /// Where a redirect points.
+    location: Option<String>,
+}
+
+impl Opened {
+    /// The next body chunk (`None` at the end).
+    pub async fn chunk(&mut self, ctx: &mut RequestCtx) -> pingora::Result<Option<Bytes>> {
+        read_chunk(&mut self.http, ctx).await
+    }
+
+    /// The whole body (an error body scrubbed of secrets), the connection released.
+    pub async fn whole(
+        mut self,
+        gw: &Gateway,
+        state: &State,
+        ctx: &mut RequestCtx,
+    ) -> Result<Fetched, Failure> {
+        let ok = (200..300).contains(&self.status);
+        let cap = if ok { MAX_ANSWER_BYTES } else { MAX_ERROR_BODY };
+        let body = read_capped(&mut self.http, cap, ctx).await?;
+        let (status, content_type) = (self.status, std::mem::take(&mut self.content_type));
+        self.release(gw).await;
+        // A provider may echo the key it was sent.
+        let body = if ok {
+            body
+        } else {
+            Bytes::from(state.secrets.scrub_bytes(&body))
+        };
+        Ok(Fetched {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    /// Returns the connection to the pool if the answer was read to its end.
+    pub async fn release(self, gw: &Gateway) {
+        let Opened { mut http, peer, .. } = self;
+        if http.response_done() {
+            let idle = peer.options.idle_timeout;
+            gw.connector.release_http_session(http, &*peer, idle).await;
+        } else {
+            http.shutdown().await;
+        }
+    }
+}
+
 /// Redirects a download follows at most.
 const MAX_REDIRECTS: usize = 3;
 
 /// `GET {base}{path}` at `model`'s provider with key `key` of its pool, read whole: a video
-/// job's poll or download, which must go to the provider that holds the job (no failover,
-/// no health report: the job is not a new request to route). Redirects are followed; the
-/// key goes only to the provider's own host (a download Gemini redirects to its storage is
-/// fetched there without it). `Err` is a failure to reach the provider, in words for the
-/// client.
+/// job's poll, which must go to the provider that holds the job. See [`open`].
 pub async fn fetch(
     gw: &Gateway,
     state: &State,
@@ -680,6 +732,26 @@ pub async fn fetch(
     path: &str,
     ctx: &mut RequestCtx,
 ) -> Result<Fetched, Failure> {
+    open(gw, state, model, key, path, ctx)
+        .await?
+        .whole(gw, state, ctx)
+        .await
+}
+
+/// `GET {base}{path}` (or a URL on the provider's host) at `model`'s provider with key `key`
+/// of its pool, up to its response head: a video job's poll or download, which must go to
+/// the provider that holds the job (no failover, no health report: the job is not a new
+/// request to route). Redirects are followed; the key goes only to the provider's own host
+/// (a download Gemini redirects to its storage is fetched there without it). `Err` is a
+/// failure to reach the provider, in words for the client.
+pub async fn open(
+    gw: &Gateway,
+    state: &State,
+    model: &ModelEntry,
+    key: Option<usize>,
+    path: &str,
+    ctx: &mut RequestCtx,
+) -> Result<Opened, Failure> {
     let upstream = &state.upstreams[model.provider];
     let timeouts = timeouts(state, ctx);
     let mut target = path.to_string();
@@ -700,9 +772,11 @@ pub async fn fetch(
             let header = plain_get(&host, &path).map_err(|e| Failure::Connect(describe(&e)))?;
             (Arc::new(peer), header)
         };
-        let (fetched, location) = exchange(gw, state, &peer, header, timeouts, ctx).await?;
-        match location {
+        let mut opened = open_one(gw, peer, header, timeouts, ctx).await?;
+        match opened.location.take() {
             Some(next) if redirects < MAX_REDIRECTS => {
+                // The redirect's own body is small: read, so the connection can be reused.
+                let _ = opened.whole(gw, state, ctx).await;
                 redirects += 1;
                 // A path alone stays on the host that answered.
                 target = match (next.starts_with('/'), own) {
@@ -711,7 +785,7 @@ pub async fn fetch(
                     (false, _) => next,
                 };
             }
-            _ => return Ok(fetched),
+            _ => return Ok(opened),
         }
     }
 }
@@ -733,15 +807,14 @@ fn plain_get(host: &str, path: &str) -> pingora::Result<RequestHeader> {
     Ok(h)
 }
 
-/// One `GET` exchange read whole: the answer, and where a redirect points.
-async fn exchange(
+/// One `GET` exchange, up to its response head.
+async fn open_one(
     gw: &Gateway,
-    state: &State,
-    peer: &Arc<HttpPeer>,
+    peer: Arc<HttpPeer>,
     header: RequestHeader,
     timeouts: Timeouts,
     ctx: &mut RequestCtx,
-) -> Result<(Fetched, Option<String>), Failure> {
+) -> Result<Opened, Failure> {
     let started = Instant::now();
     let empty = Outbound {
         path: String::new(),
@@ -750,7 +823,7 @@ async fn exchange(
         body: Body::One(Bytes::new()),
         headers: Vec::new(),
     };
-    let sent = send_request(&gw.connector, peer, header, &empty, timeouts).await;
+    let sent = send_request(&gw.connector, &peer, header, &empty, timeouts).await;
     ctx.upstream_wait += started.elapsed();
     let mut http = sent?;
     let Some(head) = http.response_header() else {
@@ -764,30 +837,18 @@ async fn exchange(
             .map(str::to_string)
     };
     let content_type = text(http::header::CONTENT_TYPE).unwrap_or_default();
+    let length = text(http::header::CONTENT_LENGTH).and_then(|n| n.trim().parse().ok());
     let location =
         text(http::header::LOCATION).filter(|_| matches!(status, 301 | 302 | 303 | 307 | 308));
     http.set_read_timeout(Some(timeouts.idle));
-    let ok = (200..300).contains(&status);
-    let cap = if ok { MAX_ANSWER_BYTES } else { MAX_ERROR_BODY };
-    let body = read_capped(&mut http, cap, ctx).await?;
-    if http.response_done() {
-        let idle = peer.options.idle_timeout;
-        gw.connector.release_http_session(http, &**peer, idle).await;
-    } else {
-        http.shutdown().await;
-    }
-    // A provider may echo the key it was sent.
-    let body = if ok {
-        body
-    } else {
-        Bytes::from(state.secrets.scrub_bytes(&body))
-    };
-    let fetched = Fetched {
+    Ok(Opened {
+        http,
+        peer,
         status,
         content_type,
-        body,
-    };
-    Ok((fetched, location))
+        length,
+        location,
+    })
 }
 
 /// Connects (retrying on a stale pooled connection), sends the head and the body, and reads

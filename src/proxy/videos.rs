@@ -13,7 +13,7 @@
 use super::attempt::{self, Answer, Call, Failure, Fetched, Refusal, Reply};
 use super::body::read_body;
 use super::ctx::RequestCtx;
-use super::respond::{send, send_error, send_json, send_upstream_error};
+use super::respond::{send_error, send_json, send_upstream_error, write_head};
 use super::Gateway;
 use crate::config::ModelType;
 use crate::errors::{upstream_envelope, ApiError};
@@ -215,8 +215,14 @@ pub async fn job(
         Ok(l) => l,
         Err(e) => return send_error(session, ctx, &ApiError::upstream(502, e)).await,
     };
-    let Some(video) = fetch_ok(gw, state, session, ctx, model, key, &location).await else {
-        return;
+    // Relayed as it comes: a long clip is never held whole.
+    let mut video = match attempt::open(gw, state, model, key, &location, ctx).await {
+        Ok(o) if (200..300).contains(&o.status) => o,
+        Ok(o) => {
+            let answer = o.whole(gw, state, ctx).await;
+            return answer_failure(state, session, ctx, model, answer).await;
+        }
+        Err(f) => return answer_failure(state, session, ctx, model, Err(f)).await,
     };
     let ctype = if video.content_type.starts_with("video/") {
         video.content_type.clone()
@@ -224,7 +230,37 @@ pub async fn job(
         "video/mp4".to_string()
     };
     let headers = [("x-content-type-options", "nosniff".to_string())];
-    send(session, ctx, 200, &ctype, video.body, &headers).await
+    if !write_head(session, ctx, 200, &ctype, video.length, &headers).await {
+        return video.release(gw).await; // the client left
+    }
+    loop {
+        match video.chunk(ctx).await {
+            Ok(Some(chunk)) => {
+                ctx.response_bytes += chunk.len() as u64;
+                if session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .is_err()
+                {
+                    break; // the client left
+                }
+            }
+            Ok(None) => {
+                let _ = session.write_response_body(None, true).await;
+                break;
+            }
+            Err(e) => {
+                let why = format!("the video download broke: {}", attempt::describe(&e));
+                log::warn!("{}: {why}", ctx.id);
+                ctx.failures.push(why);
+                // The client cannot be told in-band: end the connection short.
+                session.set_keepalive(None);
+                let _ = session.write_response_body(None, true).await;
+                break;
+            }
+        }
+    }
+    video.release(gw).await
 }
 
 /// A 2xx answer of the job's provider, or `None` when its error (or the failure to reach
@@ -240,18 +276,33 @@ async fn fetch_ok(
 ) -> Option<Fetched> {
     match attempt::fetch(gw, state, model, key, path, ctx).await {
         Ok(f) if (200..300).contains(&f.status) => Some(f),
+        other => {
+            answer_failure(state, session, ctx, model, other).await;
+            None
+        }
+    }
+}
+
+/// Answers a provider's error (in the gateway's envelope) or the failure to reach it.
+async fn answer_failure(
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    model: &ModelEntry,
+    answer: Result<Fetched, Failure>,
+) {
+    match answer {
         Ok(f) => {
             let name = &state.upstreams[model.provider].name;
             let openai = providers::translator(model.provider_kind).error(f.status, &f.body, name);
-            // A refused provider key is the gateway's problem, not the client's.
-            let status = if matches!(f.status, 401 | 403) {
-                502
-            } else {
-                f.status
+            // A refused provider key is the gateway's problem, not the client's; a 2xx
+            // that is not what was asked for is the provider's fault.
+            let status = match f.status {
+                401 | 403 | 200..=399 => 502,
+                s => s,
             };
             let body = upstream_envelope(status, &model.provider_name, &openai);
-            send_upstream_error(session, ctx, status, body, &[]).await;
-            None
+            send_upstream_error(session, ctx, status, body, &[]).await
         }
         Err(failure) => {
             let why = state.secrets.scrub(&failure.to_string()).into_owned();
@@ -260,8 +311,7 @@ async fn fetch_ok(
                 Failure::Timeout(_) => ApiError::timeout(message),
                 _ => ApiError::upstream(502, message),
             };
-            send_error(session, ctx, &e).await;
-            None
+            send_error(session, ctx, &e).await
         }
     }
 }
