@@ -1,5 +1,5 @@
 //! The one attempt engine every model endpoint runs (chat, Responses, embeddings, audio,
-//! speech-to-speech): take the planned candidates in order, claim one (a slot at its
+//! speech-to-speech, images, the creation of video jobs): take the planned candidates in order, claim one (a slot at its
 //! provider, a key of its pool, the recovery probe), build its upstream request, send it,
 //! classify the answer, decide what comes next (another key of the pool, the next candidate,
 //! or done) and record the attempt — health, daily count, rate pace, the attempt metric,
@@ -7,6 +7,8 @@
 //!
 //! An endpoint supplies only what differs, as a [`Call`]: how to build its request for a
 //! model, and how to read a successful answer (relay it to the client, or capture it).
+//! [`open`] and [`fetch`] are the one exchange outside the engine: a `GET` to the provider
+//! that already holds a video job (its poll, its download), with no routing.
 //!
 //! The gateway drives the upstream exchange itself with Pingora's pooled connector rather
 //! than the stock proxy phases: that works for bodies of any size (the stock path can replay
