@@ -258,6 +258,21 @@ fn failed_authentication_costs_the_ip_and_cannot_flood_the_log() {
     let (status, h, b) = chat_with(&gw, "p/m", Some("sk-guess"), &[]);
     assert_error(status, &b, 429, "rate_limit_error");
     assert!(h.contains_key("retry-after"));
+    // Both the refused guesses and the refusal by the limit show in the metrics.
+    let counted = |status: &str| -> f64 {
+        gw.metrics(KEY)
+            .lines()
+            .filter(|l| {
+                l.starts_with("freeway_requests_total{")
+                    && l.contains("endpoint=\"chat\"")
+                    && l.contains(&format!("status=\"{status}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    wait_until(5, "the guesses counted", || {
+        counted("401") == 5.0 && counted("429") == 1.0
+    });
 
     // Without the per-IP limit, a flood of keyless requests still keeps real rows.
     let gw = start_gateway(
