@@ -109,19 +109,11 @@ pub fn build_request(body: &[u8], model: &str, stream: bool) -> Result<Value, Ap
                     vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
                 );
             }
-            other => {
-                return Err(ApiError::invalid_param(
-                    "messages",
-                    format!("Unknown message role `{other}`."),
-                ))
-            }
+            other => return Err(common::unknown_role(other)),
         }
     }
     if messages.is_empty() {
-        return Err(ApiError::invalid_param(
-            "messages",
-            "Anthropic needs at least one user or assistant message besides the system prompt.",
-        ));
+        return Err(common::no_turns("Anthropic"));
     }
 
     let mut out = Map::new();
