@@ -323,11 +323,7 @@ pub(crate) mod testing {
         stream: &[u8],
         second: &str,
     ) {
-        let (out, r, started) = run(stream, true);
-        r.unwrap();
-        assert!(started);
-        let c = chunks(&out);
-        assert_eq!(c[0]["choices"][0]["delta"]["role"], "assistant");
+        let (out, c) = opened(&run, stream);
         assert_eq!(c[1]["choices"][0]["delta"]["content"], "Hel");
         assert_eq!(c[2]["choices"][0]["delta"]["content"], second);
         assert_eq!(c[3]["choices"][0]["finish_reason"], "stop");
@@ -336,6 +332,20 @@ pub(crate) mod testing {
         assert!(out.ends_with("data: [DONE]\n\n"));
         let (out, _, _) = run(stream, false);
         assert!(!out.contains("usage"));
+    }
+
+    /// `stream` translated by `run` with usage, and its JSON chunks: the translation must
+    /// succeed, have started and open with the assistant's role.
+    pub fn opened(
+        run: impl Fn(&[u8], bool) -> (String, Result<(), StreamError>, bool),
+        stream: &[u8],
+    ) -> (String, Vec<Value>) {
+        let (out, r, started) = run(stream, true);
+        r.unwrap();
+        assert!(started);
+        let c = chunks(&out);
+        assert_eq!(c[0]["choices"][0]["delta"]["role"], "assistant");
+        (out, c)
     }
 
     /// The JSON chunks of `stream` translated by `run` (which must succeed).

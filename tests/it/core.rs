@@ -296,26 +296,25 @@ fn upstream_failures_reach_clients_in_words_without_pingora_internals() {
         last["error"]["message"].as_str().unwrap(),
         "the stream from `dropper/m1` failed: the provider closed the connection",
     );
+    let failed = |path: &str, body: String| -> String {
+        let (status, _, body) = post(&gw.url(path), Some(KEY), body);
+        let v = assert_error(status, &body, 502, "upstream_error");
+        v["error"]["message"].as_str().unwrap().to_string()
+    };
     // A JSON answer cut half-way through its promised length.
-    let (status, _, body) = post(
-        &gw.url("/v1/chat/completions"),
-        Some(KEY),
-        chat_body("cutter/m2", "a b c d e f", false),
-    );
-    let v = assert_error(status, &body, 502, "upstream_error");
     assert_in_words(
-        v["error"]["message"].as_str().unwrap(),
+        &failed(
+            "/v1/chat/completions",
+            chat_body("cutter/m2", "a b c d e f", false),
+        ),
         "Every upstream attempt failed (1 tried): cutter/m2: the provider closed the connection",
     );
     // Native passthrough: the connection dropped before the answer (Pingora's own path).
-    let (status, _, body) = post(
-        &gw.url("/providers/dropper/chat/completions"),
-        Some(KEY),
-        chat_body("m1", "a b c", false),
-    );
-    let v = assert_error(status, &body, 502, "upstream_error");
     assert_in_words(
-        v["error"]["message"].as_str().unwrap(),
+        &failed(
+            "/providers/dropper/chat/completions",
+            chat_body("m1", "a b c", false),
+        ),
         "Upstream failure: the provider closed the connection.",
     );
     assert_alive(&gw);

@@ -827,11 +827,7 @@ data: {\"type\":\"message_stop\"}\n\n";
 
     #[test]
     fn stream_text_and_tool_use_translate() {
-        let (out, r, started) = run(STREAM, true);
-        r.unwrap();
-        assert!(started);
-        let c = chunks(&out);
-        assert_eq!(c[0]["choices"][0]["delta"]["role"], "assistant");
+        let (out, c) = testing::opened(run, STREAM);
         assert_eq!(c[1]["choices"][0]["delta"]["content"], "Hi \"there\"");
         let tc = &c[2]["choices"][0]["delta"]["tool_calls"][0];
         assert_eq!(
