@@ -15,6 +15,13 @@
 #   TELEMETRY=1 bash benches/load.sh          # also a freeway exporting OpenTelemetry
 #                                             # spans (sample_ratio 1.0) to a local OTLP
 #                                             # sink, interleaved: what tracing costs
+#   CALLGRIND=1 bash benches/load.sh          # also instructions per request (callgrind,
+#                                             # whole process, wrk c=8 for CG_SECS=10 s)
+#                                             # of nginx and of each freeway, after the
+#                                             # rounds: the table issue 21 asks for
+#
+# Every round also measures the time to the first byte of a streamed answer's body (p50
+# over 200 sequential requests on one kept-alive connection, from CPU 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -27,8 +34,9 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then as_root apt-get update -qq; as_root apt-get install -y -qq "${missing[@]}" >/dev/null; fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release -q
-BIN=${CARGO_TARGET_DIR:-target}/release/freeway
+# FREEWAY_BIN: measure that binary instead of building this checkout's release build.
+if [ -z "${FREEWAY_BIN:-}" ]; then cargo build --release -q; fi
+BIN=${FREEWAY_BIN:-${CARGO_TARGET_DIR:-target}/release/freeway}
 TMP=$(mktemp -d)
 source benches/common.sh
 SIM=$(port); GW=$(port); NGX=$(port); GW2=$(port)
@@ -89,7 +97,10 @@ http {
 }
 NGINX
 taskset -c 1 "$NGINX" -c "$TMP/nginx.conf" -p "$TMP" >/dev/null 2>&1 & pids+=($!)
-sleep 1
+# Every server answers before the first round (a loaded machine starts them slowly).
+for p in "$SIM" "$NGX" "$GW" ${LOG_COST:+"$GW2"} ${BASE_BIN:+"$GW3"} ${TELEMETRY:+"$GW4"}; do
+  for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+done
 NGX_PID=$(cat "$TMP/nginx.pid")
 NGX_WORKER=$(pgrep -P "$NGX_PID" | head -1)
 
@@ -106,17 +117,44 @@ LUA
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
+# ttfb PORT: the median time from sending a streamed chat request to the first byte of the
+# answer's body, over 200 requests on one connection (after 20 to warm up), in µs.
+cat >"$TMP/ttfb.py" <<'PY'
+import http.client, json, statistics, sys, time
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+body = json.dumps({"model": "auto", "stream": True, "max_tokens": 64,
+                   "messages": [{"role": "user", "content": "Stream me a short answer, please."}]})
+head = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
+times = []
+for i in range(220):
+    t0 = time.perf_counter()
+    c.request("POST", "/v1/chat/completions", body, head)
+    r = c.getresponse()
+    first = r.read1(1)
+    t1 = time.perf_counter()
+    r.read()
+    if r.status != 200 or not first:
+        sys.exit(f"stream answer {r.status}")
+    if i >= 20:
+        times.append((t1 - t0) * 1e6)
+print(f"{statistics.median(times):.0f}")
+PY
+
 run() { # name url pid
   local name=$1 url=$2 pid=$3
-  local lat thr t0 t1 reqs
-  lat=$(taskset -c 0 wrk -t1 -c1 -d"${DUR}s" --latency -s "$TMP/post.lua" "$url" | awk '/^ +50%/{print $2}')
+  local lat p99 thr t0 t1 reqs port ttfb
+  lat=$(taskset -c 0 wrk -t1 -c1 -d"${DUR}s" --latency -s "$TMP/post.lua" "$url")
+  p99=$(echo "$lat" | awk '/^ +99%/{print $2}')
+  lat=$(echo "$lat" | awk '/^ +50%/{print $2}')
+  port=${url#http://127.0.0.1:}; port=${port%%/*}
+  ttfb=$(taskset -c 0 python3 "$TMP/ttfb.py" "$port")
   t0=$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
   out=$(taskset -c 0 wrk -t1 -c32 -d"${DUR}s" -s "$TMP/post.lua" "$url")
   t1=$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
   thr=$(echo "$out" | awk '/Requests\/sec/{print $2}')
   reqs=$(echo "$out" | awk '/requests in/{print $1}')
   non2xx=$(echo "$out" | awk '/Non-2xx/{print $NF}')
-  echo "$name $lat $thr $((t1 - t0)) $reqs ${non2xx:-0}" >>"$TMP/results"
+  echo "$name $lat $thr $((t1 - t0)) $reqs ${non2xx:-0} $p99 $ttfb" >>"$TMP/results"
 }
 
 for r in $(seq "$ROUNDS"); do
@@ -135,6 +173,43 @@ for r in $(seq "$ROUNDS"); do
   fi
 done
 
+# Instructions per request under callgrind (the whole process, every thread), for nginx and
+# each freeway build/config of the rounds: valgrind's count does not drift with the VM.
+if [ -n "${CALLGRIND:-}" ]; then
+  command -v valgrind >/dev/null || { as_root apt-get update -qq; as_root apt-get install -y -qq valgrind >/dev/null; }
+  for p in "${pids[@]:1}"; do kill "$p" 2>/dev/null || true; done # all but the mock
+  sleep 1
+  cg() { # name port command…: starts it under callgrind, warms it up, counts c=8 for CG_SECS
+    local name=$1 port=$2 pid n ir
+    shift 2
+    valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$name" --dump-instr=no "$@" \
+      >"$TMP/cg.$name.log" 2>&1 &
+    pid=$!; pids+=("$pid")
+    for _ in $(seq 600); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.5; done
+    wrk -t1 -c8 -d5s -s "$TMP/post.lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    wrk -t1 -c8 -d"${CG_SECS:-10}s" -s "$TMP/post.lua" "http://127.0.0.1:$port/v1/chat/completions" >"$TMP/cg.$name.wrk"
+    n=$(awk '/requests in/{print $1}' "$TMP/cg.$name.wrk")
+    sleep 2 # the request log's last batch (1 s linger) lands inside the window
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    sleep 1
+    ir=$(awk '/^summary:/{s+=$2} END{print s}' "$TMP"/cg."$name".[0-9]*)
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    echo "cg $name $n $ir" >>"$TMP/results"
+  }
+  sed -e 's/^daemon off;/daemon off;\nmaster_process off;/' "$TMP/nginx.conf" >"$TMP/nginx-cg.conf"
+  cg nginx "$NGX" "$NGINX" -c "$TMP/nginx-cg.conf" -p "$TMP"
+  # valgrind runs freeway ~50x slower: the request log writer gets a 1 s linger to see
+  # batches of the size it sees under real load (as benches/log_cost.sh does).
+  sed -i 's/^request_log = .*/&\nlog_linger_ms = 1000/' "$TMP/freeway.toml"
+  RUST_LOG=warn cg freeway "$GW" "$BIN" --config "$TMP/freeway.toml"
+  if [ -n "${BASE_BIN:-}" ]; then
+    sed -i 's/^request_log = .*/&\nlog_linger_ms = 1000/' "$TMP/base.toml"
+    RUST_LOG=warn cg fw-base "$GW3" "$BASE_BIN" --config "$TMP/base.toml"
+  fi
+fi
+
 python3 - "$TMP/results" "$(getconf CLK_TCK)" <<'PY'
 import statistics, sys
 tck = int(sys.argv[2])
@@ -143,22 +218,40 @@ def us(s):
         if s.endswith(unit) and (unit != "s" or not s.endswith(("us", "ms"))):
             return float(s[: -len(unit)]) * f
     return float(s)
-rows = {}
+rows, instr = {}, {}
 for line in open(sys.argv[1]):
-    name, lat, thr, ticks, reqs, non2xx = line.split()
-    rows.setdefault(name, []).append((us(lat), float(thr), int(ticks), int(reqs), int(non2xx)))
+    f = line.split()
+    if f[0] == "cg":
+        instr[f[1]] = int(f[3]) / int(f[2])
+        continue
+    name, lat, thr, ticks, reqs, non2xx, p99, ttfb = f
+    rows.setdefault(name, []).append((us(lat), float(thr), int(ticks), int(reqs), int(non2xx), us(p99), float(ttfb)))
 med = lambda xs: statistics.median(xs)
 d_lat = med([r[0] for r in rows["direct"]]); d_thr = med([r[1] for r in rows["direct"]])
-print(f"{'target':8} {'c=1 p50':>9} {'added p50':>10} {'c=32 req/s':>11} {'vs direct':>9} {'CPU/req':>9} {'non-2xx':>8}")
+d_p99 = med([r[5] for r in rows["direct"]]); d_ttfb = med([r[6] for r in rows["direct"]])
+print(f"{'target':8} {'c=1 p50':>9} {'added p50':>10} {'added p99':>10} {'stream TTFB':>12} {'c=32 req/s':>11} "
+      f"{'vs direct':>9} {'CPU/req':>9} {'instr/req':>10} {'non-2xx':>8}")
 for name in ("direct", "nginx", "freeway", "fw-nolog", "fw-base", "fw-otel"):
     rs = rows.get(name)
     if not rs:
         continue
     lat = med([r[0] for r in rs]); thr = med([r[1] for r in rs])
+    p99 = med([r[5] for r in rs]); ttfb = med([r[6] for r in rs])
     cpu = med([r[2] / tck * 1e6 / r[3] for r in rs]) if name != "direct" else None
     bad = sum(r[4] for r in rs)
-    print(f"{name:8} {lat:7.0f}us {lat - d_lat:8.0f}us {thr:11.0f} {thr / d_thr:8.0%} "
-          f"{(f'{cpu:.1f}us' if cpu is not None else '-'):>9} {bad:>8}")
+    ir = f"{instr[name]:,.0f}" if name in instr else "-"
+    print(f"{name:8} {lat:7.0f}us {lat - d_lat:8.0f}us {p99 - d_p99:8.0f}us {ttfb:10.0f}us {thr:11.0f} {thr / d_thr:8.0%} "
+          f"{(f'{cpu:.1f}us' if cpu is not None else '-'):>9} {ir:>10} {bad:>8}")
+if "nginx" in rows and "freeway" in rows:
+    cpu = lambda name: med([r[2] / tck * 1e6 / r[3] for r in rows[name]])
+    thr = lambda name: med([r[1] for r in rows[name]])
+    p = lambda name, i: med([r[i] for r in rows[name]])
+    line = (f"freeway vs nginx: CPU/req {cpu('freeway') / cpu('nginx'):.2f}x, req/s {thr('freeway') / thr('nginx'):.0%}, "
+            f"c=1 p50 {p('freeway', 0) - p('nginx', 0):+.0f}us, p99 {p('freeway', 5) - p('nginx', 5):+.0f}us, "
+            f"stream TTFB {p('freeway', 6) - p('nginx', 6):+.0f}us")
+    if "nginx" in instr and "freeway" in instr:
+        line += f", instructions {instr['freeway'] / instr['nginx']:.2f}x"
+    print(line)
 if "fw-nolog" in rows:
     on = med([r[1] for r in rows["freeway"]]); off = med([r[1] for r in rows["fw-nolog"]])
     print(f"request log costs {1 - on / off:.1%} of throughput at c=32 (per-round: " +

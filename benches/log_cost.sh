@@ -32,10 +32,11 @@ missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v valgrind >/dev/null || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then as_root apt-get update -qq; as_root apt-get install -y -qq "${missing[@]}" >/dev/null; fi
-cargo build --release -q
+# FREEWAY_BIN: measure that binary instead of building this checkout's release build.
+if [ -z "${FREEWAY_BIN:-}" ]; then cargo build --release -q; fi
 TARGET=${CARGO_TARGET_DIR:-target}
 case $TARGET in /*) ;; *) TARGET=$PWD/$TARGET ;; esac # an absolute CARGO_TARGET_DIR too
-BIN=$TARGET/release/freeway
+BIN=${FREEWAY_BIN:-$TARGET/release/freeway}
 TMP=$(mktemp -d)
 source benches/common.sh
 SIM=$(port)

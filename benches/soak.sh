@@ -20,8 +20,9 @@ WARMUP=60
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v wrk >/dev/null || { as_root apt-get update -qq; as_root apt-get install -y -qq wrk >/dev/null; }
 
-cargo build --release -q
-BIN=${CARGO_TARGET_DIR:-target}/release/freeway
+# FREEWAY_BIN: measure that binary instead of building this checkout's release build.
+if [ -z "${FREEWAY_BIN:-}" ]; then cargo build --release -q; fi
+BIN=${FREEWAY_BIN:-${CARGO_TARGET_DIR:-target}/release/freeway}
 TMP=$(mktemp -d)
 source benches/common.sh
 SIM=$(port); GW=$(port)

@@ -1659,6 +1659,9 @@ mod tests {
         assert_eq!(c.server.header_timeout_seconds, 10);
         assert_eq!(c.server.keepalive_timeout_seconds, 60);
         assert_eq!(c.server.max_header_bytes, 65536);
+        // The body bounds docs/SECURITY.md names: 512 MiB across all bodies, 60 s a body.
+        assert_eq!(c.server.max_buffered_body_bytes, 512 * 1024 * 1024);
+        assert_eq!(c.server.body_timeout_seconds, 60);
         for (text, key) in [
             ("[server]\nmax_connections = 0\n", "server.max_connections"),
             (

@@ -87,9 +87,12 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // One format for every line on stdout (the access log follows the same choice).
+    // Colours only for a person at a terminal: escape codes in a file or a pipe are noise.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal());
     let _ = if freeway::observe::json_logs() {
         builder.json().try_init()
     } else {
@@ -122,9 +125,12 @@ fn main() {
         Some(Command::Demo { listen, sim_listen }) => {
             init_logging();
             let config = freeway::demo::config(&listen, &sim_listen).unwrap_or_else(|e| fail(e));
-            println!(
-                "freeway demo: gateway on http://{listen}, SIMULATED providers on http://{sim_listen}\n\
-                 try:  curl -s http://{listen}/v1/chat/completions -H 'content-type: application/json' \
+            // Log lines like every other, so stdout keeps one format (JSON in a pipe).
+            tracing::info!(
+                "freeway demo: gateway on http://{listen}, SIMULATED providers on http://{sim_listen}"
+            );
+            tracing::info!(
+                "try:  curl -s http://{listen}/v1/chat/completions -H 'content-type: application/json' \
                  -d '{{\"model\":\"auto\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'"
             );
             server::build(config, None, flags, &[sim_listen]).run_forever();

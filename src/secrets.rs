@@ -157,6 +157,46 @@ mod tests {
     }
 
     #[test]
+    fn every_configured_secret_is_scrubbed() {
+        std::env::set_var("FREEWAY_SECRETS_TEST_HEADER", "hdr-secret-0000000000aaaa");
+        let config = crate::config::Config::parse(
+            r#"
+[auth]
+keys = ["gw-auth-secret-0000000001"]
+
+[[keys]]
+label = "app"
+key = "gw-app-secret-0000000002"
+
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_keys = ["pool-secret-0000000003", "pool-secret-0000000004"]
+headers = { "x-org-token" = "env:FREEWAY_SECRETS_TEST_HEADER" }
+  [[providers.models]]
+  id = "m"
+"#,
+        )
+        .unwrap();
+        let s = Secrets::from_config(&config);
+        for secret in [
+            "gw-auth-secret-0000000001",
+            "gw-app-secret-0000000002",
+            "pool-secret-0000000003",
+            "pool-secret-0000000004",
+            "hdr-secret-0000000000aaaa",
+        ] {
+            let text = format!("the provider said: {secret} is wrong");
+            assert_eq!(
+                s.scrub(&text),
+                "the provider said: [REDACTED] is wrong",
+                "{secret}"
+            );
+        }
+    }
+
+    #[test]
     fn bytes_are_scrubbed_too() {
         let s = secrets();
         let body = br#"{"error":{"message":"key sk-proj-abcdefghijklmnop1234wxyz is invalid"}}"#;

@@ -63,6 +63,73 @@ pub struct Matcher {
     any: Option<meta::Regex>,
     patterns: Vec<Pattern>,
     sentinel: Option<Sentinel>,
+    /// `None` with more than 64 patterns: [`Matcher::bound`] then scans once per pattern.
+    runs: Option<Runs>,
+}
+
+/// What [`Matcher::bound`] needs to find every pattern's trailing run in one backward pass
+/// (pattern `i` is bit `i`).
+struct Runs {
+    /// The patterns whose byte set holds the byte.
+    by_byte: [u64; 256],
+    /// `by_depth[d]`: the patterns a match of which, still undecided, may have a byte `d`
+    /// bytes before the end of the text (`d < max_len + PEEK`).
+    by_depth: Vec<u64>,
+    /// The patterns of each guardrail.
+    by_rule: [u64; 64],
+}
+
+impl Runs {
+    fn new(patterns: &[Pattern]) -> Option<Runs> {
+        if patterns.len() > 64 {
+            return None;
+        }
+        let deepest = patterns.iter().map(|p| p.max_len + PEEK).max().unwrap_or(0);
+        let mut runs = Runs {
+            by_byte: [0; 256],
+            by_depth: vec![0; deepest],
+            by_rule: [0; 64],
+        };
+        for (i, p) in patterns.iter().enumerate() {
+            let bit = 1u64 << i;
+            for b in 0..=255u8 {
+                if has(&p.bytes, b) {
+                    runs.by_byte[usize::from(b)] |= bit;
+                }
+            }
+            runs.by_depth[..p.max_len + PEEK]
+                .iter_mut()
+                .for_each(|m| *m |= bit);
+            runs.by_rule[p.rule] |= bit;
+        }
+        Some(runs)
+    }
+
+    /// The patterns of the guardrails in `mask`.
+    fn patterns(&self, mut mask: u64) -> u64 {
+        let mut set = 0;
+        while mask != 0 {
+            set |= self.by_rule[mask.trailing_zeros() as usize];
+            mask &= mask - 1;
+        }
+        set
+    }
+
+    /// The earliest start of a pattern's trailing run, in one pass back from the end: the
+    /// position where the last pattern of `mask` still running stops. At least `from`.
+    fn bound(&self, b: &[u8], from: usize, mask: u64) -> usize {
+        let mut alive = self.patterns(mask);
+        let mut s = b.len();
+        while s > from {
+            let depth = self.by_depth.get(b.len() - s).copied().unwrap_or(0);
+            alive &= self.by_byte[usize::from(b[s - 1])] & depth;
+            if alive == 0 {
+                break;
+            }
+            s -= 1;
+        }
+        s
+    }
 }
 
 /// Every pattern in one lazy DFA that reports every end of every match (overlapping), read
@@ -182,6 +249,7 @@ impl Matcher {
             });
         Ok(Matcher {
             any: Some(any),
+            runs: Runs::new(&patterns),
             patterns,
             sentinel,
         })
@@ -268,15 +336,16 @@ impl Matcher {
         let b = hay.as_bytes();
         let len = b.len();
         let mut r = len;
-        for p in &self.patterns {
-            if mask & (1 << p.rule) == 0 {
-                continue;
+        if let Some(runs) = &self.runs {
+            r = runs.bound(b, from, mask);
+        } else {
+            for p in self.patterns.iter().filter(|p| mask & (1 << p.rule) != 0) {
+                let floor = len.saturating_sub(p.max_len + PEEK).max(from);
+                r = r.min(run_start(b, &p.bytes, len, floor));
             }
-            let floor = len.saturating_sub(p.max_len + PEEK).max(from);
-            r = r.min(run_start(b, &p.bytes, len, floor));
-            if r <= from {
-                return from;
-            }
+        }
+        if r <= from {
+            return from;
         }
         while !hay.is_char_boundary(r) {
             r -= 1;

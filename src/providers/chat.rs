@@ -315,6 +315,50 @@ pub(crate) mod testing {
         (String::from_utf8(out).unwrap(), r, t.started())
     }
 
+    /// Asserts the translation of a native stream of two text pieces, `Hel` and `second`,
+    /// that ends with `stop` and 7 tokens in all: role, both pieces, finish, usage (only
+    /// when `include_usage`), `[DONE]`. `run(stream, include_usage)` translates.
+    pub fn assert_two_piece_text_stream(
+        run: impl Fn(&[u8], bool) -> (String, Result<(), StreamError>, bool),
+        stream: &[u8],
+        second: &str,
+    ) {
+        let (out, c) = opened(&run, stream);
+        assert_eq!(c[1]["choices"][0]["delta"]["content"], "Hel");
+        assert_eq!(c[2]["choices"][0]["delta"]["content"], second);
+        assert_eq!(c[3]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(c[4]["usage"]["total_tokens"], 7);
+        assert_eq!(c.len(), 5);
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        let (out, _, _) = run(stream, false);
+        assert!(!out.contains("usage"));
+    }
+
+    /// `stream` translated by `run` with usage, and its JSON chunks: the translation must
+    /// succeed, have started and open with the assistant's role.
+    pub fn opened(
+        run: impl Fn(&[u8], bool) -> (String, Result<(), StreamError>, bool),
+        stream: &[u8],
+    ) -> (String, Vec<Value>) {
+        let (out, r, started) = run(stream, true);
+        r.unwrap();
+        assert!(started);
+        let c = chunks(&out);
+        assert_eq!(c[0]["choices"][0]["delta"]["role"], "assistant");
+        (out, c)
+    }
+
+    /// The JSON chunks of `stream` translated by `run` (which must succeed).
+    pub fn translated(
+        run: impl Fn(&[u8], bool) -> (String, Result<(), StreamError>, bool),
+        stream: &[u8],
+        include_usage: bool,
+    ) -> Vec<Value> {
+        let (out, r, _) = run(stream, include_usage);
+        r.unwrap();
+        chunks(&out)
+    }
+
     /// The JSON chunks of a translated stream (`[DONE]` left out).
     pub fn chunks(out: &str) -> Vec<Value> {
         out.split("\n\n")

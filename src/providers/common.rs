@@ -181,6 +181,21 @@ pub fn content_parts(content: Option<&Value>) -> Result<Vec<Part<'_>>, ApiError>
     }
 }
 
+/// A chat message whose role no translator knows.
+pub fn unknown_role(role: &str) -> ApiError {
+    ApiError::invalid_param("messages", format!("Unknown message role `{role}`."))
+}
+
+/// A conversation with nothing but a system prompt, which `provider` cannot take.
+pub fn no_turns(provider: &str) -> ApiError {
+    ApiError::invalid_param(
+        "messages",
+        format!(
+            "{provider} needs at least one user or assistant message besides the system prompt."
+        ),
+    )
+}
+
 /// The text of a message's content, parts joined (for formats whose field is a string).
 pub fn content_text(content: Option<&Value>) -> Result<String, ApiError> {
     let mut s = String::new();
@@ -495,6 +510,17 @@ impl ChunkWriter {
         }
     }
 
+    /// A whole unfinished chunk of choice `choice`, its delta object written by `fields`
+    /// (the fields between the braces).
+    fn delta_chunk(&self, out: &mut Vec<u8>, choice: usize, fields: impl FnOnce(&mut Vec<u8>)) {
+        self.open(out);
+        Self::delta(out, choice);
+        out.push(b'{');
+        fields(out);
+        out.extend_from_slice(br#"},"logprobs":null,"finish_reason":null}"#);
+        Self::close(out);
+    }
+
     /// The first chunk: the assistant role with empty content.
     pub fn role(&self, out: &mut Vec<u8>) {
         self.role_at(out, 0);
@@ -502,12 +528,9 @@ impl ChunkWriter {
 
     /// The role chunk of choice `choice` (answers with several choices, `n` > 1).
     pub fn role_at(&self, out: &mut Vec<u8>, choice: usize) {
-        self.open(out);
-        Self::delta(out, choice);
-        out.extend_from_slice(
-            br#"{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}"#,
-        );
-        Self::close(out);
+        self.delta_chunk(out, choice, |o| {
+            o.extend_from_slice(br#""role":"assistant","content":"""#)
+        });
     }
 
     /// A content delta; `raw` is a JSON string literal (quotes included).
@@ -517,12 +540,10 @@ impl ChunkWriter {
 
     /// A content delta of choice `choice`; `raw` is a JSON string literal.
     pub fn content_raw_at(&self, out: &mut Vec<u8>, choice: usize, raw: &str) {
-        self.open(out);
-        Self::delta(out, choice);
-        out.extend_from_slice(br#"{"content":"#);
-        out.extend_from_slice(raw.as_bytes());
-        out.extend_from_slice(br#"},"logprobs":null,"finish_reason":null}"#);
-        Self::close(out);
+        self.delta_chunk(out, choice, |o| {
+            o.extend_from_slice(br#""content":"#);
+            o.extend_from_slice(raw.as_bytes());
+        });
     }
 
     /// A content delta from plain text.
@@ -554,28 +575,27 @@ impl ChunkWriter {
         name: &str,
         arguments: &str,
     ) {
-        self.open(out);
-        Self::delta(out, choice);
-        let _ = write!(out, r#"{{"tool_calls":[{{"index":{index},"id":"#);
-        write_json_str(out, id);
-        out.extend_from_slice(br#","type":"function","function":{"name":"#);
-        write_json_str(out, name);
-        out.extend_from_slice(br#","arguments":"#);
-        write_json_str(out, arguments);
-        out.extend_from_slice(br#"}}]},"logprobs":null,"finish_reason":null}"#);
-        Self::close(out);
+        self.delta_chunk(out, choice, |o| {
+            let _ = write!(o, r#""tool_calls":[{{"index":{index},"id":"#);
+            write_json_str(o, id);
+            o.extend_from_slice(br#","type":"function","function":{"name":"#);
+            write_json_str(o, name);
+            o.extend_from_slice(br#","arguments":"#);
+            write_json_str(o, arguments);
+            o.extend_from_slice(b"}}]");
+        });
     }
 
     /// More arguments of a tool call; `raw` is a JSON string literal.
     pub fn tool_args_raw(&self, out: &mut Vec<u8>, index: usize, raw: &str) {
-        self.open(out);
-        let _ = write!(
-            out,
-            r#"{{"index":0,"delta":{{"tool_calls":[{{"index":{index},"function":{{"arguments":"#
-        );
-        out.extend_from_slice(raw.as_bytes());
-        out.extend_from_slice(br#"}}]},"logprobs":null,"finish_reason":null}"#);
-        Self::close(out);
+        self.delta_chunk(out, 0, |o| {
+            let _ = write!(
+                o,
+                r#""tool_calls":[{{"index":{index},"function":{{"arguments":"#
+            );
+            o.extend_from_slice(raw.as_bytes());
+            o.extend_from_slice(b"}}]");
+        });
     }
 
     /// The closing chunk with the finish reason.

@@ -1344,3 +1344,80 @@ async fn answer_exhausted(
     err.retry_after = retry_after;
     send_error(session, ctx, &err).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every arm of `describe`, each error type it names and one it does not: plain words,
+    /// none of Pingora's names or its `context:` text.
+    #[test]
+    fn describe_words_every_upstream_failure_without_pingora_internals() {
+        use ErrorType::*;
+        let cases: Vec<(ErrorType, &str)> = vec![
+            (ConnectTimedout, "connecting to the provider timed out"),
+            (ConnectRefused, "the provider refused the connection"),
+            (ConnectNoRoute, "the provider cannot be reached (no route)"),
+            (
+                TLSWantX509Lookup,
+                "the TLS handshake with the provider failed",
+            ),
+            (
+                TLSHandshakeFailure,
+                "the TLS handshake with the provider failed",
+            ),
+            (
+                TLSHandshakeTimedout,
+                "the TLS handshake with the provider failed",
+            ),
+            (InvalidCert, "the TLS handshake with the provider failed"),
+            (HandshakeError, "the TLS handshake with the provider failed"),
+            (ConnectError, "could not connect to the provider"),
+            (BindError, "could not connect to the provider"),
+            (SocketError, "could not connect to the provider"),
+            (ConnectProxyFailure, "could not connect to the provider"),
+            (AcceptError, "could not connect to the provider"),
+            (
+                InvalidHTTPHeader,
+                "the provider's answer was not valid HTTP",
+            ),
+            (H1Error, "the provider's answer was not valid HTTP"),
+            (H2Error, "the provider's answer was not valid HTTP"),
+            (H2Downgrade, "the provider's answer was not valid HTTP"),
+            (InvalidH2, "the provider's answer was not valid HTTP"),
+            (ReadTimedout, "the provider went silent (read timed out)"),
+            (
+                WriteTimedout,
+                "sending the request to the provider timed out",
+            ),
+            (ConnectionClosed, "the provider closed the connection"),
+            (
+                ReadError,
+                "the connection to the provider broke while reading its answer",
+            ),
+            (
+                WriteError,
+                "the connection to the provider broke while sending the request",
+            ),
+            (InternalError, "the exchange with the provider failed"),
+            (HTTPStatus(502), "the exchange with the provider failed"),
+        ];
+        for (etype, want) in cases {
+            let name = format!("{etype:?}");
+            let e = Error::explain(etype, "sim: dropping mid-stream at 10.0.0.7:443");
+            let got = describe(&e);
+            assert_eq!(got, want, "{name}");
+            for internal in [
+                name.as_str(),
+                "context:",
+                "sim:",
+                "10.0.0.7",
+                "pingora",
+                "ErrorType",
+                "broke:",
+            ] {
+                assert!(!got.contains(internal), "{name}: {got}");
+            }
+        }
+    }
+}

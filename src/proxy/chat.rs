@@ -340,7 +340,7 @@ pub(super) async fn relay_stream(
                 "stalled for {} ms",
                 reply.timeouts.idle.as_millis()
             )),
-            Err(e) => StreamError::Malformed(format!("broke: {}", attempt::describe(&e))),
+            Err(e) => StreamError::Malformed(attempt::describe(&e)),
         };
         if let StreamError::Blocked(name) = &failure {
             // Not the provider's failure: what was released, then the guardrail's error.

@@ -3,7 +3,7 @@
 //! in `crate::limits` and `crate::cache`; this file only connects it to the session.
 
 use super::ctx::RequestCtx;
-use super::respond::{send, send_error};
+use super::respond::{names, send, send_error, Head};
 use super::Gateway;
 use crate::cache::{self, sse, Cache, Cached, Key, LeadGuard, Turn};
 use crate::client_ip::{bucket_id, client_ip, IpNet};
@@ -13,7 +13,7 @@ use crate::limits::{Charge, Verdict};
 use crate::request::ChatRequest;
 use crate::state::State;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use http::HeaderValue;
 use pingora::proxy::Session;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,11 +27,12 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    pub fn write(&self, resp: &mut ResponseHeader) {
-        let _ = resp.insert_header("x-gateway-cache-status", self.cache.unwrap_or("BYPASS"));
+    pub fn write(&self, head: &mut impl Head) {
+        let cache = HeaderValue::from_static(self.cache.unwrap_or("BYPASS"));
+        head.put(names::CACHE_STATUS, cache);
         if let Some(v) = &self.limit {
-            let _ = resp.insert_header("x-ratelimit-limit", v.limit);
-            let _ = resp.insert_header("x-ratelimit-remaining", v.remaining);
+            head.put(names::RATELIMIT_LIMIT, HeaderValue::from(v.limit));
+            head.put(names::RATELIMIT_REMAINING, HeaderValue::from(v.remaining));
         }
     }
 }

@@ -522,7 +522,7 @@ impl SpeechCall<'_> {
                 Ok(Some(c)) => chunk = c,
                 Ok(None) => break,
                 Err(e) => {
-                    let why = format!("the audio stream broke: {}", attempt::describe(&e));
+                    let why = format!("the audio stream failed: {}", attempt::describe(&e));
                     log::warn!("{}: {why}", ctx.id);
                     ctx.failures.push(why);
                     // The client cannot be told in-band: end the connection short.

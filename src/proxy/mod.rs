@@ -338,16 +338,29 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
+            // The client's connection broke: nobody to answer. The provider's breaking
+            // before its answer is a 502 like any upstream failure.
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+                if e.esource() != &pingora::ErrorSource::Upstream =>
+            {
+                0
+            }
             _ if e.esource() == &pingora::ErrorSource::Downstream => 400,
             _ if e.esource() == &pingora::ErrorSource::Upstream => 502,
             _ => 500,
         };
         if code > 0 && session.response_written().is_none() {
+            // In words, without Pingora's internals (Pingora logs the full error).
             let err = match code {
-                400..=499 => ApiError::invalid(format!("The request could not be processed: {e}")),
-                502 => ApiError::upstream(502, format!("Upstream failure: {e}")),
-                _ => ApiError::internal(format!("Internal gateway error: {e}")),
+                400..=499 => {
+                    ApiError::invalid("The request could not be processed: it is not valid HTTP.")
+                }
+                502 => {
+                    ApiError::upstream(502, format!("Upstream failure: {}.", attempt::describe(e)))
+                }
+                _ => {
+                    ApiError::internal("Internal gateway error: the gateway's log has the details.")
+                }
             };
             let err = ApiError {
                 status: code,

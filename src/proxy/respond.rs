@@ -4,38 +4,96 @@
 use super::ctx::RequestCtx;
 use crate::errors::ApiError;
 use bytes::Bytes;
+use http::header::{
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, CACHE_CONTROL, CONTENT_LENGTH,
+    CONTENT_TYPE, TRANSFER_ENCODING, VARY,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+/// Where the gateway's own headers go: a head it builds itself ([`HeaderMap`], no case map)
+/// or a provider's head it passes on ([`ResponseHeader`]).
+pub trait Head {
+    fn put(&mut self, name: HeaderName, value: HeaderValue);
+}
+
+impl Head for HeaderMap {
+    fn put(&mut self, name: HeaderName, value: HeaderValue) {
+        self.insert(name, value);
+    }
+}
+
+impl Head for ResponseHeader {
+    fn put(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+}
+
+/// The names of the headers the gateway writes, made once: no parsing or allocation per
+/// response.
+pub mod names {
+    use http::HeaderName;
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-gateway-request-id");
+    pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
+    pub const PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
+    pub const MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
+    pub const COST: HeaderName = HeaderName::from_static("x-gateway-cost-usd");
+    pub const GUARDRAILS: HeaderName = HeaderName::from_static("x-gateway-guardrails");
+    pub const OVERHEAD: HeaderName = HeaderName::from_static("x-gateway-overhead-ms");
+    pub const CACHE_STATUS: HeaderName = HeaderName::from_static("x-gateway-cache-status");
+    pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+}
+
+/// A header value from text the gateway holds (ids, names, numbers it formatted): such text
+/// is always a valid value; anything else is left out rather than failing the answer.
+fn value(s: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(s).ok()
+}
+
 /// Adds the `x-gateway-*` headers.
-pub fn gateway_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
-    let _ = resp.insert_header("x-gateway-request-id", ctx.id.as_str());
-    let _ = resp.insert_header("x-gateway-attempts", ctx.attempts);
-    if let Some(p) = &ctx.provider {
-        let _ = resp.insert_header("x-gateway-provider", p.as_str());
+pub fn gateway_headers(head: &mut impl Head, ctx: &RequestCtx) {
+    if let Some(v) = value(&ctx.id) {
+        head.put(names::REQUEST_ID, v);
     }
-    if let Some(m) = &ctx.model {
-        let _ = resp.insert_header("x-gateway-model", m.as_str());
+    head.put(names::ATTEMPTS, HeaderValue::from(ctx.attempts));
+    if let Some(v) = ctx.provider.as_deref().and_then(value) {
+        head.put(names::PROVIDER, v);
     }
-    ctx.stamp.write(resp);
+    if let Some(v) = ctx.model.as_deref().and_then(value) {
+        head.put(names::MODEL, v);
+    }
+    ctx.stamp.write(head);
     if let Some(cost) = ctx.spend.header.filter(|_| ctx.endpoint.model) {
-        let _ = resp.insert_header("x-gateway-cost-usd", super::spend::format_usd(cost));
+        if let Some(v) = value(&super::spend::format_usd(cost)) {
+            head.put(names::COST, v);
+        }
     }
-    if let Some(names) = super::guardrails::header(ctx) {
-        let _ = resp.insert_header("x-gateway-guardrails", names);
+    if let Some(v) = super::guardrails::header(ctx).as_deref().and_then(value) {
+        head.put(names::GUARDRAILS, v);
     }
     if let Some(origin) = &ctx.cors {
-        let _ = resp.insert_header("access-control-allow-origin", origin.clone());
-        let _ = resp.insert_header("access-control-expose-headers", EXPOSED);
-        let _ = resp.insert_header(http::header::VARY, "origin");
+        head.put(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        head.put(
+            ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSED),
+        );
+        head.put(VARY, HeaderValue::from_static("origin"));
     }
     let overhead = ctx.overhead().as_secs_f64() * 1000.0;
-    let _ = resp.insert_header("x-gateway-overhead-ms", format!("{overhead:.3}"));
+    if let Some(v) = value(&format!("{overhead:.3}")) {
+        head.put(names::OVERHEAD, v);
+    }
 }
 
 /// Writes a response head: status, content type, `content-length` (or chunked when the
 /// length is not known), `extra` headers and the `x-gateway-*` headers. An event stream is
 /// marked `no-cache`. `false` when the client has left.
+///
+/// The head is built as plain `http` parts with names made once (see [`names`]) and no
+/// case map: Pingora writes standard names title-cased and the gateway's own as given,
+/// the same bytes as `ResponseHeader::insert_header` would, without parsing each name.
 pub async fn write_head(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -45,27 +103,31 @@ pub async fn write_head(
     extra: &[(&'static str, String)],
 ) -> bool {
     ctx.status = status;
-    let Ok(mut resp) = ResponseHeader::build(status, Some(7 + extra.len())) else {
+    let Ok(code) = http::StatusCode::from_u16(status) else {
         return false;
     };
-    let _ = resp.insert_header(http::header::CONTENT_TYPE, content_type);
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = code;
+    let head = &mut parts.headers;
+    head.reserve(12 + extra.len());
+    if let Some(v) = value(content_type) {
+        head.put(CONTENT_TYPE, v);
+    }
     match length {
-        Some(n) => {
-            let _ = resp.insert_header(http::header::CONTENT_LENGTH, n);
-        }
-        None => {
-            let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
-        }
+        Some(n) => head.put(CONTENT_LENGTH, HeaderValue::from(n)),
+        None => head.put(TRANSFER_ENCODING, HeaderValue::from_static("chunked")),
     }
     if content_type == "text/event-stream" {
-        let _ = resp.insert_header(http::header::CACHE_CONTROL, "no-cache");
+        head.put(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     for (k, v) in extra {
-        let _ = resp.insert_header(*k, v.as_str());
+        if let (Ok(k), Some(v)) = (HeaderName::from_bytes(k.as_bytes()), value(v)) {
+            head.put(k, v);
+        }
     }
-    gateway_headers(&mut resp, ctx);
+    gateway_headers(head, ctx);
     session
-        .write_response_header(Box::new(resp), false)
+        .write_response_header(Box::new(ResponseHeader::from(parts)), false)
         .await
         .is_ok()
 }

@@ -6,7 +6,8 @@
 //! stream chunks; `fail-429` (with `retry-after: 30`), `fail-500`, `fail-401` fail;
 //! `flaky` fails half of the time with 500; `drop` breaks the connection mid-stream;
 //! `drop-early` opens a 200 stream and closes it before any event; `drop-after-role` sends
-//! the role chunk, then closes; `hang` never answers. `x-sim-retry-after` sets the 429's
+//! the role chunk, then closes; `drop-mid-body` sends half of a JSON answer (its
+//! `content-length` promises all of it), then closes; `hang` never answers. `x-sim-retry-after` sets the 429's
 //! `retry-after` (default 30). Tests can switch a path prefix to another behaviour at run
 //! time: `POST /_sim/override?prefix=/busy/&behavior=echo`.
 //! The OpenAI wire format (`…/chat/completions`) is answered here; the native formats —
@@ -73,6 +74,7 @@ pub(crate) enum Behavior {
     Drop,
     DropEarly,
     DropAfterRole,
+    DropMidBody,
     Hang,
 }
 
@@ -116,6 +118,8 @@ pub(crate) fn behavior_of(name: &str) -> Behavior {
         Behavior::DropEarly
     } else if n.contains("drop-after-role") {
         Behavior::DropAfterRole
+    } else if n.contains("drop-mid-body") {
+        Behavior::DropMidBody
     } else if n.contains("drop") {
         Behavior::Drop
     } else if n.contains("hang") {
@@ -211,6 +215,20 @@ pub(crate) async fn write(
 pub(crate) async fn write_json(session: &mut Session, status: u16, v: &Value) -> Result<()> {
     let body = Bytes::from(v.to_string());
     write(session, status, "application/json", body, &[]).await
+}
+
+/// A 200 JSON answer cut half-way: the header promises the whole body, then the
+/// connection closes.
+async fn write_half(session: &mut Session, v: &Value) -> Result<()> {
+    let body = Bytes::from(v.to_string());
+    let mut resp = ResponseHeader::build(200, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(body.slice(..body.len() / 2)), false)
+        .await?;
+    Error::e_explain(ErrorType::ConnectionClosed, "sim: dropping mid-body")
 }
 
 fn chunk(id: &str, model: &str, created: u64, delta: Value, finish: Value) -> Bytes {
@@ -463,6 +481,9 @@ impl SimProvider {
                 "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish, "stop_reason": matched}],
                 "usage": usage,
             });
+            if behavior == Behavior::DropMidBody {
+                return write_half(session, &v).await;
+            }
             return write_json(session, 200, &v).await;
         }
 
@@ -759,6 +780,7 @@ mod tests {
         assert_eq!(behavior_of("sim-fail-429"), Behavior::Fail(429));
         assert_eq!(behavior_of("drop-early"), Behavior::DropEarly);
         assert_eq!(behavior_of("drop"), Behavior::Drop);
+        assert_eq!(behavior_of("drop-mid-body"), Behavior::DropMidBody);
         assert_eq!(behavior_of("gpt-echo"), Behavior::Echo);
     }
 

@@ -259,3 +259,63 @@ fn stream_that_breaks_mid_way_ends_with_error_event_not_done() {
     assert!(events.len() >= 2, "content before the failure was relayed");
     assert_alive(&gw);
 }
+
+/// Asserts an upstream failure's message is `want` and holds none of Pingora's internals.
+fn assert_in_words(message: &str, want: &str) {
+    assert_eq!(message, want);
+    for internal in [
+        "ConnectionClosed",
+        "context:",
+        "pingora",
+        "ErrorType",
+        "broke:",
+        "sim:",
+    ] {
+        assert!(!message.contains(internal), "{internal} in {message:?}");
+    }
+}
+
+#[test]
+fn upstream_failures_reach_clients_in_words_without_pingora_internals() {
+    let sim = start_sim();
+    let gw = start_gateway(
+        &(auth()
+            + &sim_provider("dropper", "drop", &["m1"])
+            + &sim_provider("cutter", "drop-mid-body", &["m2"])),
+        &sim.addr,
+    );
+    // A stream broken mid-way ends with an error event that says so.
+    let (status, _, body) = post(
+        &gw.url("/v1/chat/completions"),
+        Some(KEY),
+        chat_body("dropper/m1", "a b c d e f", true),
+    );
+    assert_eq!(status, 200);
+    let last = json(sse_data(&body).last().unwrap().as_bytes());
+    assert_in_words(
+        last["error"]["message"].as_str().unwrap(),
+        "the stream from `dropper/m1` failed: the provider closed the connection",
+    );
+    let failed = |path: &str, body: String| -> String {
+        let (status, _, body) = post(&gw.url(path), Some(KEY), body);
+        let v = assert_error(status, &body, 502, "upstream_error");
+        v["error"]["message"].as_str().unwrap().to_string()
+    };
+    // A JSON answer cut half-way through its promised length.
+    assert_in_words(
+        &failed(
+            "/v1/chat/completions",
+            chat_body("cutter/m2", "a b c d e f", false),
+        ),
+        "Every upstream attempt failed (1 tried): cutter/m2: the provider closed the connection",
+    );
+    // Native passthrough: the connection dropped before the answer (Pingora's own path).
+    assert_in_words(
+        &failed(
+            "/providers/dropper/chat/completions",
+            chat_body("m1", "a b c", false),
+        ),
+        "Upstream failure: the provider closed the connection.",
+    );
+    assert_alive(&gw);
+}

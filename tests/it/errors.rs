@@ -84,6 +84,28 @@ fn missing_or_wrong_key_is_401() {
         &[("x-api-key", KEY)],
     );
     assert_eq!(status, 200);
+    // After a 401 the connection is not reused: `Connection: close`, then the server closes
+    // it (read_to_end ends only at EOF; a kept-alive connection would time out instead).
+    let body = chat_body("auto", "x", false);
+    let mut s = TcpStream::connect(&gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-wrong\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .expect("the connection was kept open after a 401");
+    let text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 401"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    // The dashboard page holds no data: it needs no key (its data calls do).
+    let r = client().get(gw.url("/usage")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().unwrap().contains("<html"));
 }
 
 #[test]

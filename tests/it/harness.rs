@@ -178,11 +178,23 @@ impl Drop for Proc {
 }
 
 pub fn spawn(args: &[&str], addr: String, dir: &std::path::Path, name: &str) -> Proc {
+    spawn_with_env(args, &[], addr, dir, name)
+}
+
+/// Like `spawn`, with environment variables set for the process.
+pub fn spawn_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    addr: String,
+    dir: &std::path::Path,
+    name: &str,
+) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file)
@@ -202,6 +214,21 @@ pub fn start_sim() -> Proc {
     let addr = format!("127.0.0.1:{}", free_port());
     let dir = scratch_dir();
     spawn(&["sim", "--listen", &addr], addr.clone(), &dir, "sim")
+}
+
+/// `freeway demo` (the gateway and its simulated providers in one process), stdout and
+/// stderr captured in `demo.log`; `env` is set for the process (`FREEWAY_LOG_FORMAT`…).
+pub fn start_demo(env: &[(&str, &str)]) -> Proc {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let sim = format!("127.0.0.1:{}", free_port());
+    let dir = scratch_dir();
+    spawn_with_env(
+        &["demo", "--listen", &addr, "--sim-listen", &sim],
+        env,
+        addr.clone(),
+        &dir,
+        "demo",
+    )
 }
 
 /// The gateway with `[server]` filled in and `body` (providers, auth…) appended.

@@ -21,6 +21,11 @@ fn media_provider() -> String {
             ),
             ("whisper-large-v3", "transcription", ""),
             ("gpt-4o-mini-tts", "speech", ""),
+            (
+                "gpt-image-1",
+                "image",
+                "sizes = [\"256x256\"]\n  cost = { per_image = 0.01 }",
+            ),
             ("echo", "chat", ""),
         ],
     )
@@ -66,6 +71,15 @@ fn request(
             "/v1/audio/speech",
             serde_json::json!({"model": "gpt-4o-mini-tts", "input": "hello", "voice": "alloy"}),
         ),
+        "images" => json(
+            "/v1/images/generations",
+            serde_json::json!({"model": "gpt-image-1", "prompt": "a red square", "size": "256x256"}),
+        ),
+        "messages" => json(
+            "/v1/messages",
+            serde_json::json!({"model": "echo", "max_tokens": 16,
+                               "messages": [{"role": "user", "content": "hi"}]}),
+        ),
         "passthrough" => json(
             "/providers/sim-openai/chat/completions",
             serde_json::json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}),
@@ -86,9 +100,11 @@ fn request(
     }
 }
 
-const FAMILIES: [&str; 8] = [
+const FAMILIES: [&str; 10] = [
     "chat",
     "responses",
+    "messages",
+    "images",
     "embeddings",
     "transcriptions",
     "translations",
@@ -107,8 +123,22 @@ fn assert_limited(gw: &Proc, family: &str, ip: &str, key: Option<&str>) {
         gw.log_text()
     );
     let (status, h, body) = request(gw, family, ip, key);
-    let v = assert_error(status, &body, 429, "rate_limit_error");
-    assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{family}");
+    if family == "messages" {
+        // Anthropic's envelope: `{"type": "error", "error": {"type", "message"}}`.
+        let v = json(&body);
+        assert_eq!(status, 429, "{family}: {v}");
+        assert_eq!(v["type"], "error", "{family}: {v}");
+        assert_eq!(v["error"]["type"], "rate_limit_error", "{family}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    } else {
+        let v = assert_error(status, &body, 429, "rate_limit_error");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{family}");
+    }
     let retry: u64 = h
         .get("retry-after")
         .and_then(|v| v.to_str().ok())

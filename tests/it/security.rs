@@ -258,6 +258,21 @@ fn failed_authentication_costs_the_ip_and_cannot_flood_the_log() {
     let (status, h, b) = chat_with(&gw, "p/m", Some("sk-guess"), &[]);
     assert_error(status, &b, 429, "rate_limit_error");
     assert!(h.contains_key("retry-after"));
+    // Both the refused guesses and the refusal by the limit show in the metrics.
+    let counted = |status: &str| -> f64 {
+        gw.metrics(KEY)
+            .lines()
+            .filter(|l| {
+                l.starts_with("freeway_requests_total{")
+                    && l.contains("endpoint=\"chat\"")
+                    && l.contains(&format!("status=\"{status}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    wait_until(5, "the guesses counted", || {
+        counted("401") == 5.0 && counted("429") == 1.0
+    });
 
     // Without the per-IP limit, a flood of keyless requests still keeps real rows.
     let gw = start_gateway(
@@ -405,9 +420,38 @@ fn passthrough_refuses_encoded_dot_segments_odd_methods_and_strips_host_headers(
         ],
     );
     assert_eq!(status, 200);
+    // The other credentials, cookies and hop-by-hop headers, sent raw (a client library
+    // would drop or rewrite some of them itself).
+    let body = chat_body("m", "hi", false);
+    let (status, answer) = raw(
+        &gw,
+        &format!(
+            "POST /providers/p/chat/completions HTTP/1.1\r\nHost: gw\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             X-Goog-Api-Key: client-secret\r\nX-Api-Key: client-secret\r\n\
+             Cookie: session=client-secret\r\nProxy-Authorization: Basic Y2xpZW50\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+             Trailer: x-checksum\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
     let last = sim_requests(&sim).pop().unwrap();
     let names = last["header_names"].to_string();
-    for h in ["api-key", "x-forwarded-host", "forwarded"] {
+    assert!(names.contains("\"content-type\""), "{names}");
+    for h in [
+        "api-key",
+        "x-forwarded-host",
+        "forwarded",
+        "x-goog-api-key",
+        "x-api-key",
+        "cookie",
+        "proxy-authorization",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+    ] {
         assert!(
             !names.contains(&format!("\"{h}\"")),
             "{h} forwarded: {names}"
@@ -493,6 +537,10 @@ fn timeouts_are_capped_the_dashboard_is_locked_down_and_bearer_is_case_insensiti
         "{csp}"
     );
     assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    // Asked without a key although keys are configured: the page holds no data.
+    assert_eq!(r.status(), 200);
     let r = client()
         .get(gw.url("/v1/analytics"))
         .header("authorization", format!("bearer {KEY}"))

@@ -116,6 +116,10 @@ def run(client, sim, label, kind, model):
     check(kinds[0] == "message_start" and kinds[-1] == "message_stop", f"{where} stream events", kinds)
     check("content_block_delta" in kinds and "message_delta" in kinds, f"{where} stream deltas", kinds)
     usage_is_providers(final, sim, where + " stream")
+    if native:
+        sent = json.loads(last_body(sim))
+        want = dict(model=model.split("/", 1)[1], max_tokens=64, system=system, messages=messages, stream=True, **extra)
+        check(sent == want, f"{where} the Anthropic provider received the client's streamed request", f"{sent}\n!=\n{want}")
 
     # 3. A two-turn tool round trip, plain and streamed.
     for stream in (False, True):

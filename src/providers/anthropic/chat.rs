@@ -109,19 +109,11 @@ pub fn build_request(body: &[u8], model: &str, stream: bool) -> Result<Value, Ap
                     vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
                 );
             }
-            other => {
-                return Err(ApiError::invalid_param(
-                    "messages",
-                    format!("Unknown message role `{other}`."),
-                ))
-            }
+            other => return Err(common::unknown_role(other)),
         }
     }
     if messages.is_empty() {
-        return Err(ApiError::invalid_param(
-            "messages",
-            "Anthropic needs at least one user or assistant message besides the system prompt.",
-        ));
+        return Err(common::no_turns("Anthropic"));
     }
 
     let mut out = Map::new();
@@ -835,11 +827,7 @@ data: {\"type\":\"message_stop\"}\n\n";
 
     #[test]
     fn stream_text_and_tool_use_translate() {
-        let (out, r, started) = run(STREAM, true);
-        r.unwrap();
-        assert!(started);
-        let c = chunks(&out);
-        assert_eq!(c[0]["choices"][0]["delta"]["role"], "assistant");
+        let (out, c) = testing::opened(run, STREAM);
         assert_eq!(c[1]["choices"][0]["delta"]["content"], "Hi \"there\"");
         let tc = &c[2]["choices"][0]["delta"]["tool_calls"][0];
         assert_eq!(

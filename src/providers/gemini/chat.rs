@@ -116,19 +116,11 @@ pub fn build_request(body: &[u8]) -> Result<Value, ApiError> {
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 );
             }
-            other => {
-                return Err(ApiError::invalid_param(
-                    "messages",
-                    format!("Unknown message role `{other}`."),
-                ))
-            }
+            other => return Err(common::unknown_role(other)),
         }
     }
     if contents.is_empty() {
-        return Err(ApiError::invalid_param(
-            "messages",
-            "Gemini needs at least one user or assistant message besides the system prompt.",
-        ));
+        return Err(common::no_turns("Gemini"));
     }
 
     let mut out = Map::new();
@@ -539,7 +531,7 @@ impl NativeChat for Gemini {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::chat::testing::{self, chunks};
+    use crate::providers::chat::testing;
     use crate::providers::{StreamTranslator, Translator};
 
     fn req(v: Value) -> Value {
@@ -745,26 +737,13 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"lo \\\"w\\u00e9\
 
     #[test]
     fn stream_emits_role_content_finish_usage_done() {
-        let (out, r, started) = run(STREAM, true);
-        r.unwrap();
-        assert!(started);
-        let c = chunks(&out);
-        assert_eq!(c[0]["choices"][0]["delta"]["role"], "assistant");
-        assert_eq!(c[1]["choices"][0]["delta"]["content"], "Hel");
-        assert_eq!(c[2]["choices"][0]["delta"]["content"], "lo \"w\u{e9}\"");
-        assert_eq!(c[3]["choices"][0]["finish_reason"], "stop");
-        assert_eq!(c[4]["usage"]["total_tokens"], 7);
-        assert!(out.ends_with("data: [DONE]\n\n"));
-        let (out, _, _) = run(STREAM, false);
-        assert!(!out.contains("usage"));
+        testing::assert_two_piece_text_stream(run, STREAM, "lo \"w\u{e9}\"");
     }
 
     #[test]
     fn stream_tool_calls_get_ids_and_finish_tool_calls() {
         let s = b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"a\",\"args\":{\"x\":1}}},{\"functionCall\":{\"name\":\"b\",\"args\":{}}}],\"role\":\"model\"},\"finishReason\":\"STOP\"}]}\n\n";
-        let (out, r, _) = run(s, false);
-        r.unwrap();
-        let c = chunks(&out);
+        let c = testing::translated(run, s, false);
         let tc = &c[1]["choices"][0]["delta"]["tool_calls"][0];
         assert_eq!(tc["index"], 0);
         assert_eq!(tc["id"], "call_golden_0");
@@ -863,9 +842,7 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"lo \\\"w\\u00e9\
     fn stream_candidates_become_indexed_choices() {
         let s = b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]},\"index\":0},{\"content\":{\"parts\":[{\"text\":\"b\"}]},\"index\":1}]}\n\n\
 data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"!\"}]},\"finishReason\":\"STOP\",\"index\":0},{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"f\",\"args\":{}}}]},\"finishReason\":\"STOP\",\"index\":1}],\"usageMetadata\":{\"promptTokenCount\":2,\"candidatesTokenCount\":3}}\n\n";
-        let (out, r, _) = run(s, true);
-        r.unwrap();
-        let c = chunks(&out);
+        let c = testing::translated(run, s, true);
         let text = |i: u64| -> String {
             c.iter()
                 .flat_map(|c| c["choices"].as_array().unwrap())

@@ -90,12 +90,7 @@ pub fn build_request(body: &[u8], stream: bool) -> Result<Value, ApiError> {
                 }
                 messages.push(msg);
             }
-            other => {
-                return Err(ApiError::invalid_param(
-                    "messages",
-                    format!("Unknown message role `{other}`."),
-                ))
-            }
+            other => return Err(common::unknown_role(other)),
         }
     }
     let mut out = Map::new();
@@ -555,27 +550,13 @@ data: [DONE]\n\n";
 
     #[test]
     fn stream_translates_with_role_finish_usage() {
-        let (out, r, started) = run(STREAM, true);
-        r.unwrap();
-        assert!(started);
-        let c = chunks(&out);
-        assert_eq!(c[0]["choices"][0]["delta"]["role"], "assistant");
-        assert_eq!(c[1]["choices"][0]["delta"]["content"], "Hel");
-        assert_eq!(c[2]["choices"][0]["delta"]["content"], "lo \u{e9}");
-        assert_eq!(c[3]["choices"][0]["finish_reason"], "stop");
-        assert_eq!(c[4]["usage"]["total_tokens"], 7);
-        assert_eq!(c.len(), 5);
-        assert!(out.ends_with("data: [DONE]\n\n"));
-        let (out, _, _) = run(STREAM, false);
-        assert!(!out.contains("usage"));
+        testing::assert_two_piece_text_stream(run, STREAM, "lo \u{e9}");
     }
 
     #[test]
     fn stream_tool_calls_in_both_shapes() {
         let s = b"data: {\"response\":\"\",\"tool_calls\":[{\"name\":\"w\",\"arguments\":{\"c\":\"Oslo\"}}]}\n\ndata: [DONE]\n\n";
-        let (out, r, _) = run(s, false);
-        r.unwrap();
-        let c = chunks(&out);
+        let c = testing::translated(run, s, false);
         let tc = &c[1]["choices"][0]["delta"]["tool_calls"][0];
         assert_eq!(
             (tc["id"].as_str(), tc["function"]["arguments"].as_str()),
@@ -584,9 +565,7 @@ data: [DONE]\n\n";
         assert_eq!(c[2]["choices"][0]["finish_reason"], "tool_calls");
         let s = b"data: {\"tool_calls\":[{\"index\":0,\"id\":\"t1\",\"type\":\"function\",\"function\":{\"name\":\"w\",\"arguments\":\"\"}}]}\n\n\
 data: {\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"c\\\":1}\"}}]}\n\ndata: [DONE]\n\n";
-        let (out, r, _) = run(s, false);
-        r.unwrap();
-        let c = chunks(&out);
+        let c = testing::translated(run, s, false);
         assert_eq!(c[1]["choices"][0]["delta"]["tool_calls"][0]["id"], "t1");
         assert_eq!(
             c[2]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
