@@ -8,7 +8,7 @@
 //! Calls block (SQLite): run them with `spawn_blocking`. The connection is opened on first
 //! use, after Pingora has forked.
 
-use parking_lot::Mutex;
+use crate::store::LazyDb;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::PathBuf;
 
@@ -33,8 +33,7 @@ pub struct ImageFile {
 }
 
 pub struct ImageFiles {
-    path: PathBuf,
-    conn: Mutex<Option<Connection>>,
+    db: LazyDb,
 }
 
 /// A new unguessable id.
@@ -53,8 +52,7 @@ impl ImageFiles {
     /// The store in the SQLite file at `path` (opened on first use).
     pub fn new(path: impl Into<PathBuf>) -> ImageFiles {
         ImageFiles {
-            path: path.into(),
-            conn: Mutex::new(None),
+            db: LazyDb::new(path, SCHEMA, "image store"),
         }
     }
 
@@ -62,12 +60,7 @@ impl ImageFiles {
         &self,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, String> {
-        let mut slot = self.conn.lock();
-        if slot.is_none() {
-            *slot = Some(crate::store::open_db(&self.path, SCHEMA)?);
-        }
-        let conn = slot.as_mut().ok_or("the image store is not open")?;
-        work(conn).map_err(|e| format!("image store: {e}"))
+        self.db.with(work)
     }
 
     /// Keeps `body` until `now_ms + ttl_ms`, then trims the store to `max_bytes` (oldest

@@ -7,6 +7,46 @@ use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// A store file opened on first use and kept open, one connection behind a lock: for the
+/// small side tables (kept images, video jobs) that are touched a few times per request
+/// at most. `name` words its errors.
+pub struct LazyDb {
+    path: std::path::PathBuf,
+    schema: &'static str,
+    name: &'static str,
+    conn: parking_lot::Mutex<Option<Connection>>,
+}
+
+impl LazyDb {
+    pub fn new(
+        path: impl Into<std::path::PathBuf>,
+        schema: &'static str,
+        name: &'static str,
+    ) -> LazyDb {
+        LazyDb {
+            path: path.into(),
+            schema,
+            name,
+            conn: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Runs `work` on the connection, opening the file first if need be.
+    pub fn with<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, String> {
+        let mut slot = self.conn.lock();
+        if slot.is_none() {
+            *slot = Some(open_db(&self.path, self.schema)?);
+        }
+        let conn = slot
+            .as_mut()
+            .ok_or_else(|| format!("the {} is not open", self.name))?;
+        work(conn).map_err(|e| format!("{}: {e}", self.name))
+    }
+}
+
 /// Opens (creating its directory and the file if needed) the store at `path` in WAL mode
 /// and runs `schema` (idempotent `CREATE … IF NOT EXISTS` statements).
 pub fn open_db(path: &Path, schema: &str) -> Result<Connection, String> {

@@ -7,7 +7,7 @@
 //! Calls block (SQLite): run them with `spawn_blocking`. The connection is opened on first
 //! use, after Pingora has forked.
 
-use parking_lot::Mutex;
+use crate::store::LazyDb;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::PathBuf;
 
@@ -64,16 +64,14 @@ pub fn is_id(id: &str) -> bool {
 }
 
 pub struct VideoJobs {
-    path: PathBuf,
-    conn: Mutex<Option<Connection>>,
+    db: LazyDb,
 }
 
 impl VideoJobs {
     /// The jobs in the SQLite file at `path` (opened on first use).
     pub fn new(path: impl Into<PathBuf>) -> VideoJobs {
         VideoJobs {
-            path: path.into(),
-            conn: Mutex::new(None),
+            db: LazyDb::new(path, SCHEMA, "video job store"),
         }
     }
 
@@ -81,12 +79,7 @@ impl VideoJobs {
         &self,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, String> {
-        let mut slot = self.conn.lock();
-        if slot.is_none() {
-            *slot = Some(crate::store::open_db(&self.path, SCHEMA)?);
-        }
-        let conn = slot.as_mut().ok_or("the job store is not open")?;
-        work(conn).map_err(|e| format!("video job store: {e}"))
+        self.db.with(work)
     }
 
     pub fn put(&self, job: &VideoJob) -> Result<(), String> {

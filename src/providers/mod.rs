@@ -415,6 +415,11 @@ impl Upstream {
             Some(u) => (u.tls, u.host.clone()),
             None => (false, String::new()),
         };
+        self.new_peer(addr, tls, sni)
+    }
+
+    /// A peer at `addr` with the provider's timeouts and TLS checks.
+    fn new_peer(&self, addr: SocketAddr, tls: bool, sni: String) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, tls, sni);
         let o = &mut peer.options;
         o.connection_timeout = Some(self.timeouts.connect);
@@ -658,15 +663,7 @@ impl Upstream {
             .or(addrs.first())
             .copied()
             .ok_or_else(|| format!("`{}` resolved to no address", u.host))?;
-        let mut peer = HttpPeer::new(addr, u.tls, u.host.clone());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(self.timeouts.connect);
-        o.total_connection_timeout = Some(self.timeouts.connect * 2);
-        o.idle_timeout = Some(self.timeouts.idle);
-        if self.insecure {
-            o.verify_cert = false;
-            o.verify_hostname = false;
-        }
+        let peer = self.new_peer(addr, u.tls, u.host.clone());
         Ok((peer, u.host_header(), path))
     }
 }
