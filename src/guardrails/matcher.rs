@@ -55,6 +55,8 @@ struct Pattern {
     max_len: usize,
     /// Every byte a match (or a check's peek) can contain.
     bytes: [u64; 4],
+    /// Every match contains one of these bytes.
+    required: [u64; 4],
 }
 
 /// One side's patterns, compiled once per config generation.
@@ -67,11 +69,17 @@ pub struct Matcher {
     runs: Option<Runs>,
 }
 
-/// What [`Matcher::bound`] needs to find every pattern's trailing run in one backward pass
-/// (pattern `i` is bit `i`).
+/// What [`Matcher::bound`] needs to find every pattern's trailing run in one backward pass,
+/// and what lets the sentinel sleep (pattern `i` is bit `i`).
 struct Runs {
     /// The patterns whose byte set holds the byte.
     by_byte: [u64; 256],
+    /// The patterns every match of which holds a byte of a set that holds this byte (see
+    /// [`required`]): a byte that wakes no pattern is in no match unless a waking byte is
+    /// in the same run, within the pattern's `max_len`.
+    wakes: [u64; 256],
+    /// The longest match of a pattern the byte wakes.
+    reach: [usize; 256],
     /// `by_depth[d]`: the patterns a match of which, still undecided, may have a byte `d`
     /// bytes before the end of the text (`d < max_len + PEEK`).
     by_depth: Vec<u64>,
@@ -87,6 +95,8 @@ impl Runs {
         let deepest = patterns.iter().map(|p| p.max_len + PEEK).max().unwrap_or(0);
         let mut runs = Runs {
             by_byte: [0; 256],
+            wakes: [0; 256],
+            reach: [0; 256],
             by_depth: vec![0; deepest],
             by_rule: [0; 64],
         };
@@ -95,6 +105,11 @@ impl Runs {
             for b in 0..=255u8 {
                 if has(&p.bytes, b) {
                     runs.by_byte[usize::from(b)] |= bit;
+                }
+                if has(&p.required, b) {
+                    runs.wakes[usize::from(b)] |= bit;
+                    let reach = &mut runs.reach[usize::from(b)];
+                    *reach = (*reach).max(p.max_len);
                 }
             }
             runs.by_depth[..p.max_len + PEEK]
@@ -136,6 +151,14 @@ impl Runs {
 /// once over a stream, byte by byte across its pieces: a stretch of text before which it
 /// reported no match end holds nothing for [`Matcher::find`] to find, so most text is
 /// released without a search. Its caches go back to a pool, warm, when a stream ends.
+///
+/// It sleeps through most text: every match of a pattern contains a byte of the pattern's
+/// required set (an `@` for an email, a digit for a phone number) and lies in a run of the
+/// pattern's bytes, so the DFA reads only the runs around such bytes (a region: back from
+/// the byte over the woken patterns' bytes, forward until a byte none of them can hold or
+/// their `max_len`), plus the byte after, which reports the matches that end before it.
+/// Reading a region right after the last one, it goes on from where it stopped, as if it
+/// had never slept; else it starts afresh, with the byte before the region as look-behind.
 struct Sentinel {
     dfa: DFA,
     caches: parking_lot::Mutex<Vec<Cache>>,
@@ -149,12 +172,23 @@ pub struct Watch {
     /// from now on every position may start a match.
     blind: bool,
     state: LazyStateID,
-    /// How many bytes of the text it has read.
+    /// How many bytes of the text it has read (to wake, or with the DFA).
     read: usize,
-    /// Disjoint spans `[lo, end)`, in order, that hold every match it reported: a match of
+    /// The DFA reads (else it sleeps until a byte wakes a pattern).
+    awake: bool,
+    /// Awake: the patterns woken in this region, and where it ends at the latest.
+    woken: u64,
+    until: usize,
+    /// Asleep: where the DFA stopped, in `state` (`None`: it cannot go on from there).
+    rest: Option<usize>,
+    /// Disjoint spans `[lo, end)`, in order, that hold every match it reported, with the
+    /// patterns of those matches (bit `i`: pattern `i`; all bits past 64 patterns): a match of
     /// a pattern ending at `end` starts at or after `end - max_len`.
-    spans: VecDeque<(usize, usize)>,
+    spans: Spans,
 }
+
+/// Where matches may be: `(lo, end, patterns)`, see [`Watch`].
+type Spans = VecDeque<(usize, usize, u64)>;
 
 /// A match: its span and the index of its pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +233,53 @@ fn collect(h: &Hir, set: &mut [u64; 4]) {
     }
 }
 
+/// How common a byte is in prose and code (a guess): a required set of rare bytes lets the
+/// sentinel sleep more.
+fn commonness(b: u8) -> u32 {
+    match b {
+        b' ' => 100,
+        b'z' | b'q' | b'x' | b'j' => 5,
+        b'a'..=b'z' => 40,
+        b'\n' | b'\t' => 20,
+        0x80.. => 10,
+        b'A'..=b'Z' => 8,
+        b'0'..=b'9' | b'.' | b',' | b'-' | b':' | b'(' | b')' | b'\'' | b'"' => 6,
+        b'@' | b'_' | b'%' | b'#' | b'~' | b'^' | b'|' | b'\\' | b'`' => 1,
+        _ => 3,
+    }
+}
+
+fn cost(set: &[u64; 4]) -> u32 {
+    (0..=255u8).filter(|&b| has(set, b)).map(commonness).sum()
+}
+
+/// A set of bytes one of which every match of `h` contains, as rare as can be found
+/// (`None`: `h` can match without a byte, as a look-around).
+fn required(h: &Hir) -> Option<[u64; 4]> {
+    match h.kind() {
+        HirKind::Empty | HirKind::Look(_) => None,
+        HirKind::Literal(l) => l.0.iter().min_by_key(|&&b| commonness(b)).map(|&b| {
+            let mut set = [0; 4];
+            add(&mut set, b);
+            set
+        }),
+        HirKind::Class(_) => {
+            let mut set = [0; 4];
+            collect(h, &mut set);
+            Some(set)
+        }
+        HirKind::Repetition(r) if r.min > 0 => required(&r.sub),
+        HirKind::Repetition(_) => None,
+        HirKind::Capture(c) => required(&c.sub),
+        HirKind::Concat(v) => v.iter().filter_map(required).min_by_key(cost),
+        HirKind::Alternation(v) => v.iter().try_fold([0u64; 4], |mut all, x| {
+            let set = required(x)?;
+            all.iter_mut().zip(set).for_each(|(a, s)| *a |= s);
+            Some(all)
+        }),
+    }
+}
+
 /// Checks a pattern: it parses, compiles, and cannot match empty text. Its longest match
 /// (capped at [`WINDOW`]).
 pub fn check_pattern(pattern: &str) -> Result<usize, String> {
@@ -230,6 +311,7 @@ impl Matcher {
                 check: s.check,
                 max_len: s.max_len.unwrap_or(longest),
                 bytes,
+                required: required(&hir).unwrap_or([u64::MAX; 4]),
             });
         }
         let all: Vec<&str> = specs.iter().map(|s| s.pattern.as_str()).collect();
@@ -276,8 +358,9 @@ impl Matcher {
     }
 
     /// The first match starting in `from..limit` (see the module doc), for the guardrails
-    /// in `mask`. `hay[..from]` is context only; `until`: no match starting before `limit`
-    /// ends after it (`hay.len()` when nothing is known).
+    /// in `mask`, of `patterns` (bit `i`: pattern `i`; `u64::MAX`: any). `hay[..from]` is
+    /// context only; `until`: no match starting before `limit` ends after it (`hay.len()`
+    /// when nothing is known).
     pub fn find(
         &self,
         hay: &str,
@@ -285,11 +368,23 @@ impl Matcher {
         limit: usize,
         until: usize,
         mask: u64,
+        patterns: u64,
     ) -> Option<Found> {
         let any = self.any.as_ref()?;
+        // One pattern (the sentinel saw only its matches here): its own regex searches.
+        let single = Some(patterns.trailing_zeros() as usize)
+            .filter(|&i| patterns.count_ones() == 1 && i < self.patterns.len());
+        let wanted = |i: usize| i >= 64 || patterns & (1 << i) != 0;
         let mut at = from;
         while at < limit.min(until + 1) {
-            let m = any.search(&Input::new(hay).range(at..until))?;
+            let input = Input::new(hay).range(at..until);
+            let (m, first) = match single {
+                Some(i) => (self.patterns[i].anchored.search(&input)?, i),
+                None => {
+                    let m = any.search(&input)?;
+                    (m, m.pattern().as_usize())
+                }
+            };
             let p = m.start();
             if p >= limit {
                 return None;
@@ -297,9 +392,8 @@ impl Matcher {
             // Leftmost-first: no pattern before the one reported matches at `p` (a match
             // within a window is a match), and the reported match is the anchored one
             // when it fits the window.
-            let first = m.pattern().as_usize();
             for (i, pat) in self.patterns.iter().enumerate().skip(first) {
-                if mask & (1 << pat.rule) == 0 {
+                if mask & (1 << pat.rule) == 0 || !wanted(i) {
                     continue;
                 }
                 let end = if i == first && m.end() - p <= pat.max_len {
@@ -370,7 +464,12 @@ impl Matcher {
                 blind: false,
                 state,
                 read: 0,
-                spans: VecDeque::new(),
+                // Over 64 patterns it never sleeps.
+                awake: self.runs.is_none(),
+                woken: 0,
+                until: 0,
+                rest: Some(0),
+                spans: Spans::new(),
             },
             Err(_) => {
                 s.caches.lock().push(cache);
@@ -393,32 +492,81 @@ impl Matcher {
             return;
         };
         let dfa = &s.dfa;
+        let pats = self.runs.as_ref().map_or(0, |r| r.patterns(mask));
         let mut state = w.state;
         let mut i = w.read;
         while i < hay.len() {
-            // The common case: a known transition to an ordinary state.
-            if !state.is_tagged() {
-                let next = dfa.next_state_untagged(cache, state, hay[i]);
-                if !next.is_tagged() {
-                    state = next;
-                    i += 1;
-                    continue;
+            let Some(runs) = &self.runs else {
+                // Never asleep.
+                match step(self, dfa, cache, &mut state, hay, i, mask, &mut w.spans) {
+                    true => i += 1,
+                    false => {
+                        w.blind = true;
+                        return;
+                    }
                 }
+                continue;
+            };
+            if !w.awake {
+                let Some(k) = hay[i..]
+                    .iter()
+                    .position(|&b| runs.wakes[usize::from(b)] & pats != 0)
+                else {
+                    break;
+                };
+                let t = i + k;
+                let b = usize::from(hay[t]);
+                let woken = runs.wakes[b] & pats;
+                // The region starts where the run of the woken patterns' bytes does.
+                let floor = (t + 1).saturating_sub(runs.reach[b]);
+                let mut start = t;
+                while start > floor && runs.by_byte[usize::from(hay[start - 1])] & woken != 0 {
+                    start -= 1;
+                }
+                match w.rest {
+                    Some(rest) if rest >= start => i = rest,
+                    _ => {
+                        let behind = start::Config::new()
+                            .anchored(Anchored::No)
+                            .look_behind(start.checked_sub(1).map(|j| hay[j]));
+                        match dfa.start_state(cache, &behind) {
+                            Ok(s0) => state = s0,
+                            Err(_) => {
+                                w.blind = true;
+                                return;
+                            }
+                        }
+                        i = start;
+                    }
+                }
+                w.awake = true;
+                w.woken = woken;
+                w.until = t + runs.reach[b];
             }
-            match dfa.next_state(cache, state, hay[i]) {
-                Ok(next) if !next.is_quit() && !next.is_dead() => state = next,
-                _ => {
+            // Awake: read the region and the byte after it.
+            while i < hay.len() {
+                let b = usize::from(hay[i]);
+                let wakes = runs.wakes[b] & pats;
+                let last = if wakes != 0 {
+                    w.woken |= wakes;
+                    w.until = w.until.max(i + runs.reach[b]);
+                    false
+                } else {
+                    i >= w.until || runs.by_byte[b] & w.woken == 0
+                };
+                if !step(self, dfa, cache, &mut state, hay, i, mask, &mut w.spans) {
                     w.blind = true;
                     return;
                 }
+                i += 1;
+                if last {
+                    w.awake = false;
+                    w.rest = Some(i);
+                    break;
+                }
             }
-            // Matches are reported one byte late: this one ended before byte `i`.
-            if state.is_match() {
-                self.note(dfa, cache, state, hay, i, mask, &mut w.spans);
-            }
-            i += 1;
         }
-        if end {
+        if end && w.awake {
             match dfa.next_eoi_state(cache, state) {
                 Ok(eoi) if eoi.is_match() => {
                     self.note(dfa, cache, eoi, hay, hay.len(), mask, &mut w.spans)
@@ -442,26 +590,65 @@ impl Matcher {
         hay: &[u8],
         at: usize,
         mask: u64,
-        spans: &mut VecDeque<(usize, usize)>,
+        spans: &mut Spans,
     ) {
         let mut lo = None;
+        let mut patterns = 0u64;
         for k in 0..dfa.match_len(cache, state) {
-            let p = &self.patterns[dfa.match_pattern(cache, state, k).as_usize()];
+            let i = dfa.match_pattern(cache, state, k).as_usize();
+            let p = &self.patterns[i];
             if mask & (1 << p.rule) != 0 {
                 let s = run_start(hay, &p.bytes, at, at.saturating_sub(p.max_len));
                 lo = Some(lo.map_or(s, |l: usize| l.min(s)));
+                patterns |= 1u64.checked_shl(i as u32).unwrap_or(u64::MAX);
             }
         }
         let Some(mut lo) = lo else { return };
-        while let Some(&(l, e)) = spans.back() {
+        let mut end = at;
+        while let Some(&(l, e, p)) = spans.back() {
             if lo > e {
                 break;
             }
             lo = lo.min(l);
+            end = end.max(e);
+            patterns |= p;
             spans.pop_back();
         }
-        spans.push_back((lo, at));
+        spans.push_back((lo, end, patterns));
     }
+}
+
+/// The sentinel's DFA reads byte `i`, noting the matches that end before it; `false` when
+/// it gives up (a byte it cannot read).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn step(
+    m: &Matcher,
+    dfa: &DFA,
+    cache: &mut Cache,
+    state: &mut LazyStateID,
+    hay: &[u8],
+    i: usize,
+    mask: u64,
+    spans: &mut Spans,
+) -> bool {
+    // The common case: a known transition to an ordinary state.
+    if !state.is_tagged() {
+        let next = dfa.next_state_untagged(cache, *state, hay[i]);
+        if !next.is_tagged() {
+            *state = next;
+            return true;
+        }
+    }
+    match dfa.next_state(cache, *state, hay[i]) {
+        Ok(next) if !next.is_quit() && !next.is_dead() => *state = next,
+        _ => return false,
+    }
+    // Matches are reported one byte late: this one ended before byte `i`.
+    if state.is_match() {
+        m.note(dfa, cache, *state, hay, i, mask, spans);
+    }
+    true
 }
 
 /// The start of the run of bytes in `set` that ends at `end`, no earlier than `floor`.
@@ -481,21 +668,28 @@ impl Watch {
             blind: true,
             state: LazyStateID::default(),
             read: 0,
-            spans: VecDeque::new(),
+            awake: false,
+            woken: 0,
+            until: 0,
+            rest: None,
+            spans: Spans::new(),
         }
     }
 
-    /// Where the first match at or after `pos` may be: `(lo, end)`, a match starting in
-    /// `lo..end` ends by `end` (`usize::MAX`: anywhere), and none starts in `pos..lo`.
+    /// Where the first match at or after `pos` may be: `(lo, end, patterns)`, a match
+    /// starting in `lo..end` ends by `end` (`usize::MAX`: anywhere) and is one of
+    /// `patterns` (bit `i`: pattern `i`), and none starts in `pos..lo`.
     /// `None`: no match starts at or after `pos` in the text read so far.
-    pub fn next(&mut self, pos: usize) -> Option<(usize, usize)> {
+    pub fn next(&mut self, pos: usize) -> Option<(usize, usize, u64)> {
         if self.blind {
-            return Some((pos, usize::MAX));
+            return Some((pos, usize::MAX, u64::MAX));
         }
-        while self.spans.front().is_some_and(|&(_, e)| e <= pos) {
+        while self.spans.front().is_some_and(|&(_, e, _)| e <= pos) {
             self.spans.pop_front();
         }
-        self.spans.front().map(|&(lo, e)| (lo.max(pos), e))
+        self.spans
+            .front()
+            .map(|&(lo, e, patterns)| (lo.max(pos), e, patterns))
     }
 
     /// Whether every position may start a match (no sentinel, or it gave up).
@@ -506,7 +700,9 @@ impl Watch {
     /// The text lost its first `n` bytes.
     pub fn shift(&mut self, n: usize) {
         self.read = self.read.saturating_sub(n);
-        for (lo, e) in &mut self.spans {
+        self.until = self.until.saturating_sub(n);
+        self.rest = self.rest.and_then(|r| r.checked_sub(n));
+        for (lo, e, _) in &mut self.spans {
             *lo = lo.saturating_sub(n);
             *e = e.saturating_sub(n);
         }

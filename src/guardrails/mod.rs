@@ -236,7 +236,7 @@ impl Guardrails {
         hits: &mut u64,
     ) -> Result<Option<String>, Blocked> {
         let m = self.matcher(side);
-        let Some(first) = m.find(text, 0, usize::MAX, text.len(), mask) else {
+        let Some(first) = m.find(text, 0, usize::MAX, text.len(), mask, u64::MAX) else {
             return Ok(None);
         };
         let mut out = String::with_capacity(text.len() + 16);
@@ -288,7 +288,7 @@ fn apply(
     hits: &mut u64,
     watch: &mut Watch,
 ) -> Result<(), usize> {
-    while let Some((lo, end)) = watch.next(*pos) {
+    while let Some((lo, end, patterns)) = watch.next(*pos) {
         if lo >= limit {
             break;
         }
@@ -297,7 +297,7 @@ fn apply(
         out.push_str(&hay[*pos..lo]);
         *pos = lo;
         let until = end.min(hay.len());
-        let Some(f) = m.find(hay, lo, limit.min(until), until, mask) else {
+        let Some(f) = m.find(hay, lo, limit.min(until), until, mask, patterns) else {
             if end >= limit {
                 break;
             }

@@ -140,7 +140,7 @@ fn the_sentinel_reads_detectors_word_lists_and_regexes() {
 }
 
 #[test]
-fn a_unicode_word_boundary_past_non_ascii_text_falls_back_to_searching_everywhere() {
+fn a_unicode_word_boundary_next_to_non_ascii_text_falls_back_to_searching_everywhere() {
     let g = guardrails(
         r#"
 [[guardrails]]
@@ -153,13 +153,17 @@ action = "redact"
     let mut out = String::new();
     s.push("zap the ", &mut out).unwrap();
     assert!(!s.searches_everywhere());
+    // The sentinel sleeps through non-ASCII text that no match can touch…
     s.push("Straße, zap ", &mut out).unwrap();
+    assert!(!s.searches_everywhere());
+    // …but the byte after `zap` in `zapß` is one its DFA cannot read.
+    s.push("zapß zap ", &mut out).unwrap();
     assert!(s.searches_everywhere());
     s.push("zapped zap", &mut out).unwrap();
     s.finish(&mut out).unwrap();
     assert_eq!(
         out,
-        "[REDACTED:b] the Straße, [REDACTED:b] zapped [REDACTED:b]"
+        "[REDACTED:b] the Straße, [REDACTED:b] zapß [REDACTED:b] zapped [REDACTED:b]"
     );
 }
 
