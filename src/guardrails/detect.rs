@@ -48,7 +48,8 @@ pub const DETECTORS: &[Detector] = &[
     },
     Detector {
         kind: "ipv6",
-        pattern: r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]{2,44}",
+        // Two colons at least (the check wants them): `14:32` is no candidate.
+        pattern: r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]{0,39}",
         max_len: 45,
         check: ipv6,
     },
@@ -256,31 +257,49 @@ fn phone_shape(h: &str, s: usize, e: usize) -> bool {
         return false;
     }
     let text = &h[s..e];
-    let digits = text.bytes().filter(u8::is_ascii_digit).count();
-    let groups: Vec<&str> = text
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|g| !g.is_empty())
-        .collect();
-    // No doubled separators but `) `.
-    let seps_ok = !text.contains("  ")
-        && !text.contains("..")
-        && !text.contains("--")
-        && text.matches('(').count() == text.matches(')').count();
-    if !seps_ok || groups.iter().any(|g| g.len() > 6) {
+    // One pass: digits, the lengths of the first three digit groups, the longest group,
+    // dots and parentheses; no doubled separator but `) `.
+    let (mut digits, mut groups, mut longest, mut run) = (0, 0, 0, 0);
+    let mut lens = [0usize; 3];
+    let (mut dots, mut parens, mut prev) = (0, 0i32, 0u8);
+    for c in text.bytes().chain([b' ']) {
+        if c.is_ascii_digit() {
+            digits += 1;
+            run += 1;
+        } else {
+            if run > 0 {
+                if groups < 3 {
+                    lens[groups] = run;
+                }
+                groups += 1;
+                longest = longest.max(run);
+                run = 0;
+            }
+            match c {
+                b'.' => dots += 1,
+                b'(' => parens += 1,
+                b')' => parens -= 1,
+                _ => {}
+            }
+            if c == prev && matches!(c, b' ' | b'.' | b'-') {
+                return false;
+            }
+        }
+        prev = c;
+    }
+    if parens != 0 || longest > 6 {
         return false;
     }
     if text.starts_with('+') {
         return (8..=15).contains(&digits);
     }
-    let dated = |a: usize, b: usize, c: usize| {
-        groups.len() == 3 && groups[0].len() == a && groups[1].len() <= b && groups[2].len() == c
-    };
+    let dated =
+        |a: usize, b: usize, c: usize| groups == 3 && lens[0] == a && lens[1] <= b && lens[2] == c;
     if dated(4, 2, 2) || dated(2, 2, 4) || dated(1, 2, 4) {
         return false;
     }
-    let dots = text.matches('.').count();
     (7..=12).contains(&digits)
-        && (groups.len() >= 3 || text.contains('(') || (groups.len() == 2 && dots == 0))
+        && (groups >= 3 || text.contains('(') || (groups == 2 && dots == 0))
         && (dots == 0 || dots >= 2)
 }
 

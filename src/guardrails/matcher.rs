@@ -155,7 +155,7 @@ impl Runs {
 /// It sleeps through most text: every match of a pattern contains a byte of the pattern's
 /// required set (an `@` for an email, a digit for a phone number) and lies in a run of the
 /// pattern's bytes, so the DFA reads only the runs around such bytes (a region: back from
-/// the byte over the woken patterns' bytes, forward until a byte none of them can hold or
+/// the byte over the woken patterns' bytes, forward until a byte ends the run of each or
 /// their `max_len`), plus the byte after, which reports the matches that end before it.
 /// Reading a region right after the last one, it goes on from where it stopped, as if it
 /// had never slept; else it starts afresh, with the byte before the region as look-behind.
@@ -176,11 +176,16 @@ pub struct Watch {
     read: usize,
     /// The DFA reads (else it sleeps until a byte wakes a pattern).
     awake: bool,
-    /// Awake: the patterns woken in this region, and where it ends at the latest.
+    /// Awake: the woken patterns whose run of bytes goes on, where the region ends at the
+    /// latest, and the last waking byte (it ends no earlier).
     woken: u64,
     until: usize,
+    least: usize,
     /// Asleep: where the DFA stopped, in `state` (`None`: it cannot go on from there).
     rest: Option<usize>,
+    /// Where the DFA began reading without a break (it has seen every match that starts
+    /// there or later, up to where it is).
+    from: usize,
     /// Disjoint spans `[lo, end)`, in order, that hold every match it reported, with the
     /// patterns of those matches (bit `i`: pattern `i`; all bits past 64 patterns): a match of
     /// a pattern ending at `end` starts at or after `end - max_len`.
@@ -238,12 +243,14 @@ fn collect(h: &Hir, set: &mut [u64; 4]) {
 fn commonness(b: u8) -> u32 {
     match b {
         b' ' => 100,
-        b'z' | b'q' | b'x' | b'j' => 5,
+        b'z' | b'q' | b'x' | b'j' => 6,
         b'a'..=b'z' => 40,
         b'\n' | b'\t' => 20,
+        b'A' | b'I' => 12,
         0x80.. => 10,
         b'A'..=b'Z' => 8,
-        b'0'..=b'9' | b'.' | b',' | b'-' | b':' | b'(' | b')' | b'\'' | b'"' => 6,
+        b'0'..=b'9' | b'.' | b',' | b':' | b'(' | b')' | b'\'' | b'"' => 6,
+        b'-' => 5,
         b'@' | b'_' | b'%' | b'#' | b'~' | b'^' | b'|' | b'\\' | b'`' => 1,
         _ => 3,
     }
@@ -280,6 +287,51 @@ fn required(h: &Hir) -> Option<[u64; 4]> {
     }
 }
 
+/// The sets of bytes one of which every match of `h` contains: one per element of a
+/// concatenation, else one.
+fn required_choices(h: &Hir) -> Vec<[u64; 4]> {
+    match h.kind() {
+        HirKind::Capture(c) => required_choices(&c.sub),
+        HirKind::Concat(v) => v.iter().filter_map(required).collect(),
+        _ => required(h).into_iter().collect(),
+    }
+}
+
+/// Each pattern's required set (see [`Runs::wakes`]): of its choices, the one that adds the
+/// fewest common bytes to the others' (digits for an IPv4 address rather than its dots, when
+/// phone numbers wake on digits anyway); all bytes when it has none.
+fn pick_required(choices: &[Vec<[u64; 4]>]) -> Vec<[u64; 4]> {
+    let union = |sets: &mut dyn Iterator<Item = [u64; 4]>| {
+        sets.fold([0u64; 4], |mut all, s| {
+            all.iter_mut().zip(s).for_each(|(a, s)| *a |= s);
+            all
+        })
+    };
+    let mut picks: Vec<[u64; 4]> = choices
+        .iter()
+        .map(|c| c.iter().copied().min_by_key(cost).unwrap_or([u64::MAX; 4]))
+        .collect();
+    // Twice: a pattern's pick may change the best pick of one before it.
+    for i in (0..choices.len()).chain(0..choices.len()) {
+        let others = union(
+            &mut picks
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, s)| *s),
+        );
+        let added = |s: &[u64; 4]| {
+            let mut new = *s;
+            new.iter_mut().zip(others).for_each(|(n, o)| *n &= !o);
+            (cost(&new), cost(s))
+        };
+        if let Some(best) = choices[i].iter().min_by_key(|s| added(s)) {
+            picks[i] = *best;
+        }
+    }
+    picks
+}
+
 /// Checks a pattern: it parses, compiles, and cannot match empty text. Its longest match
 /// (capped at [`WINDOW`]).
 pub fn check_pattern(pattern: &str) -> Result<usize, String> {
@@ -298,6 +350,7 @@ impl Matcher {
             return Ok(Matcher::default());
         }
         let mut patterns = Vec::with_capacity(specs.len());
+        let mut choices = Vec::with_capacity(specs.len());
         for s in &specs {
             let hir = regex_syntax::parse(&s.pattern).map_err(|e| e.to_string())?;
             let longest = check_pattern(&s.pattern)?;
@@ -311,8 +364,12 @@ impl Matcher {
                 check: s.check,
                 max_len: s.max_len.unwrap_or(longest),
                 bytes,
-                required: required(&hir).unwrap_or([u64::MAX; 4]),
+                required: [u64::MAX; 4],
             });
+            choices.push(required_choices(&hir));
+        }
+        for (p, set) in patterns.iter_mut().zip(pick_required(&choices)) {
+            p.required = set;
         }
         let all: Vec<&str> = specs.iter().map(|s| s.pattern.as_str()).collect();
         let any = meta::Regex::new_many(&all).map_err(|e| e.to_string())?;
@@ -468,7 +525,9 @@ impl Matcher {
                 awake: self.runs.is_none(),
                 woken: 0,
                 until: 0,
+                least: 0,
                 rest: Some(0),
+                from: 0,
                 spans: Spans::new(),
             },
             Err(_) => {
@@ -498,33 +557,48 @@ impl Matcher {
         while i < hay.len() {
             let Some(runs) = &self.runs else {
                 // Never asleep.
-                match step(self, dfa, cache, &mut state, hay, i, mask, &mut w.spans) {
-                    true => i += 1,
-                    false => {
-                        w.blind = true;
-                        return;
-                    }
+                if !step(self, dfa, cache, &mut state, hay, i, mask, &mut w.spans) {
+                    w.blind = true;
+                    return;
                 }
+                i += 1;
                 continue;
             };
             if !w.awake {
-                let Some(k) = hay[i..]
+                match hay[i..]
                     .iter()
                     .position(|&b| runs.wakes[usize::from(b)] & pats != 0)
-                else {
-                    break;
-                };
-                let t = i + k;
-                let b = usize::from(hay[t]);
-                let woken = runs.wakes[b] & pats;
-                // The region starts where the run of the woken patterns' bytes does.
-                let floor = (t + 1).saturating_sub(runs.reach[b]);
-                let mut start = t;
-                while start > floor && runs.by_byte[usize::from(hay[start - 1])] & woken != 0 {
+                {
+                    Some(k) => i += k,
+                    None => break,
+                }
+            }
+            let b = usize::from(hay[i]);
+            let wakes = runs.wakes[b] & pats;
+            let new = wakes & !w.woken;
+            if wakes != 0 {
+                w.until = w.until.max(i + runs.reach[b]);
+            }
+            if new != 0 {
+                // Matches of the patterns it wakes start no earlier than the run of their
+                // bytes that ends here: the DFA must have read from there.
+                let floor = (i + 1).saturating_sub(runs.reach[b]);
+                let mut start = i;
+                while start > floor && runs.by_byte[usize::from(hay[start - 1])] & new != 0 {
                     start -= 1;
                 }
-                match w.rest {
-                    Some(rest) if rest >= start => i = rest,
+                let read_from_start = w.from <= start;
+                let was_awake = std::mem::replace(&mut w.awake, true);
+                w.woken |= wakes;
+                w.least = w.least.max(i);
+                match (was_awake, w.rest) {
+                    // Reading since `from`, up to here.
+                    (true, _) if read_from_start => {}
+                    // It slept at `rest`: go on from there, as if it had never slept.
+                    (false, Some(rest)) if read_from_start && start <= rest => {
+                        i = rest;
+                        continue;
+                    }
                     _ => {
                         let behind = start::Config::new()
                             .anchored(Anchored::No)
@@ -536,34 +610,27 @@ impl Matcher {
                                 return;
                             }
                         }
+                        w.from = start;
                         i = start;
+                        continue;
                     }
                 }
-                w.awake = true;
-                w.woken = woken;
-                w.until = t + runs.reach[b];
             }
-            // Awake: read the region and the byte after it.
-            while i < hay.len() {
-                let b = usize::from(hay[i]);
-                let wakes = runs.wakes[b] & pats;
-                let last = if wakes != 0 {
-                    w.woken |= wakes;
-                    w.until = w.until.max(i + runs.reach[b]);
-                    false
-                } else {
-                    i >= w.until || runs.by_byte[b] & w.woken == 0
-                };
-                if !step(self, dfa, cache, &mut state, hay, i, mask, &mut w.spans) {
-                    w.blind = true;
-                    return;
-                }
-                i += 1;
-                if last {
-                    w.awake = false;
-                    w.rest = Some(i);
-                    break;
-                }
+            // Awake: the region goes on while its patterns' bytes do, within their reach;
+            // the byte after it is read too.
+            w.woken &= runs.by_byte[b];
+            let last = wakes == 0 && i > w.least && (i >= w.until || w.woken == 0);
+            if !step(self, dfa, cache, &mut state, hay, i, mask, &mut w.spans) {
+                w.blind = true;
+                return;
+            }
+            i += 1;
+            if last {
+                w.awake = false;
+                w.woken = 0;
+                w.until = 0;
+                w.least = 0;
+                w.rest = Some(i);
             }
         }
         if end && w.awake {
@@ -671,7 +738,9 @@ impl Watch {
             awake: false,
             woken: 0,
             until: 0,
+            least: 0,
             rest: None,
+            from: 0,
             spans: Spans::new(),
         }
     }
@@ -701,7 +770,10 @@ impl Watch {
     pub fn shift(&mut self, n: usize) {
         self.read = self.read.saturating_sub(n);
         self.until = self.until.saturating_sub(n);
+        self.least = self.least.saturating_sub(n);
         self.rest = self.rest.and_then(|r| r.checked_sub(n));
+        // Still before every position the text has: reading since before them.
+        self.from = self.from.saturating_sub(n);
         for (lo, e, _) in &mut self.spans {
             *lo = lo.saturating_sub(n);
             *e = e.saturating_sub(n);

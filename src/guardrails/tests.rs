@@ -290,6 +290,10 @@ fn filler() -> impl Strategy<Value = String> {
     proptest::string::string_regex("[a-zA-Z0-9 .,@+:()ßé-]{0,40}").unwrap()
 }
 
+fn long_filler() -> impl Strategy<Value = String> {
+    proptest::string::string_regex("[a-zA-Z0-9 .,@+:()_ßé-]{0,300}").unwrap()
+}
+
 fn planted() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
         "jane.doe@example.com",
@@ -369,6 +373,35 @@ proptest! {
         let mut pieces = Vec::new();
         let mut at = 0;
         while at < text.len() {
+            let end = text.ceil_char_boundary(at + size);
+            pieces.push(&text[at..end]);
+            at = end;
+        }
+        let (r, got, _) = streamed(g, &pieces);
+        prop_assert!(r.is_ok());
+        prop_assert_eq!(got, want.unwrap());
+    }
+
+    /// Long texts (past the matcher's reach and the 4 KiB at which released text is
+    /// dropped) in pieces of 1 to 64 bytes: the same.
+    #[test]
+    fn long_streams_equal_whole_text(
+        parts in prop::collection::vec((long_filler(), planted()), 0..40),
+        sizes in prop::collection::vec(1usize..65, 1..16),
+    ) {
+        let g = pii();
+        let mut text = String::new();
+        for (f, p) in &parts {
+            text.push_str(f);
+            text.push_str(p);
+        }
+        let (want, _) = whole(g, &text);
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for size in sizes.iter().cycle() {
+            if at >= text.len() {
+                break;
+            }
             let end = text.ceil_char_boundary(at + size);
             pieces.push(&text[at..end]);
             at = end;
