@@ -174,6 +174,16 @@ pub struct Watch {
     state: LazyStateID,
     /// How many bytes of the text it has read (to wake, or with the DFA).
     read: usize,
+    region: Region,
+    /// Disjoint spans `[lo, end)`, in order, that hold every match it reported, with the
+    /// patterns of those matches (bit `i`: pattern `i`; all bits past 64 patterns): a match of
+    /// a pattern ending at `end` starts at or after `end - max_len`.
+    spans: Spans,
+}
+
+/// Where the sentinel's DFA reads (copied into locals while it reads).
+#[derive(Clone, Copy, Default)]
+struct Region {
     /// The DFA reads (else it sleeps until a byte wakes a pattern).
     awake: bool,
     /// Awake: the woken patterns whose run of bytes goes on, where the region ends at the
@@ -186,10 +196,6 @@ pub struct Watch {
     /// Where the DFA began reading without a break (it has seen every match that starts
     /// there or later, up to where it is).
     from: usize,
-    /// Disjoint spans `[lo, end)`, in order, that hold every match it reported, with the
-    /// patterns of those matches (bit `i`: pattern `i`; all bits past 64 patterns): a match of
-    /// a pattern ending at `end` starts at or after `end - max_len`.
-    spans: Spans,
 }
 
 /// Where matches may be: `(lo, end, patterns)`, see [`Watch`].
@@ -521,13 +527,12 @@ impl Matcher {
                 blind: false,
                 state,
                 read: 0,
-                // Over 64 patterns it never sleeps.
-                awake: self.runs.is_none(),
-                woken: 0,
-                until: 0,
-                least: 0,
-                rest: Some(0),
-                from: 0,
+                region: Region {
+                    // Over 64 patterns it never sleeps.
+                    awake: self.runs.is_none(),
+                    rest: Some(0),
+                    ..Region::default()
+                },
                 spans: Spans::new(),
             },
             Err(_) => {
@@ -554,6 +559,7 @@ impl Matcher {
         let pats = self.runs.as_ref().map_or(0, |r| r.patterns(mask));
         let mut state = w.state;
         let mut i = w.read;
+        let mut r = w.region;
         while i < hay.len() {
             let Some(runs) = &self.runs else {
                 // Never asleep.
@@ -564,7 +570,7 @@ impl Matcher {
                 i += 1;
                 continue;
             };
-            if !w.awake {
+            if !r.awake {
                 match hay[i..]
                     .iter()
                     .position(|&b| runs.wakes[usize::from(b)] & pats != 0)
@@ -575,9 +581,9 @@ impl Matcher {
             }
             let b = usize::from(hay[i]);
             let wakes = runs.wakes[b] & pats;
-            let new = wakes & !w.woken;
+            let new = wakes & !r.woken;
             if wakes != 0 {
-                w.until = w.until.max(i + runs.reach[b]);
+                r.until = r.until.max(i + runs.reach[b]);
             }
             if new != 0 {
                 // Matches of the patterns it wakes start no earlier than the run of their
@@ -587,11 +593,11 @@ impl Matcher {
                 while start > floor && runs.by_byte[usize::from(hay[start - 1])] & new != 0 {
                     start -= 1;
                 }
-                let read_from_start = w.from <= start;
-                let was_awake = std::mem::replace(&mut w.awake, true);
-                w.woken |= wakes;
-                w.least = w.least.max(i);
-                match (was_awake, w.rest) {
+                let read_from_start = r.from <= start;
+                let was_awake = std::mem::replace(&mut r.awake, true);
+                r.woken |= wakes;
+                r.least = r.least.max(i);
+                match (was_awake, r.rest) {
                     // Reading since `from`, up to here.
                     (true, _) if read_from_start => {}
                     // It slept at `rest`: go on from there, as if it had never slept.
@@ -610,7 +616,7 @@ impl Matcher {
                                 return;
                             }
                         }
-                        w.from = start;
+                        r.from = start;
                         i = start;
                         continue;
                     }
@@ -618,22 +624,22 @@ impl Matcher {
             }
             // Awake: the region goes on while its patterns' bytes do, within their reach;
             // the byte after it is read too.
-            w.woken &= runs.by_byte[b];
-            let last = wakes == 0 && i > w.least && (i >= w.until || w.woken == 0);
+            r.woken &= runs.by_byte[b];
+            let last = wakes == 0 && i > r.least && (i >= r.until || r.woken == 0);
             if !step(self, dfa, cache, &mut state, hay, i, mask, &mut w.spans) {
                 w.blind = true;
                 return;
             }
             i += 1;
             if last {
-                w.awake = false;
-                w.woken = 0;
-                w.until = 0;
-                w.least = 0;
-                w.rest = Some(i);
+                r.awake = false;
+                r.woken = 0;
+                r.until = 0;
+                r.least = 0;
+                r.rest = Some(i);
             }
         }
-        if end && w.awake {
+        if end && r.awake {
             match dfa.next_eoi_state(cache, state) {
                 Ok(eoi) if eoi.is_match() => {
                     self.note(dfa, cache, eoi, hay, hay.len(), mask, &mut w.spans)
@@ -644,6 +650,7 @@ impl Matcher {
         }
         w.state = state;
         w.read = hay.len();
+        w.region = r;
     }
 
     /// Matches of the patterns in `state` end at `at`: each starts within its pattern's
@@ -735,12 +742,7 @@ impl Watch {
             blind: true,
             state: LazyStateID::default(),
             read: 0,
-            awake: false,
-            woken: 0,
-            until: 0,
-            least: 0,
-            rest: None,
-            from: 0,
+            region: Region::default(),
             spans: Spans::new(),
         }
     }
@@ -769,11 +771,12 @@ impl Watch {
     /// The text lost its first `n` bytes.
     pub fn shift(&mut self, n: usize) {
         self.read = self.read.saturating_sub(n);
-        self.until = self.until.saturating_sub(n);
-        self.least = self.least.saturating_sub(n);
-        self.rest = self.rest.and_then(|r| r.checked_sub(n));
+        let r = &mut self.region;
+        r.until = r.until.saturating_sub(n);
+        r.least = r.least.saturating_sub(n);
+        r.rest = r.rest.and_then(|r| r.checked_sub(n));
         // Still before every position the text has: reading since before them.
-        self.from = self.from.saturating_sub(n);
+        r.from = r.from.saturating_sub(n);
         for (lo, e, _) in &mut self.spans {
             *lo = lo.saturating_sub(n);
             *e = e.saturating_sub(n);
