@@ -310,6 +310,32 @@ fn planted() -> impl Strategy<Value = &'static str> {
     ])
 }
 
+/// Filler and planted matches in turn, then `tail`.
+fn planted_text(parts: &[(String, &str)], tail: &str) -> String {
+    let mut text = String::new();
+    for (f, p) in parts {
+        text.push_str(f);
+        text.push_str(p);
+    }
+    text.push_str(tail);
+    text
+}
+
+/// Splits `text` in pieces of `sizes` bytes, in turn (rounded up to character boundaries).
+fn in_sizes<'a>(text: &'a str, sizes: &[usize]) -> Vec<&'a str> {
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for size in sizes.iter().cycle() {
+        if at >= text.len() {
+            break;
+        }
+        let end = text.ceil_char_boundary(at + size);
+        pieces.push(&text[at..end]);
+        at = end;
+    }
+    pieces
+}
+
 /// Splits `text` at `cuts` (fractions), on character boundaries.
 fn chunks<'a>(text: &'a str, cuts: &[f64]) -> Vec<&'a str> {
     let mut at: Vec<usize> = cuts
@@ -343,12 +369,7 @@ proptest! {
         cuts in prop::collection::vec(0.0f64..1.0, 0..12),
     ) {
         let g = pii();
-        let mut text = String::new();
-        for (f, p) in &parts {
-            text.push_str(f);
-            text.push_str(p);
-        }
-        text.push_str(&tail);
+        let text = planted_text(&parts, &tail);
         let (want, _) = whole(g, &text);
         let (r, got, _) = streamed(g, &chunks(&text, &cuts));
         prop_assert!(r.is_ok());
@@ -363,21 +384,9 @@ proptest! {
         size in 1usize..9,
     ) {
         let g = pii();
-        let mut text = String::new();
-        for (f, p) in &parts {
-            text.push_str(f);
-            text.push_str(p);
-        }
-        text.push_str(&tail);
+        let text = planted_text(&parts, &tail);
         let (want, _) = whole(g, &text);
-        let mut pieces = Vec::new();
-        let mut at = 0;
-        while at < text.len() {
-            let end = text.ceil_char_boundary(at + size);
-            pieces.push(&text[at..end]);
-            at = end;
-        }
-        let (r, got, _) = streamed(g, &pieces);
+        let (r, got, _) = streamed(g, &in_sizes(&text, &[size]));
         prop_assert!(r.is_ok());
         prop_assert_eq!(got, want.unwrap());
     }
@@ -390,23 +399,9 @@ proptest! {
         sizes in prop::collection::vec(1usize..65, 1..16),
     ) {
         let g = pii();
-        let mut text = String::new();
-        for (f, p) in &parts {
-            text.push_str(f);
-            text.push_str(p);
-        }
+        let text = planted_text(&parts, "");
         let (want, _) = whole(g, &text);
-        let mut pieces = Vec::new();
-        let mut at = 0;
-        for size in sizes.iter().cycle() {
-            if at >= text.len() {
-                break;
-            }
-            let end = text.ceil_char_boundary(at + size);
-            pieces.push(&text[at..end]);
-            at = end;
-        }
-        let (r, got, _) = streamed(g, &pieces);
+        let (r, got, _) = streamed(g, &in_sizes(&text, &sizes));
         prop_assert!(r.is_ok());
         prop_assert_eq!(got, want.unwrap());
     }
