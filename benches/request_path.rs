@@ -1,5 +1,7 @@
 //! The gateway's own work per chat request: parse the body once, plan the route, rewrite the
-//! model into the upstream body. Run: `cargo bench --bench request_path`.
+//! model into the upstream body; then, for the answer, price it (`usage.cost` spliced into
+//! the JSON), make the request context and write the `x-gateway-*` headers.
+//! Run: `cargo bench --bench request_path`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use freeway::config::Config;
@@ -114,5 +116,53 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// An OpenAI chat completion of about `content` bytes of text, as providers answer it.
+fn answer_of(content: usize) -> String {
+    let text = "The number forty-two matters because it is the answer. ".repeat(content / 40 + 1);
+    serde_json::json!({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1_700_000_000,
+        "model": "llama-3.3-70b-versatile", "system_fingerprint": "fp_bench",
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+                     "message": {"role": "assistant", "content": &text[..content]}}],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 64, "total_tokens": 184,
+                  "prompt_tokens_details": {"cached_tokens": 0}}
+    })
+    .to_string()
+}
+
+/// The answer's side: pricing a JSON answer, the request context, the gateway's headers.
+fn answer(c: &mut Criterion) {
+    use freeway::proxy::ctx::RequestCtx;
+    let price = freeway::config::Cost {
+        input_per_mtok: 0.59,
+        output_per_mtok: 0.79,
+        ..Default::default()
+    };
+    let mut g = c.benchmark_group("price_json");
+    for size in [200, 4096] {
+        let body = bytes::Bytes::from(answer_of(size));
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            let mut ctx = RequestCtx::new();
+            b.iter(|| freeway::proxy::spend::price_json(&mut ctx, Some(&price), body.clone()))
+        });
+    }
+    g.finish();
+    c.bench_function("request_ctx_new", |b| b.iter(RequestCtx::new));
+    let mut ctx = RequestCtx::new();
+    ctx.endpoint = freeway::proxy::endpoint::find("/v1/chat/completions");
+    ctx.attempts = 1;
+    ctx.provider = Some("groq".into());
+    ctx.model = Some("llama-3.3-70b-versatile".into());
+    ctx.spend.header = Some(0.0000123);
+    c.bench_function("gateway_headers", |b| {
+        b.iter(|| {
+            let mut head = http::HeaderMap::with_capacity(16);
+            freeway::proxy::respond::gateway_headers(&mut head, black_box(&ctx));
+            head
+        })
+    });
+}
+
+criterion_group!(benches, bench, answer);
 criterion_main!(benches);

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod errors;
 pub mod guardrails;
 pub mod image_files;
+pub mod json_scan;
 pub mod limits;
 pub mod live;
 pub mod messages;

@@ -492,7 +492,10 @@ impl Upstream {
             .url
             .as_ref()
             .map_or("", |u| u.path.as_str());
-        format!("{prefix}{api_path}")
+        let mut path = String::with_capacity(prefix.len() + api_path.len());
+        path.push_str(prefix);
+        path.push_str(api_path);
+        path
     }
 
     /// The key for the next attempt: round-robin over the keys neither resting nor
@@ -528,6 +531,11 @@ impl Upstream {
 
     /// The request head for `POST {base}{req.path}` at endpoint `ep`, carrying key `key` of
     /// the pool.
+    ///
+    /// Built without Pingora's case map, so header names go out in lowercase (as HTTP/2
+    /// always sends them, and as Node's `fetch` does over HTTP/1.1; names are
+    /// case-insensitive, RFC 9110 §5.1). The case map doubled the work of every header
+    /// inserted and of the head's copy for a retry, on every attempt.
     pub fn request_header(
         &self,
         req: &Outbound,
@@ -536,7 +544,7 @@ impl Upstream {
     ) -> pingora::Result<pingora::http::RequestHeader> {
         use http::header;
         let path = self.path(ep, &req.path);
-        let mut h = pingora::http::RequestHeader::build(
+        let mut h = pingora::http::RequestHeader::build_no_case(
             "POST",
             path.as_bytes(),
             Some(8 + self.extra_headers.len() + req.headers.len()),

@@ -472,11 +472,6 @@ struct FoundUsage {
 fn find_usage(body: &[u8]) -> Option<FoundUsage> {
     use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
-    struct Top<'a> {
-        #[serde(borrow)]
-        usage: Option<&'a RawValue>,
-    }
-    #[derive(serde::Deserialize)]
     struct Details {
         cached_tokens: Option<u64>,
     }
@@ -488,13 +483,14 @@ fn find_usage(body: &[u8]) -> Option<FoundUsage> {
         #[serde(borrow)]
         cost: Option<&'a RawValue>,
     }
-    let offset = |inner: &str| inner.as_ptr() as usize - body.as_ptr() as usize;
-    let raw = serde_json::from_slice::<Top>(body).ok()?.usage?;
-    let text = raw.get();
+    // Only the usage object is parsed; the scanner skips the rest of the answer.
+    let at = crate::json_scan::top_level_value(body, b"usage")?;
+    let text = std::str::from_utf8(&body[at.clone()]).ok()?;
     if !text.starts_with('{') {
         return None;
     }
     let u: Usage = serde_json::from_str(text).ok()?;
+    let offset = |inner: &str| at.start + (inner.as_ptr() as usize - text.as_ptr() as usize);
     Some(FoundUsage {
         prompt: u.prompt_tokens,
         completion: u.completion_tokens.unwrap_or(0),
@@ -502,7 +498,7 @@ fn find_usage(body: &[u8]) -> Option<FoundUsage> {
             .prompt_tokens_details
             .and_then(|d| d.cached_tokens)
             .unwrap_or(0),
-        close: offset(text) + text.len() - 1,
+        close: at.end - 1,
         cost: u
             .cost
             .map(|c| offset(c.get())..offset(c.get()) + c.get().len()),
