@@ -15,6 +15,9 @@
 #   TELEMETRY=1 bash benches/load.sh          # also a freeway exporting OpenTelemetry
 #                                             # spans (sample_ratio 1.0) to a local OTLP
 #                                             # sink, interleaved: what tracing costs
+#   PINGORA=1 bash benches/load.sh            # also a bare Pingora ProxyHttp hop
+#                                             # (benches/pingora_hop.rs), interleaved:
+#                                             # the floor under freeway's own cost
 #   CALLGRIND=1 bash benches/load.sh          # also instructions per request (callgrind,
 #                                             # whole process, wrk c=8 for CG_SECS=10 s)
 #                                             # of nginx and of each freeway, after the
@@ -67,6 +70,13 @@ if [ -n "${TELEMETRY:-}" ]; then
   OTEL_PID=$!
 fi
 
+if [ -n "${PINGORA:-}" ]; then
+  HOP=$(port)
+  HOP_BIN=$(cargo bench --bench pingora_hop --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+  taskset -c 1 "$HOP_BIN" "127.0.0.1:$HOP" "127.0.0.1:$SIM" >"$TMP/hop.log" 2>&1 & pids+=($!)
+  HOP_PID=$!
+fi
+
 if [ -n "${BASE_BIN:-}" ]; then
   GW3=$(port)
   bench_config "$TMP/base.toml" "$GW3" "$SIM" "[observability]" "request_log = ${REQUEST_LOG:-true}"
@@ -98,7 +108,7 @@ http {
 NGINX
 taskset -c 1 "$NGINX" -c "$TMP/nginx.conf" -p "$TMP" >/dev/null 2>&1 & pids+=($!)
 # Every server answers before the first round (a loaded machine starts them slowly).
-for p in "$SIM" "$NGX" "$GW" ${LOG_COST:+"$GW2"} ${BASE_BIN:+"$GW3"} ${TELEMETRY:+"$GW4"}; do
+for p in "$SIM" "$NGX" "$GW" ${PINGORA:+"$HOP"} ${LOG_COST:+"$GW2"} ${BASE_BIN:+"$GW3"} ${TELEMETRY:+"$GW4"}; do
   for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
 done
 NGX_PID=$(cat "$TMP/nginx.pid")
@@ -162,6 +172,9 @@ for r in $(seq "$ROUNDS"); do
   run direct "http://127.0.0.1:$SIM/v1/chat/completions" ""
   run nginx "http://127.0.0.1:$NGX/v1/chat/completions" "$NGX_WORKER"
   run freeway "http://127.0.0.1:$GW/v1/chat/completions" "$FW_PID"
+  if [ -n "${PINGORA:-}" ]; then
+    run pingora "http://127.0.0.1:$HOP/v1/chat/completions" "$HOP_PID"
+  fi
   if [ -n "${LOG_COST:-}" ]; then
     run fw-nolog "http://127.0.0.1:$GW2/v1/chat/completions" "$NOLOG_PID"
   fi
@@ -200,6 +213,9 @@ if [ -n "${CALLGRIND:-}" ]; then
   }
   sed -e 's/^daemon off;/daemon off;\nmaster_process off;/' "$TMP/nginx.conf" >"$TMP/nginx-cg.conf"
   cg nginx "$NGX" "$NGINX" -c "$TMP/nginx-cg.conf" -p "$TMP"
+  if [ -n "${PINGORA:-}" ]; then
+    cg pingora "$HOP" "$HOP_BIN" "127.0.0.1:$HOP" "127.0.0.1:$SIM"
+  fi
   # valgrind runs freeway ~50x slower: the request log writer gets a 1 s linger to see
   # batches of the size it sees under real load (as benches/log_cost.sh does).
   sed -i 's/^request_log = .*/&\nlog_linger_ms = 1000/' "$TMP/freeway.toml"
@@ -231,7 +247,7 @@ d_lat = med([r[0] for r in rows["direct"]]); d_thr = med([r[1] for r in rows["di
 d_p99 = med([r[5] for r in rows["direct"]]); d_ttfb = med([r[6] for r in rows["direct"]])
 print(f"{'target':8} {'c=1 p50':>9} {'added p50':>10} {'added p99':>10} {'stream TTFB':>12} {'c=32 req/s':>11} "
       f"{'vs direct':>9} {'CPU/req':>9} {'instr/req':>10} {'non-2xx':>8}")
-for name in ("direct", "nginx", "freeway", "fw-nolog", "fw-base", "fw-otel"):
+for name in ("direct", "nginx", "pingora", "freeway", "fw-nolog", "fw-base", "fw-otel"):
     rs = rows.get(name)
     if not rs:
         continue
@@ -242,15 +258,19 @@ for name in ("direct", "nginx", "freeway", "fw-nolog", "fw-base", "fw-otel"):
     ir = f"{instr[name]:,.0f}" if name in instr else "-"
     print(f"{name:8} {lat:7.0f}us {lat - d_lat:8.0f}us {p99 - d_p99:8.0f}us {ttfb:10.0f}us {thr:11.0f} {thr / d_thr:8.0%} "
           f"{(f'{cpu:.1f}us' if cpu is not None else '-'):>9} {ir:>10} {bad:>8}")
-if "nginx" in rows and "freeway" in rows:
+# Each pair of the same run: freeway beside nginx, the bare Pingora hop beside nginx (the
+# floor's own distance), freeway beside that floor.
+for a, b in (("freeway", "nginx"), ("pingora", "nginx"), ("freeway", "pingora")):
+    if a not in rows or b not in rows:
+        continue
     cpu = lambda name: med([r[2] / tck * 1e6 / r[3] for r in rows[name]])
     thr = lambda name: med([r[1] for r in rows[name]])
     p = lambda name, i: med([r[i] for r in rows[name]])
-    line = (f"freeway vs nginx: CPU/req {cpu('freeway') / cpu('nginx'):.2f}x, req/s {thr('freeway') / thr('nginx'):.0%}, "
-            f"c=1 p50 {p('freeway', 0) - p('nginx', 0):+.0f}us, p99 {p('freeway', 5) - p('nginx', 5):+.0f}us, "
-            f"stream TTFB {p('freeway', 6) - p('nginx', 6):+.0f}us")
-    if "nginx" in instr and "freeway" in instr:
-        line += f", instructions {instr['freeway'] / instr['nginx']:.2f}x"
+    line = (f"{a} vs {b}: CPU/req {cpu(a) / cpu(b):.2f}x, req/s {thr(a) / thr(b):.0%}, "
+            f"c=1 p50 {p(a, 0) - p(b, 0):+.0f}us, p99 {p(a, 5) - p(b, 5):+.0f}us, "
+            f"stream TTFB {p(a, 6) - p(b, 6):+.0f}us")
+    if a in instr and b in instr:
+        line += f", instructions {instr[a] / instr[b]:.2f}x"
     print(line)
 if "fw-nolog" in rows:
     on = med([r[1] for r in rows["freeway"]]); off = med([r[1] for r in rows["fw-nolog"]])

@@ -6,6 +6,19 @@ use clap::{CommandFactory, Parser, Subcommand};
 // it cut the gateway's CPU per request measurably versus glibc malloc (see README, Performance).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Turns transparent huge pages off for this process, first thing. Where the kernel's THP
+/// setting is `always` (Debian's and Ubuntu's default), every 2 MiB region mimalloc's arena
+/// touches becomes resident whole: an idle gateway held 29.7 MB, 18.5 MB without. The heap
+/// is small and hot, so the TLB gains nothing measurable from huge pages (and Redis, for
+/// one, asks for THP off for its latency). Memory touched before `main` keeps its pages.
+fn no_huge_pages() {
+    // SAFETY: prctl with PR_SET_THP_DISABLE and integer arguments only changes this
+    // process's flag; a failure (an old kernel) leaves THP as it was.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
 use freeway::config::Config;
 use freeway::server::{self, ProcessFlags};
 use std::path::PathBuf;
@@ -106,6 +119,7 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 }
 
 fn main() {
+    no_huge_pages();
     let cli = Cli::parse();
     let flags = ProcessFlags {
         daemon: cli.daemon,
