@@ -261,7 +261,7 @@ fn phone_shape(h: &str, s: usize, e: usize) -> bool {
     // dots and parentheses; no doubled separator but `) `.
     let (mut digits, mut groups, mut longest, mut run) = (0, 0, 0, 0);
     let mut lens = [0usize; 3];
-    let (mut dots, mut parens, mut prev) = (0, 0i32, 0u8);
+    let (mut dots, mut parens, mut opened, mut prev) = (0, 0i32, false, 0u8);
     for c in text.bytes().chain([b' ']) {
         if c.is_ascii_digit() {
             digits += 1;
@@ -277,7 +277,10 @@ fn phone_shape(h: &str, s: usize, e: usize) -> bool {
             }
             match c {
                 b'.' => dots += 1,
-                b'(' => parens += 1,
+                b'(' => {
+                    parens += 1;
+                    opened = true;
+                }
                 b')' => parens -= 1,
                 _ => {}
             }
@@ -299,7 +302,7 @@ fn phone_shape(h: &str, s: usize, e: usize) -> bool {
         return false;
     }
     (7..=12).contains(&digits)
-        && (groups >= 3 || text.contains('(') || (groups == 2 && dots == 0))
+        && (groups >= 3 || opened || (groups == 2 && dots == 0))
         && (dots == 0 || dots >= 2)
 }
 

@@ -217,6 +217,11 @@ fn has(set: &[u64; 4], b: u8) -> bool {
     set[usize::from(b >> 6)] & (1 << (b & 63)) != 0
 }
 
+fn union(mut a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
+    a.iter_mut().zip(b).for_each(|(a, b)| *a |= b);
+    a
+}
+
 /// Every byte a match of `h` can contain (any non-ASCII character: all bytes ≥ 0x80).
 fn collect(h: &Hir, set: &mut [u64; 4]) {
     match h.kind() {
@@ -285,11 +290,9 @@ fn required(h: &Hir) -> Option<[u64; 4]> {
         HirKind::Repetition(_) => None,
         HirKind::Capture(c) => required(&c.sub),
         HirKind::Concat(v) => v.iter().filter_map(required).min_by_key(cost),
-        HirKind::Alternation(v) => v.iter().try_fold([0u64; 4], |mut all, x| {
-            let set = required(x)?;
-            all.iter_mut().zip(set).for_each(|(a, s)| *a |= s);
-            Some(all)
-        }),
+        HirKind::Alternation(v) => v
+            .iter()
+            .try_fold([0u64; 4], |all, x| Some(union(all, required(x)?))),
     }
 }
 
@@ -307,25 +310,17 @@ fn required_choices(h: &Hir) -> Vec<[u64; 4]> {
 /// fewest common bytes to the others' (digits for an IPv4 address rather than its dots, when
 /// phone numbers wake on digits anyway); all bytes when it has none.
 fn pick_required(choices: &[Vec<[u64; 4]>]) -> Vec<[u64; 4]> {
-    let union = |sets: &mut dyn Iterator<Item = [u64; 4]>| {
-        sets.fold([0u64; 4], |mut all, s| {
-            all.iter_mut().zip(s).for_each(|(a, s)| *a |= s);
-            all
-        })
-    };
     let mut picks: Vec<[u64; 4]> = choices
         .iter()
         .map(|c| c.iter().copied().min_by_key(cost).unwrap_or([u64::MAX; 4]))
         .collect();
     // Twice: a pattern's pick may change the best pick of one before it.
     for i in (0..choices.len()).chain(0..choices.len()) {
-        let others = union(
-            &mut picks
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != i)
-                .map(|(_, s)| *s),
-        );
+        let others = picks
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .fold([0u64; 4], |all, (_, s)| union(all, *s));
         let added = |s: &[u64; 4]| {
             let mut new = *s;
             new.iter_mut().zip(others).for_each(|(n, o)| *n &= !o);
@@ -355,13 +350,16 @@ impl Matcher {
         if specs.is_empty() {
             return Ok(Matcher::default());
         }
+        let hirs = specs
+            .iter()
+            .map(|s| regex_syntax::parse(&s.pattern).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let choices: Vec<_> = hirs.iter().map(required_choices).collect();
         let mut patterns = Vec::with_capacity(specs.len());
-        let mut choices = Vec::with_capacity(specs.len());
-        for s in &specs {
-            let hir = regex_syntax::parse(&s.pattern).map_err(|e| e.to_string())?;
+        for ((s, hir), required) in specs.iter().zip(&hirs).zip(pick_required(&choices)) {
             let longest = check_pattern(&s.pattern)?;
             let mut bytes = [0u64; 4];
-            collect(&hir, &mut bytes);
+            collect(hir, &mut bytes);
             s.peek.iter().for_each(|&b| add(&mut bytes, b));
             patterns.push(Pattern {
                 rule: s.rule,
@@ -370,12 +368,8 @@ impl Matcher {
                 check: s.check,
                 max_len: s.max_len.unwrap_or(longest),
                 bytes,
-                required: [u64::MAX; 4],
+                required,
             });
-            choices.push(required_choices(&hir));
-        }
-        for (p, set) in patterns.iter_mut().zip(pick_required(&choices)) {
-            p.required = set;
         }
         let all: Vec<&str> = specs.iter().map(|s| s.pattern.as_str()).collect();
         let any = meta::Regex::new_many(&all).map_err(|e| e.to_string())?;
