@@ -1,6 +1,9 @@
 //! The `freeway` command line: parse, load config, build the server, run.
 
 use clap::{CommandFactory, Parser, Subcommand};
+use freeway::config::Config;
+use freeway::server::{self, ProcessFlags};
+use std::path::PathBuf;
 
 // mimalloc: the request path allocates and frees many small buffers (Pingora's and ours);
 // it cut the gateway's CPU per request measurably versus glibc malloc (see README, Performance).
@@ -31,9 +34,6 @@ static COMMIT_LAZILY: extern "C" fn() = {
     }
     commit_lazily
 };
-use freeway::config::Config;
-use freeway::server::{self, ProcessFlags};
-use std::path::PathBuf;
 
 /// `freeway --version`: `freeway <semver> (<git commit>)`; the commit comes from build.rs.
 const VERSION: &str = concat!(
