@@ -260,12 +260,12 @@ for name in ("direct", "nginx", "pingora", "freeway", "fw-nolog", "fw-base", "fw
           f"{(f'{cpu:.1f}us' if cpu is not None else '-'):>9} {ir:>10} {bad:>8}")
 # Each pair of the same run: freeway beside nginx, the bare Pingora hop beside nginx (the
 # floor's own distance), freeway beside that floor.
+cpu = lambda name: med([r[2] / tck * 1e6 / r[3] for r in rows[name]])
+thr = lambda name: med([r[1] for r in rows[name]])
+p = lambda name, i: med([r[i] for r in rows[name]])
 for a, b in (("freeway", "nginx"), ("pingora", "nginx"), ("freeway", "pingora")):
     if a not in rows or b not in rows:
         continue
-    cpu = lambda name: med([r[2] / tck * 1e6 / r[3] for r in rows[name]])
-    thr = lambda name: med([r[1] for r in rows[name]])
-    p = lambda name, i: med([r[i] for r in rows[name]])
     line = (f"{a} vs {b}: CPU/req {cpu(a) / cpu(b):.2f}x, req/s {thr(a) / thr(b):.0%}, "
             f"c=1 p50 {p(a, 0) - p(b, 0):+.0f}us, p99 {p(a, 5) - p(b, 5):+.0f}us, "
             f"stream TTFB {p(a, 6) - p(b, 6):+.0f}us")
@@ -277,10 +277,10 @@ if "fw-nolog" in rows:
     print(f"request log costs {1 - on / off:.1%} of throughput at c=32 (per-round: " +
           ", ".join(f"{1 - a[1] / b[1]:.1%}" for a, b in zip(rows["freeway"], rows["fw-nolog"])) + ")")
 if "fw-otel" in rows:
-    cpu = lambda name: [r[2] / tck * 1e6 / r[3] for r in rows[name]]
-    off, on = med(cpu("freeway")), med(cpu("fw-otel"))
+    cpu_rounds = lambda name: [r[2] / tck * 1e6 / r[3] for r in rows[name]]
+    off, on = med(cpu_rounds("freeway")), med(cpu_rounds("fw-otel"))
     print(f"telemetry (sampling 1.0) costs {on - off:.1f}us CPU per request: {on / off - 1:.1%} "
-          f"(per-round: " + ", ".join(f"{b - a:+.1f}us" for a, b in zip(cpu("freeway"), cpu("fw-otel"))) + ")")
+          f"(per-round: " + ", ".join(f"{b - a:+.1f}us" for a, b in zip(cpu_rounds("freeway"), cpu_rounds("fw-otel"))) + ")")
 PY
 if [ -n "${TELEMETRY:-}" ]; then
   grep -h "dropping spans" "$TMP/otel.log" | tail -2 || true

@@ -626,11 +626,12 @@ impl Matcher {
             }
             i += 1;
             if last {
-                r.awake = false;
-                r.woken = 0;
-                r.until = 0;
-                r.least = 0;
-                r.rest = Some(i);
+                // Asleep: it stopped here, and has read without a break since `from`.
+                r = Region {
+                    rest: Some(i),
+                    from: r.from,
+                    ..Region::default()
+                };
             }
         }
         if end && r.awake {

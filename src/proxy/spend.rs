@@ -448,13 +448,15 @@ pub fn price_json(ctx: &mut RequestCtx, price: Option<&Cost>, body: Bytes) -> By
     let number = serde_json::Number::from_f64((cost * 1e10).round() / 1e10)
         .unwrap_or_else(|| serde_json::Number::from(0))
         .to_string();
-    let (at, replaced, insert) = match found.cost {
-        Some(range) => (range.start, range.len(), number),
-        None => (found.close, 0, format!(",\"cost\":{number}")),
+    // A provider's own cost is replaced; else the cost joins the object before its `}`.
+    let (at, replaced, key) = match found.cost {
+        Some(range) => (range.start, range.len(), ""),
+        None => (found.close, 0, ",\"cost\":"),
     };
-    let mut out = Vec::with_capacity(body.len() + insert.len());
+    let mut out = Vec::with_capacity(body.len() + key.len() + number.len());
     out.extend_from_slice(&body[..at]);
-    out.extend_from_slice(insert.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(number.as_bytes());
     out.extend_from_slice(&body[at + replaced..]);
     Bytes::from(out)
 }
