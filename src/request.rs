@@ -32,18 +32,18 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
+/// The top-level fields, `messages` read as `M` and `tools`/`functions` as `L`:
+/// summarised in the same pass ([`Summary`], [`Listed`]) or kept raw for the careful path
+/// (`&RawValue`).
 #[derive(Deserialize)]
-struct Fields<'a> {
+struct Fields<'a, M, L> {
     #[serde(borrow)]
     model: Option<&'a RawValue>,
-    #[serde(borrow)]
-    messages: Option<&'a RawValue>,
+    messages: Option<M>,
     #[serde(borrow)]
     stream: Option<&'a RawValue>,
-    #[serde(borrow)]
-    tools: Option<&'a RawValue>,
-    #[serde(borrow)]
-    functions: Option<&'a RawValue>,
+    tools: Option<L>,
+    functions: Option<L>,
     #[serde(borrow)]
     response_format: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -64,6 +64,227 @@ struct Message<'a> {
     role: Option<&'a RawValue>,
     #[serde(borrow, default)]
     content: Option<&'a RawValue>,
+}
+
+/// The `Visitor` methods for JSON's scalars (null, booleans, numbers, strings), each
+/// answering `$unusual`: the one-pass readings below take any value without failing.
+macro_rules! scalars_are_unusual {
+    ($unusual:expr) => {
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($unusual)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($unusual)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($unusual)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($unusual)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($unusual)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($unusual)
+        }
+    };
+}
+
+/// `messages` summarised in the parse of the whole body, so its text is read once.
+///
+/// Reading it never fails on its shape (only on broken JSON, like any skipped value):
+/// anything but a non-empty array of plain messages is `Unusual`, and `parse_chat` then
+/// takes the careful path, which names the problem.
+enum Summary {
+    Plain(MessageNeeds),
+    Unusual,
+}
+
+impl<'de> Deserialize<'de> for Summary {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Summary, D::Error> {
+        d.deserialize_any(SummaryVisitor)
+    }
+}
+
+struct SummaryVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SummaryVisitor {
+    type Value = Summary;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Summary, A::Error> {
+        let mut needs = MessageNeeds::default();
+        let mut plain = true;
+        let mut count = 0usize;
+        while let Some(m) = seq.next_element::<PlainMessage<'de>>()? {
+            count += 1;
+            // After the first unusual message the rest is only read through.
+            plain = plain
+                && match m {
+                    PlainMessage::Plain { role, content } => {
+                        role.is_some_and(|r| r.get().starts_with('"')) && needs.add(content).is_ok()
+                    }
+                    PlainMessage::Unusual => false,
+                };
+        }
+        Ok(match plain && count > 0 {
+            true => Summary::Plain(needs),
+            false => Summary::Unusual,
+        })
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Summary, A::Error> {
+        read_through_map(map).map(|()| Summary::Unusual)
+    }
+
+    scalars_are_unusual!(Summary::Unusual);
+}
+
+/// `tools` or `functions` read in the parse of the whole body: an array (whether it has
+/// items), or anything else (`Unusual`: the careful path names the problem).
+enum Listed {
+    Array { items: bool },
+    Unusual,
+}
+
+impl Listed {
+    fn non_empty(list: Option<Listed>) -> bool {
+        matches!(list, Some(Listed::Array { items: true }))
+    }
+}
+
+impl<'de> Deserialize<'de> for Listed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Listed, D::Error> {
+        d.deserialize_any(ListedVisitor)
+    }
+}
+
+struct ListedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ListedVisitor {
+    type Value = Listed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Listed, A::Error> {
+        let mut items = false;
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            items = true;
+        }
+        Ok(Listed::Array { items })
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Listed, A::Error> {
+        read_through_map(map).map(|()| Listed::Unusual)
+    }
+
+    scalars_are_unusual!(Listed::Unusual);
+}
+
+/// One element of `messages` as the one-pass reading sees it: an object with at most one
+/// `role` and one `content` (other keys skipped), or anything else.
+enum PlainMessage<'a> {
+    Plain {
+        role: Option<&'a RawValue>,
+        content: Option<&'a RawValue>,
+    },
+    Unusual,
+}
+
+impl<'de> Deserialize<'de> for PlainMessage<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PlainMessage<'de>, D::Error> {
+        d.deserialize_any(PlainMessageVisitor)
+    }
+}
+
+struct PlainMessageVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PlainMessageVisitor {
+    type Value = PlainMessage<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<PlainMessage<'de>, A::Error> {
+        let (mut role, mut content) = (None, None);
+        let (mut has_role, mut has_content, mut twice) = (false, false, false);
+        while let Some(key) = map.next_key::<MessageKey>()? {
+            match key {
+                MessageKey::Role => {
+                    twice |= std::mem::replace(&mut has_role, true);
+                    role = map.next_value::<Option<&'de RawValue>>()?;
+                }
+                MessageKey::Content => {
+                    twice |= std::mem::replace(&mut has_content, true);
+                    content = map.next_value::<Option<&'de RawValue>>()?;
+                }
+                MessageKey::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(match twice {
+            false => PlainMessage::Plain { role, content },
+            true => PlainMessage::Unusual,
+        })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<PlainMessage<'de>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(PlainMessage::Unusual)
+    }
+
+    scalars_are_unusual!(PlainMessage::Unusual);
+}
+
+/// Skips the rest of an object.
+fn read_through_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map
+        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+        .is_some()
+    {}
+    Ok(())
+}
+
+/// A key of a message object, matched as the derived `Message` matches it (escapes
+/// resolved).
+enum MessageKey {
+    Role,
+    Content,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for MessageKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MessageKey, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = MessageKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<MessageKey, E> {
+                Ok(match key {
+                    "role" => MessageKey::Role,
+                    "content" => MessageKey::Content,
+                    _ => MessageKey::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -105,7 +326,26 @@ fn parse_u32(raw: Option<&RawValue>, param: &'static str) -> Result<Option<u32>,
 }
 
 /// Parses and validates a chat completion body.
+///
+/// One pass over the body: `messages` is summarised as it is read ([`Summary`]). A body
+/// whose messages are anything but plain message objects, or that fails anywhere, is read
+/// again by the careful path ([`parse_chat_careful`]), which names the exact problem; both
+/// give the same answer for every body (a proptest holds them to it).
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest<'_>, ApiError> {
+    let text = body_text(body)?;
+    if let Ok(mut fields) = serde_json::from_str::<Fields<Summary, Listed>>(text) {
+        let lists_plain = [&fields.tools, &fields.functions]
+            .iter()
+            .all(|l| !matches!(l, Some(Listed::Unusual)));
+        if let (Some(Summary::Plain(m)), true) = (fields.messages.take(), lists_plain) {
+            return finish(body, fields, |_| Ok(m), |l, _| Ok(Listed::non_empty(l)));
+        }
+    }
+    parse_chat_careful(body)
+}
+
+/// The body as text, refused when empty or not UTF-8.
+fn body_text(body: &[u8]) -> Result<&str, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "The request body is empty: send a JSON chat completion request.",
@@ -113,10 +353,15 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest<'_>, ApiError> {
     }
     // serde_json skips ignored strings without checking their UTF-8 (found by fuzzing):
     // check the whole body, so nothing invalid is ever forwarded to a provider.
-    let text = std::str::from_utf8(body).map_err(|e| {
-        ApiError::invalid(format!("The request body is not valid UTF-8 JSON: {e}."))
-    })?;
-    let fields: Fields = serde_json::from_str(text).map_err(|e| {
+    std::str::from_utf8(body)
+        .map_err(|e| ApiError::invalid(format!("The request body is not valid UTF-8 JSON: {e}.")))
+}
+
+/// Parses a chat completion body field by field, `messages` in a second pass, so that any
+/// problem gets its own message.
+fn parse_chat_careful(body: &[u8]) -> Result<ChatRequest<'_>, ApiError> {
+    let text = body_text(body)?;
+    let fields: Fields<&RawValue, &RawValue> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             // Valid JSON, wrong shape (not an object, duplicate field, …).
             ApiError::invalid(format!(
@@ -126,7 +371,91 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest<'_>, ApiError> {
             ApiError::invalid(format!("The request body is not valid JSON: {e}."))
         }
     })?;
+    finish(body, fields, message_needs, |raw, param| {
+        match raw.filter(|r| !is_null(r)) {
+            None => Ok(false),
+            Some(r) => serde_json::from_str::<Vec<&RawValue>>(r.get())
+                .map(|items| !items.is_empty())
+                .map_err(|_| bad_type(param, "an array")),
+        }
+    })
+}
 
+/// What `messages` adds to a request's needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct MessageNeeds {
+    /// Per-message and per-image tokens (the text's share is added from `chars`).
+    tokens: u32,
+    /// Bytes of message text (JSON as sent).
+    chars: u64,
+    vision: bool,
+}
+
+impl MessageNeeds {
+    /// Counts one message's `content` (`None`: absent or null); `Err` names what is wrong.
+    fn add(&mut self, content: Option<&RawValue>) -> Result<(), ApiError> {
+        self.tokens = self.tokens.saturating_add(MESSAGE_TOKENS);
+        let Some(content) = content else {
+            return Ok(());
+        };
+        let bad_content = || bad_type("messages", "content that is a string or an array of parts");
+        match content.get().as_bytes().first() {
+            Some(b'"') => self.chars += content.get().len() as u64,
+            Some(b'n') => {}
+            Some(b'[') => {
+                let parts: Vec<Part> =
+                    serde_json::from_str(content.get()).map_err(|_| bad_content())?;
+                for p in parts {
+                    match p.kind.as_deref() {
+                        Some("image_url") | Some("image") => {
+                            self.vision = true;
+                            self.tokens = self.tokens.saturating_add(IMAGE_TOKENS);
+                        }
+                        _ => self.chars += p.text.map_or(0, |t| t.get().len() as u64),
+                    }
+                }
+            }
+            _ => return Err(bad_content()),
+        }
+        Ok(())
+    }
+}
+
+/// The careful reading of `messages`: each problem named.
+fn message_needs(raw: Option<&RawValue>) -> Result<MessageNeeds, ApiError> {
+    let messages_raw = raw
+        .filter(|r| !is_null(r))
+        .ok_or_else(|| ApiError::invalid_param("messages", "`messages` is required."))?;
+    let messages: Vec<Message> = serde_json::from_str(messages_raw.get())
+        .map_err(|_| bad_type("messages", "an array of message objects"))?;
+    if messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "`messages` must contain at least one message.",
+        ));
+    }
+    let mut needs = MessageNeeds::default();
+    for m in &messages {
+        if !m.role.is_some_and(|r| r.get().starts_with('"')) {
+            return Err(bad_type(
+                "messages",
+                "an array of objects that each have a string `role`",
+            ));
+        }
+        needs.add(m.content)?;
+    }
+    Ok(needs)
+}
+
+/// Checks the fields in order and makes the request; `messages` is read by `read_messages`
+/// and `tools`/`functions` by `non_empty_list` (whether the array has items), each at its
+/// place in that order.
+fn finish<'a, M, L>(
+    body: &'a [u8],
+    fields: Fields<'a, M, L>,
+    read_messages: impl FnOnce(Option<M>) -> Result<MessageNeeds, ApiError>,
+    non_empty_list: impl Fn(Option<L>, &'static str) -> Result<bool, ApiError>,
+) -> Result<ChatRequest<'a>, ApiError> {
     let (model, model_span) = match fields.model {
         None => (None, None),
         Some(r) if is_null(r) => (None, Some(span_of(body, r))),
@@ -154,73 +483,20 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest<'_>, ApiError> {
             .unwrap_or(false),
     };
 
-    let messages_raw = fields
-        .messages
-        .filter(|r| !is_null(r))
-        .ok_or_else(|| ApiError::invalid_param("messages", "`messages` is required."))?;
-    let messages: Vec<Message> = serde_json::from_str(messages_raw.get())
-        .map_err(|_| bad_type("messages", "an array of message objects"))?;
-    if messages.is_empty() {
-        return Err(ApiError::invalid_param(
-            "messages",
-            "`messages` must contain at least one message.",
-        ));
-    }
-
+    let m = read_messages(fields.messages)?;
     let mut needs = Needs {
         stream,
+        vision: m.vision,
+        // Estimator: ~4 bytes of JSON text per token (English averages 4 characters per
+        // token with the common BPE vocabularies), plus fixed costs for messages and images.
+        prompt_tokens: m
+            .tokens
+            .saturating_add(u32::try_from(m.chars / 4).unwrap_or(u32::MAX)),
         ..Needs::default()
     };
-    let mut chars: u64 = 0;
-    for m in &messages {
-        match m.role {
-            Some(r) if r.get().starts_with('"') => {}
-            _ => {
-                return Err(bad_type(
-                    "messages",
-                    "an array of objects that each have a string `role`",
-                ))
-            }
-        }
-        needs.prompt_tokens = needs.prompt_tokens.saturating_add(MESSAGE_TOKENS);
-        let Some(content) = m.content else { continue };
-        match content.get().as_bytes().first() {
-            Some(b'"') => chars += content.get().len() as u64,
-            Some(b'n') => {}
-            Some(b'[') => {
-                let parts: Vec<Part> = serde_json::from_str(content.get()).map_err(|_| {
-                    bad_type("messages", "content that is a string or an array of parts")
-                })?;
-                for p in parts {
-                    match p.kind.as_deref() {
-                        Some("image_url") | Some("image") => {
-                            needs.vision = true;
-                            needs.prompt_tokens = needs.prompt_tokens.saturating_add(IMAGE_TOKENS);
-                        }
-                        _ => chars += p.text.map_or(0, |t| t.get().len() as u64),
-                    }
-                }
-            }
-            _ => {
-                return Err(bad_type(
-                    "messages",
-                    "content that is a string or an array of parts",
-                ))
-            }
-        }
-    }
-    // Estimator: ~4 bytes of JSON text per token (English averages 4 characters per token
-    // with the common BPE vocabularies), plus fixed costs for messages and images above.
-    needs.prompt_tokens = needs
-        .prompt_tokens
-        .saturating_add(u32::try_from(chars / 4).unwrap_or(u32::MAX));
 
-    for (raw, param) in [(fields.tools, "tools"), (fields.functions, "functions")] {
-        if let Some(r) = raw.filter(|r| !is_null(r)) {
-            let tools: Vec<&RawValue> =
-                serde_json::from_str(r.get()).map_err(|_| bad_type(param, "an array"))?;
-            needs.tools |= !tools.is_empty();
-        }
+    for (list, param) in [(fields.tools, "tools"), (fields.functions, "functions")] {
+        needs.tools |= non_empty_list(list, param)?;
     }
     if let Some(r) = fields.response_format.filter(|r| !is_null(r)) {
         let rf: ResponseFormat = serde_json::from_str(r.get())
@@ -430,5 +706,103 @@ mod tests {
         let big_body = format!(r#"{{"messages":[{{"role":"user","content":"{text}"}}]}}"#);
         let big = parse_chat(big_body.as_bytes()).unwrap();
         assert!(big.needs.prompt_tokens >= 1000 && small.needs.prompt_tokens < 10);
+    }
+
+    /// A message object's members, any subset in any order, some repeated: the shapes the
+    /// one-pass reading must either summarise as the careful path would, or hand over.
+    fn message() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let member = prop_oneof![
+            Just(r#""role":"user""#),
+            Just(r#""role":"a\"b""#),
+            Just(r#""role":null"#),
+            Just(r#""role":5"#),
+            Just(r#""rol\u0065":"assistant""#),
+            Just(r#""content":"hello there""#),
+            Just(r#""content":null"#),
+            Just(r#""content":7"#),
+            Just(r#""content":{}"#),
+            Just(r#""content":[{"type":"text","text":"abc"}]"#),
+            Just(r#""content":[{"type":"image_url","image_url":{"url":"x"}}]"#),
+            Just(r#""content":[{"type":5}]"#),
+            Just(r#""content":[1]"#),
+            Just(r#""name":"x""#),
+            Just(r#""x":[1,{"a":[2]}]"#),
+        ];
+        prop_oneof![
+            8 => proptest::collection::vec(member, 0..5).prop_map(|m| format!("{{{}}}", m.join(","))),
+            1 => Just(r#"["user","hi"]"#.to_string()),
+            1 => Just("null".to_string()),
+            1 => Just(r#""text""#.to_string()),
+        ]
+    }
+
+    /// A body around generated messages, with other fields valid or not, sometimes cut short.
+    fn body() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let messages = prop_oneof![
+            6 => proptest::collection::vec(message(), 0..5).prop_map(|m| format!(r#""messages":[{}]"#, m.join(","))),
+            1 => Just(r#""messages":null"#.to_string()),
+            1 => Just(r#""messages":{"role":"user"}"#.to_string()),
+            1 => Just(r#""messages":"hi""#.to_string()),
+            1 => Just(String::new()),
+        ];
+        let other = proptest::collection::vec(
+            prop_oneof![
+                Just(r#""model":"auto""#),
+                Just(r#""model":5"#),
+                Just(r#""stream":true"#),
+                Just(r#""stream":"x""#),
+                Just(r#""n":0"#),
+                Just(r#""tools":[{"type":"function"}]"#),
+                Just(r#""tools":[]"#),
+                Just(r#""tools":null"#),
+                Just(r#""tools":{"a":1}"#),
+                Just(r#""functions":[1,[2]]"#),
+                Just(r#""functions":"f""#),
+                Just(r#""max_tokens":-1"#),
+                Just(r#""temperature":0.5"#),
+            ],
+            0..3,
+        );
+        let cut = proptest::bool::weighted(0.2);
+        (messages, other, cut, 0usize..400).prop_map(|(m, o, cut, at)| {
+            let mut members: Vec<String> = o.into_iter().map(String::from).collect();
+            if !m.is_empty() {
+                members.insert(members.len() / 2, m);
+            }
+            let text = format!("{{{}}}", members.join(","));
+            match cut {
+                true => text[..at.min(text.len())].to_string(),
+                false => text,
+            }
+        })
+    }
+
+    #[test]
+    fn plain_messages_are_summarised_in_the_one_pass() {
+        let text = r#"{"model":"auto","messages":[{"role":"system","content":"Be brief."},
+            {"role":"user","name":"x","content":[{"type":"text","text":"hi"},
+            {"type":"image_url","image_url":{"url":"data:,"}}]}]}"#;
+        let fields: Fields<Summary, Listed> = serde_json::from_str(text).unwrap();
+        let Some(Summary::Plain(m)) = fields.messages else {
+            panic!("plain messages were handed to the careful path");
+        };
+        let expected = MessageNeeds {
+            tokens: 2 * MESSAGE_TOKENS + IMAGE_TOKENS,
+            chars: ("\"Be brief.\"".len() + "\"hi\"".len()) as u64,
+            vision: true,
+        };
+        assert_eq!(m, expected);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn the_one_pass_reading_answers_as_the_careful_one(text in body()) {
+            let fast = format!("{:?}", parse_chat(text.as_bytes()));
+            let careful = format!("{:?}", parse_chat_careful(text.as_bytes()));
+            proptest::prop_assert_eq!(fast, careful, "{}", text);
+        }
     }
 }
