@@ -4,11 +4,16 @@
 //! every few seconds (slowloris) holds its connection forever. Here the whole head must
 //! arrive by one deadline; the bytes read (the head, and any body bytes that came with it)
 //! are then handed to Pingora, which parses them as if it had read them itself.
+//!
+//! The waits use Pingora's timer (`fast_timeout`, 10 ms ticks, armed only when a read is
+//! pending), not Tokio's: registering a Tokio timer earlier than the runtime's next wake-up
+//! wakes its driver through an eventfd, one extra `write` and `epoll_wait` per request.
 
 use bytes::BytesMut;
+use pingora::time::fast_timeout::fast_timeout;
 use std::time::Duration;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::time::{timeout, timeout_at, Instant};
 
 /// How long a client may take, and how much it may send, before its head is complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,13 +54,13 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     let mut first = [0u8; 1];
     let deadline = if fresh {
         let deadline = Instant::now() + limits.head;
-        match timeout_at(deadline, io.read(&mut first)).await {
+        match fast_timeout(limits.head, io.read(&mut first)).await {
             Err(_) => return Err(HeadError::TimedOut { received: 0 }),
             Ok(Ok(1)) => deadline,
             Ok(_) => return Err(HeadError::Closed),
         }
     } else {
-        match timeout(limits.idle, io.read(&mut first)).await {
+        match fast_timeout(limits.idle, io.read(&mut first)).await {
             Err(_) => return Err(HeadError::Idle),
             Ok(Ok(1)) => Instant::now() + limits.head,
             Ok(_) => return Err(HeadError::Closed),
@@ -78,7 +83,8 @@ pub async fn read_head<R: AsyncRead + Unpin>(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
-        match timeout_at(deadline, io.read_buf(&mut buf)).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match fast_timeout(left, io.read_buf(&mut buf)).await {
             Err(_) => {
                 return Err(HeadError::TimedOut {
                     received: buf.len(),

@@ -22,6 +22,7 @@ use crate::multipart::{self, Form};
 use crate::state::State;
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
+use pingora::time::fast_timeout::fast_timeout;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -175,9 +176,10 @@ async fn read(
             .map_err(|e| ApiError::invalid(format!("could not answer Expect: {e}")))?;
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_CAPACITY));
-    let deadline = tokio::time::Instant::now() + bounds.timeout;
+    let deadline = std::time::Instant::now() + bounds.timeout;
     loop {
-        let next = tokio::time::timeout_at(deadline, session.read_request_body());
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let next = fast_timeout(left, session.read_request_body());
         // Near the connection cap, a wait for body bytes may be displaced like a wait for a
         // head; below it (nearly always) the read skips the gate's bookkeeping.
         let gate = &bounds.gw.gate;
