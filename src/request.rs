@@ -66,10 +66,14 @@ struct Message<'a> {
     content: Option<&'a RawValue>,
 }
 
-/// The `Visitor` methods for JSON's scalars (null, booleans, numbers, strings), each
-/// answering `$unusual`: the one-pass readings below take any value without failing.
+/// A `Visitor`'s `expecting` and its methods for JSON's scalars (null, booleans, numbers,
+/// strings), each answering `$unusual`: the one-pass readings below take any value without
+/// failing.
 macro_rules! scalars_are_unusual {
     ($unusual:expr) => {
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
         fn visit_unit<E>(self) -> Result<Self::Value, E> {
             Ok($unusual)
         }
@@ -111,10 +115,6 @@ struct SummaryVisitor;
 
 impl<'de> serde::de::Visitor<'de> for SummaryVisitor {
     type Value = Summary;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Summary, A::Error> {
         let mut needs = MessageNeeds::default();
@@ -168,10 +168,6 @@ struct ListedVisitor;
 impl<'de> serde::de::Visitor<'de> for ListedVisitor {
     type Value = Listed;
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Listed, A::Error> {
         let mut items = false;
         while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
@@ -207,10 +203,6 @@ struct PlainMessageVisitor;
 
 impl<'de> serde::de::Visitor<'de> for PlainMessageVisitor {
     type Value = PlainMessage<'de>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(
         self,
@@ -358,8 +350,9 @@ fn body_text(body: &[u8]) -> Result<&str, ApiError> {
 }
 
 /// Parses a chat completion body field by field, `messages` in a second pass, so that any
-/// problem gets its own message.
-fn parse_chat_careful(body: &[u8]) -> Result<ChatRequest<'_>, ApiError> {
+/// problem gets its own message. What [`parse_chat`] falls back to; public so that the fuzz
+/// target can hold the two to the same answer.
+pub fn parse_chat_careful(body: &[u8]) -> Result<ChatRequest<'_>, ApiError> {
     let text = body_text(body)?;
     let fields: Fields<&RawValue, &RawValue> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
