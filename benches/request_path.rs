@@ -144,7 +144,23 @@ fn answer(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
             let mut ctx = RequestCtx::new();
-            b.iter(|| freeway::proxy::spend::price_json(&mut ctx, Some(&price), body.clone()))
+            b.iter(|| freeway::proxy::spend::price_json(&mut ctx, Some(&price), body.clone(), None))
+        });
+    }
+    g.finish();
+    // The whole answer's side for an OpenAI-format provider: the translator's reading (which
+    // finds `usage`), then the pricing at that position.
+    let openai = freeway::providers::translator(freeway::config::ProviderKind::Openai);
+    let mut g = c.benchmark_group("answer_openai");
+    for size in [200, 4096] {
+        let body = bytes::Bytes::from(answer_of(size));
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            let mut ctx = RequestCtx::new();
+            b.iter(|| {
+                let t = openai.chat_response(body.clone(), "m").unwrap();
+                freeway::proxy::spend::price_json(&mut ctx, Some(&price), t.body, t.usage_at)
+            })
         });
     }
     g.finish();

@@ -7,7 +7,8 @@
 //!
 //! The waits use Pingora's timer (`fast_timeout`, 10 ms ticks, armed only when a read is
 //! pending), not Tokio's: registering a Tokio timer earlier than the runtime's next wake-up
-//! wakes its driver through an eventfd, one extra `write` and `epoll_wait` per request.
+//! wakes its driver through an eventfd: one extra `write` syscall per request (`strace -c`
+//! at c=1 counted 1.04 per request with Tokio's timer, 0.036 with this one).
 
 use bytes::BytesMut;
 use pingora::time::fast_timeout::fast_timeout;

@@ -127,6 +127,19 @@ pub type BuiltRequest = Result<UpstreamRequest, ApiError>;
 pub struct Translated {
     pub body: Bytes,
     pub usage: Option<Usage>,
+    /// Where `body`'s top-level `usage` value is (byte range), when the translator found it
+    /// in its own walk of the answer: the pricing then parses just that range instead of
+    /// scanning the answer again. `None` = not known (the pricing scans for it).
+    pub usage_at: Option<std::ops::Range<usize>>,
+}
+
+impl Translated {
+    /// Replaces the body (a guardrail's or the Responses reshaper's rewrite). The usage
+    /// position described the old bytes, so it is forgotten.
+    pub fn rewrite(&mut self, body: Bytes) {
+        self.body = body;
+        self.usage_at = None;
+    }
 }
 
 /// Why a stream could not be translated further.

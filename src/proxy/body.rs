@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use pingora::time::fast_timeout::fast_timeout;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The buffer a body starts with (a chat request usually fits).
 const INITIAL_CAPACITY: usize = 16 * 1024;
@@ -176,9 +176,9 @@ async fn read(
             .map_err(|e| ApiError::invalid(format!("could not answer Expect: {e}")))?;
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_CAPACITY));
-    let deadline = std::time::Instant::now() + bounds.timeout;
+    let deadline = Instant::now() + bounds.timeout;
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         let next = fast_timeout(left, session.read_request_body());
         // Near the connection cap, a wait for body bytes may be displaced like a wait for a
         // head; below it (nearly always) the read skips the gate's bookkeeping.

@@ -134,41 +134,27 @@ impl ChatCall<'_> {
         let mut translated = providers::translator(model.provider_kind)
             .chat_response(body, &model.id)
             .map_err(Failure::Malformed)?;
-        let guarded = super::guardrails::chat_answer(ctx, translated.body);
         let answer = Answer {
             usage: translated.usage,
             ..reply.answered(false)
         };
-        translated.body = match guarded {
-            Ok(body) => body,
-            Err(blocked) => {
-                reply.release().await;
-                send_error(session, ctx, &blocked).await;
-                return Ok(answer);
-            }
-        };
+        if let Err(blocked) = super::guardrails::chat_answer(ctx, &mut translated) {
+            reply.release().await;
+            send_error(session, ctx, &blocked).await;
+            return Ok(answer);
+        }
         if let Some(meta) = &self.responses {
-            translated.body =
+            let reshaped =
                 responses::from_chat_completion(meta, &translated.body, translated.usage)
                     .map_err(Failure::Malformed)?;
+            translated.rewrite(reshaped);
         }
         reply.release().await;
         self.keep(ctx, Some(translated.body.clone())).await;
         // The answer's cost (`usage.cost`, `x-gateway-cost-usd`); cached without it.
-        let priced = super::spend::price_json(ctx, Some(&model.cost), translated.body);
-        let translated = providers::Translated {
-            body: priced,
-            usage: translated.usage,
-        };
-        send(
-            session,
-            ctx,
-            answer.status,
-            "application/json",
-            translated.body,
-            &[],
-        )
-        .await;
+        let priced =
+            super::spend::price_json(ctx, Some(&model.cost), translated.body, translated.usage_at);
+        send(session, ctx, answer.status, "application/json", priced, &[]).await;
         Ok(answer)
     }
 

@@ -282,7 +282,7 @@ async fn serve_hit(
         }
     } else {
         // A cache hit costs nothing.
-        let body = super::spend::price_json(ctx, None, hit.body.clone());
+        let body = super::spend::price_json(ctx, None, hit.body.clone(), None);
         ("application/json", body)
     };
     let mut body = body;

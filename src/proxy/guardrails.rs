@@ -8,7 +8,7 @@ use super::respond::send_error;
 use crate::errors::ApiError;
 use crate::guardrails::{stream::GuardStream, Applied};
 use crate::observe::metrics;
-use crate::providers::StreamTranslator;
+use crate::providers::{StreamTranslator, Translated};
 use crate::state::State;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -62,15 +62,18 @@ fn answering(ctx: &RequestCtx) -> Option<&Applied> {
     ctx.guardrails.as_deref().filter(|g| g.guards_response())
 }
 
-/// A chat completion answer through the answer guardrails: the body to send, or the
-/// error that replaces it.
-pub fn chat_answer(ctx: &RequestCtx, body: Bytes) -> Result<Bytes, ApiError> {
+/// A chat completion answer through the answer guardrails: rewritten in place (a redacted
+/// answer), or the error that replaces it.
+pub fn chat_answer(ctx: &RequestCtx, answer: &mut Translated) -> Result<(), ApiError> {
     let Some(g) = answering(ctx) else {
-        return Ok(body);
+        return Ok(());
     };
-    match g.chat_answer(&body) {
-        Ok(None) => Ok(body),
-        Ok(Some(b)) => Ok(Bytes::from(b)),
+    match g.chat_answer(&answer.body) {
+        Ok(None) => Ok(()),
+        Ok(Some(b)) => {
+            answer.rewrite(Bytes::from(b));
+            Ok(())
+        }
         Err(b) => Err(g.blocked(b)),
     }
 }

@@ -192,12 +192,14 @@ impl Call for MessagesCall<'_> {
             let (b, usage) = answer::native(&body, &model.id).map_err(Failure::Malformed)?;
             (super::guardrails::messages_answer(ctx, b), usage)
         } else {
-            let t = providers::translator(kind)
+            let mut t = providers::translator(kind)
                 .chat_response(body, &model.id)
                 .map_err(Failure::Malformed)?;
-            let guarded = match super::guardrails::chat_answer(ctx, t.body) {
-                Ok(b) => Ok(answer::from_chat_completion(&self.msg.meta, &b, t.usage)
-                    .map_err(Failure::Malformed)?),
+            let guarded = match super::guardrails::chat_answer(ctx, &mut t) {
+                Ok(()) => Ok(
+                    answer::from_chat_completion(&self.msg.meta, &t.body, t.usage)
+                        .map_err(Failure::Malformed)?,
+                ),
                 Err(e) => Err(e),
             };
             (guarded, t.usage)

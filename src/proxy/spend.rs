@@ -18,6 +18,7 @@ use crate::providers::Usage;
 use crate::routing::{ModelEntry, Needs};
 use crate::state::State;
 use bytes::Bytes;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Output tokens reserved when neither the request (`max_tokens`) nor the model
@@ -436,8 +437,16 @@ fn set_cost(v: &mut serde_json::Value, cost: f64) {
 /// Only the top-level `usage` object is parsed; the cost is spliced into the answer's
 /// bytes, which otherwise pass unchanged (no parse and re-serialisation of the whole
 /// answer: that was a seventh of a request's instructions).
-pub fn price_json(ctx: &mut RequestCtx, price: Option<&Cost>, body: Bytes) -> Bytes {
-    let Some(found) = find_usage(&body) else {
+///
+/// `usage_at` is where the answer's top-level `usage` value is, when the translator found
+/// it ([`crate::providers::Translated::usage_at`]); else the answer is scanned for it.
+pub fn price_json(
+    ctx: &mut RequestCtx,
+    price: Option<&Cost>,
+    body: Bytes,
+    usage_at: Option<Range<usize>>,
+) -> Bytes {
+    let Some(found) = find_usage(&body, usage_at) else {
         return body;
     };
     let cost = price.map_or(0.0, |p| {
@@ -471,7 +480,7 @@ struct FoundUsage {
     cost: Option<std::ops::Range<usize>>,
 }
 
-fn find_usage(body: &[u8]) -> Option<FoundUsage> {
+fn find_usage(body: &[u8], usage_at: Option<Range<usize>>) -> Option<FoundUsage> {
     use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
     struct Details {
@@ -486,8 +495,11 @@ fn find_usage(body: &[u8]) -> Option<FoundUsage> {
         cost: Option<&'a RawValue>,
     }
     // Only the usage object is parsed; the scanner skips the rest of the answer.
-    let at = crate::json_scan::top_level_value(body, b"usage")?;
-    let text = std::str::from_utf8(&body[at.clone()]).ok()?;
+    let at = match usage_at.filter(|at| named_usage(body, at.start)) {
+        Some(at) => at,
+        None => crate::json_scan::top_level_value(body, b"usage")?,
+    };
+    let text = std::str::from_utf8(body.get(at.clone())?).ok()?;
     if !text.starts_with('{') {
         return None;
     }
@@ -505,6 +517,19 @@ fn find_usage(body: &[u8]) -> Option<FoundUsage> {
             .cost
             .map(|c| offset(c.get())..offset(c.get()) + c.get().len()),
     })
+}
+
+/// Whether the member whose value starts at `start` is named `"usage"` in `body`'s raw bytes,
+/// the name [`crate::json_scan::top_level_value`] looks for: a translator's serde walk also
+/// matches an escaped spelling of it, which the scan does not take for `usage`.
+fn named_usage(body: &[u8], start: usize) -> bool {
+    let ws = |b: &&u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let mut before = body[..start.min(body.len())].iter().rev().skip_while(ws);
+    if before.next() != Some(&b':') {
+        return false;
+    }
+    let name = before.skip_while(ws).take(7);
+    name.eq(b"\"usage\"".iter().rev())
 }
 
 /// Adds `usage.cost` to the usage chunk among SSE `events` (the final `include_usage`
@@ -647,7 +672,7 @@ mod tests {
         };
         let price = |body: &str| {
             let mut ctx = RequestCtx::new();
-            let out = price_json(&mut ctx, Some(&p), Bytes::from(body.to_string()));
+            let out = price_json(&mut ctx, Some(&p), Bytes::from(body.to_string()), None);
             (String::from_utf8(out.to_vec()).unwrap(), ctx.spend.header)
         };
         // The answer's own bytes and key order stay; the cost joins the usage object.
@@ -673,6 +698,7 @@ mod tests {
             &mut ctx,
             Some(&p),
             Bytes::from_static(br#"{"x":{"usage":{"prompt_tokens":1}},"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4}}}"#),
+            None,
         );
         assert_eq!(ctx.spend.cached_tokens, 4);
         // Without a usable usage object, or not JSON: unchanged, no cost.
@@ -684,6 +710,65 @@ mod tests {
             "not json",
         ] {
             assert_eq!(price(body), (body.to_string(), None), "{body}");
+        }
+    }
+
+    /// An OpenAI answer's members, any subset in any order, some repeated or escaped: the
+    /// shapes for which the translator's one walk must price as the pricing's own scan does.
+    fn answer() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let member = prop_oneof![
+            Just(r#""id":"chatcmpl-1""#),
+            Just(
+                r#""choices":[{"index":0,"message":{"role":"assistant","content":"a \"usage\":{"}}]"#
+            ),
+            Just(
+                r#""choices":[{"message":{"content":null,"tool_calls":[{"id":"c"}]},"usage":{"prompt_tokens":1}}]"#
+            ),
+            Just(r#""choices":5"#),
+            Just(r#""choices":null"#),
+            Just(r#""usage":{"prompt_tokens":10,"completion_tokens":5}"#),
+            Just(r#""usage" : { "prompt_tokens" : 10 , "cost" : 0.5 }"#),
+            Just(
+                r#""usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens":1}"#
+            ),
+            Just(r#""usage":{"completion_tokens":5}"#),
+            Just(r#""usage":{"prompt_tokens":-1}"#),
+            Just(r#""usage":{"prompt_tokens":1.5}"#),
+            Just(r#""usage":[1,2]"#),
+            Just(r#""usage":null"#),
+            Just(r#""usage":"x""#),
+            Just(r#""us\u0061ge":{"prompt_tokens":7}"#),
+            Just(r#""error":{"message":"no"}"#),
+            Just(r#""x":{"usage":{"prompt_tokens":3}}"#),
+        ];
+        let cut = proptest::bool::weighted(0.1);
+        (proptest::collection::vec(member, 0..5), cut, 0usize..300).prop_map(|(m, cut, at)| {
+            let text = format!("{{{}}}", m.join(","));
+            match cut {
+                true => text[..at.min(text.len())].to_string(),
+                false => text,
+            }
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The OpenAI translator's usage position changes nothing the answer's pricing gives:
+        /// the bytes sent, the cost header, the cached tokens.
+        #[test]
+        fn pricing_at_the_translators_usage_position_is_pricing_by_scan(text in answer()) {
+            let p = Cost { input_per_mtok: 1.0, output_per_mtok: 2.0, ..Cost::default() };
+            let body = Bytes::from(text.clone());
+            let translator = crate::providers::translator(crate::config::ProviderKind::Openai);
+            if let Ok(t) = translator.chat_response(body.clone(), "m") {
+                let priced = |at: Option<Range<usize>>| {
+                    let mut ctx = RequestCtx::new();
+                    let out = price_json(&mut ctx, Some(&p), body.clone(), at);
+                    (out, ctx.spend.header, ctx.spend.cached_tokens)
+                };
+                proptest::prop_assert_eq!(priced(t.usage_at.clone()), priced(None), "{}", text);
+            }
         }
     }
 

@@ -328,6 +328,7 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
     Ok(Translated {
         body: common::completion(meta, model, text, calls, reason, usage),
         usage,
+        usage_at: None,
     })
 }
 

@@ -342,6 +342,7 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
             return Ok(Translated {
                 body: common::completion(meta, model, None, Vec::new(), "content_filter", usage),
                 usage,
+                usage_at: None,
             });
         }
         return Err("the provider's answer has no candidates".into());
@@ -388,7 +389,11 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
     } else {
         common::completion_choices(meta, model, choices, usage)
     };
-    Ok(Translated { body, usage })
+    Ok(Translated {
+        body,
+        usage,
+        usage_at: None,
+    })
 }
 
 /// Translates one `streamGenerateContent?alt=sse` answer.

@@ -51,6 +51,35 @@ impl From<PeekUsage> for Usage {
     }
 }
 
+/// A whole (non-streamed) answer as [`Peek`] reads it, with `usage` kept raw so that its
+/// position in the answer is known.
+#[derive(Deserialize)]
+struct Whole<'a> {
+    #[serde(borrow, default)]
+    #[allow(dead_code)] // read for its shape: the answer is checked as `Peek` checks it
+    choices: Option<Vec<PeekChoice<'a>>>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    error: Option<&'a RawValue>,
+}
+
+/// A whole answer's usage and the byte range of its top-level `usage` value, read in one
+/// walk, so that the pricing need not scan the answer again. `None` when the walk fails:
+/// the caller then reads the answer as [`Peek`], which gives the same result or names the
+/// error (the two readings agree: `the_one_walk_reads_answers_as_peek_does`).
+fn whole_answer(body: &[u8]) -> Option<(Option<Usage>, Option<std::ops::Range<usize>>)> {
+    let whole: Whole = serde_json::from_slice(body).ok()?;
+    let Some(raw) = whole.usage else {
+        return Some((None, None));
+    };
+    let usage: PeekUsage = serde_json::from_str(raw.get()).ok()?;
+    // A borrowed `RawValue` is a slice of `body`.
+    let start = (raw.get().as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    Some((Some(usage.into()), Some(start..start + raw.get().len())))
+}
+
 impl Translator for OpenAi {
     fn chat_request(&self, req: &ChatRequest, body: &[u8], model_id: &str) -> BuiltRequest {
         Ok(UpstreamRequest {
@@ -61,10 +90,19 @@ impl Translator for OpenAi {
     }
 
     fn chat_response(&self, body: Bytes, _model_id: &str) -> Result<Translated, String> {
+        if let Some((usage, usage_at)) = whole_answer(&body) {
+            return Ok(Translated {
+                usage,
+                usage_at,
+                body,
+            });
+        }
+        // Anything the one walk could not read: the careful reading names the problem.
         let peek: Peek = serde_json::from_slice(&body)
             .map_err(|e| format!("the provider's answer is not a chat completion: {e}"))?;
         Ok(Translated {
             usage: peek.usage.map(Usage::from),
+            usage_at: None,
             body,
         })
     }
@@ -181,6 +219,54 @@ data: [DONE]\n\n";
         assert!(matches!(r, Err(StreamError::Upstream(m)) if m.contains("overloaded")));
         let (_, r, _, _) = run(&STREAM[..STREAM.len() - 14], true);
         assert!(matches!(r, Err(StreamError::Malformed(_))));
+    }
+
+    /// The one walk of a whole answer reads what the careful `Peek` reading does (usage, or
+    /// the same error), and knows where `usage` is when it read it.
+    #[test]
+    fn the_one_walk_reads_answers_as_peek_does() {
+        let careful = |body: &str| {
+            serde_json::from_str::<Peek>(body)
+                .map(|p| p.usage.map(Usage::from))
+                .map_err(|e| format!("the provider's answer is not a chat completion: {e}"))
+        };
+        let plain = r#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage": {"prompt_tokens":3,"completion_tokens":1}}"#;
+        for body in [
+            plain,
+            r#"{"choices":[],"usage":null}"#,
+            r#"{"usage":[1,2]}"#,
+            r#"{"usage":{"prompt_tokens":1.5}}"#,
+            r#"{"usage":{"prompt_tokens":-1}}"#,
+            r#"{"usage":"x"}"#,
+            r#"{"usage":{},"usage":{}}"#,
+            r#"{"choices":5}"#,
+            r#"{"choices":[{"delta":{"content":"a"}}]}"#,
+            r#"[]"#,
+            r#"{"us\u0061ge":{"prompt_tokens":7}}"#,
+            r#"{"usage":{"prompt_tokens":1}"#,
+            "not json",
+        ] {
+            let t = OpenAi.chat_response(Bytes::from(body.to_string()), "m");
+            let got = t.as_ref().map(|t| t.usage).map_err(Clone::clone);
+            assert_eq!(got, careful(body), "{body}");
+            if let Ok(Translated {
+                usage_at: Some(at),
+                body: b,
+                ..
+            }) = &t
+            {
+                let raw = &b[at.clone()];
+                assert!(
+                    serde_json::from_slice::<serde_json::Value>(raw).is_ok(),
+                    "{body}"
+                );
+            }
+        }
+        let t = OpenAi.chat_response(Bytes::from(plain), "m").unwrap();
+        let at = t
+            .usage_at
+            .expect("a plain answer's usage is found in the one walk");
+        assert_eq!(&plain[at], r#"{"prompt_tokens":3,"completion_tokens":1}"#);
     }
 
     #[test]

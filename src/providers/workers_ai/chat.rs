@@ -262,6 +262,7 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
                 usage,
             ),
             usage,
+            usage_at: None,
         });
     }
     let text = match r.response {
@@ -283,6 +284,7 @@ pub fn translate_response(body: &[u8], model: &str, meta: &Meta) -> Result<Trans
     Ok(Translated {
         body: common::completion(meta, model, text, calls, reason, usage),
         usage,
+        usage_at: None,
     })
 }
 
